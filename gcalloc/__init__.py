@@ -1,0 +1,11 @@
+"""gcalloc: the Go runtime's memory allocator and a mark-sweep garbage collector, in Python
+over real operating-system memory. Public names only; see README.md and docs/."""
+
+from gcalloc import errors
+from gcalloc.errors import GcallocError
+from gcalloc.heap import Heap
+from gcalloc.mstats import MemStats
+
+__version__ = "0.1.0"
+
+__all__ = ["Heap", "MemStats", "GcallocError", "errors", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from gcalloc.cli import main
+
+sys.exit(main())
