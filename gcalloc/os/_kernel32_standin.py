@@ -1,0 +1,377 @@
+"""A stand-in for kernel32's virtual-memory calls, built on POSIX mmap, for testing only.
+
+This is NOT Windows. It lets the Windows backend (windows.py) run on a POSIX machine so that
+its logic (release-and-retry alignment, (de)committing in pieces across reservations, error
+reporting through the last error) is tested against the rules VirtualAlloc documents:
+
+- A reservation (MEM_RESERVE) starts at a multiple of the allocation granularity, 64 KiB: a
+  requested address is rounded down to it; with no address, the stand-in picks a 64 KiB-aligned
+  one. Its size covers every page containing a byte of [address, address + size).
+  Reserving over any part of an existing reservation fails with ERROR_INVALID_ADDRESS, and so
+  does a requested range the host has already mapped for something else.
+- MEM_COMMIT with an address commits pages inside one reservation; pages outside every
+  reservation, or a range crossing from one reservation into another, fail with
+  ERROR_INVALID_ADDRESS. Committing committed pages keeps their contents (and sets the
+  protection); newly committed pages read zero. MEM_COMMIT with no address reserves too.
+- VirtualFree(MEM_RELEASE) needs size 0 and the exact base of a reservation, and releases all
+  of it; anything else fails with ERROR_INVALID_PARAMETER. VirtualFree(MEM_DECOMMIT) decommits
+  the pages of [address, address + size) within one reservation (ERROR_INVALID_ADDRESS
+  otherwise; size 0 means the whole reservation and then needs its base). Decommitting pages
+  that are not committed is allowed.
+- Protections: PAGE_NOACCESS, PAGE_READONLY, PAGE_READWRITE; anything else is
+  ERROR_INVALID_PARAMETER. VirtualProtect works on committed pages of one reservation.
+- The last error is set by a failing call and left alone by a succeeding one (as Win32 does
+  for these calls). ``get_last_error`` / ``set_last_error`` play ``ctypes.get_last_error`` /
+  ``ctypes.set_last_error``, the seam windows.py reads the error through.
+
+The memory is real: committed pages are mapped read/write (or read-only / no-access, as asked)
+and count in the RSS; reserved and decommitted pages are PROT_NONE mappings with no pages
+behind them, so touching them faults (SIGSEGV/SIGBUS) as it would on Windows (an access
+violation). Decommitting replaces the pages with a fresh PROT_NONE mapping, so they leave the
+RSS at once and read zero when committed again.
+
+What it does not model: the commit charge and its limit (ERROR_COMMITMENT_LIMIT), placeholders,
+MEM_RESET, large pages, write-watch, guard pages, VirtualQuery, other processes. Where the host
+page is larger than 4 KiB (Apple silicon: 16 KiB), the stand-in's page is the host's, and
+GetSystemInfo says so. Addresses come from the host's mmap, so hints behave like Linux/macOS
+hints, which Windows does not promise.
+
+Invariant: ``_regions`` maps each reservation's base to its record; the records never overlap,
+and the host mapping of [base, base + size) exists exactly while the record does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+MEM_COMMIT = 0x1000
+MEM_RESERVE = 0x2000
+MEM_DECOMMIT = 0x4000
+MEM_RELEASE = 0x8000
+PAGE_NOACCESS = 0x01
+PAGE_READONLY = 0x02
+PAGE_READWRITE = 0x04
+
+ERROR_NOT_ENOUGH_MEMORY = 8
+ERROR_INVALID_PARAMETER = 87
+ERROR_INVALID_ADDRESS = 487
+ERROR_NOACCESS = 998
+
+ALLOCATION_GRANULARITY = 64 << 10
+WINDOWS_PAGE_SIZE = 4 << 10
+MIN_APPLICATION_ADDRESS = 0x10000
+MAX_APPLICATION_ADDRESS = 0x7FFFFFFEFFFF
+
+_PROT_NONE, _PROT_READ, _PROT_WRITE = 0, 1, 2
+_HOST_PROT = {  # Win32 protection -> host mprotect bits
+    PAGE_NOACCESS: _PROT_NONE,
+    PAGE_READONLY: _PROT_READ,
+    PAGE_READWRITE: _PROT_READ | _PROT_WRITE,
+}
+_UNCOMMITTED = 0  # a page's entry in _Reservation.pages when it is only reserved
+
+AVAILABLE = os.name == "posix"
+"""Whether the stand-in can run here (it needs POSIX mmap)."""
+
+
+class _Win32Error(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class _Reservation:
+    base: int
+    size: int
+    pages: bytearray  # per page: _UNCOMMITTED or the PAGE_* protection it was committed with
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+def _host_constants() -> Any:
+    if sys.platform.startswith("linux"):
+        from gcalloc.os.linux import LINUX as c
+    elif sys.platform == "darwin":
+        from gcalloc.os.darwin import DARWIN as c
+    elif sys.platform.startswith("freebsd"):
+        from gcalloc.os.freebsd import FREEBSD as c
+    else:
+        raise OSError(f"the kernel32 stand-in needs POSIX mmap; {sys.platform!r} has none")
+    return c
+
+
+def _load_libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.restype = ctypes.c_int
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mprotect.restype = ctypes.c_int
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _store(out: Any, value: int) -> bool:
+    """Write through a ctypes pointer or byref() out-parameter; False if there is none."""
+    target = getattr(out, "contents", None)
+    if target is None:
+        target = getattr(out, "_obj", None)  # ctypes.byref(x)
+    if target is None:
+        return False
+    target.value = value
+    return True
+
+
+class Kernel32StandIn:
+    """A stand-in for kernel32 (see the module doc): VirtualAlloc, VirtualFree, VirtualProtect,
+    GetSystemInfo, GetLastError and SetLastError over host mmap/munmap/mprotect."""
+
+    def __init__(self) -> None:
+        self._c = _host_constants()
+        self._libc = _load_libc()
+        self.page_size = max(WINDOWS_PAGE_SIZE, os.sysconf("SC_PAGE_SIZE"))
+        self._regions: dict[int, _Reservation] = {}
+        self._lock = threading.RLock()
+        self._last_error = 0
+
+    # --- the last error (GetLastError/SetLastError and the ctypes-style seam) -----------
+
+    def GetLastError(self) -> int:  # noqa: N802 - Win32 names
+        return self._last_error
+
+    def SetLastError(self, code: int) -> None:  # noqa: N802
+        self._last_error = code
+
+    def get_last_error(self) -> int:
+        """Like ``ctypes.get_last_error``: the error the last failing call left."""
+        return self._last_error
+
+    def set_last_error(self, code: int) -> int:
+        """Like ``ctypes.set_last_error``: set it, return the old value."""
+        old, self._last_error = self._last_error, code
+        return old
+
+    # --- kernel32 -------------------------------------------------------------------------
+
+    def GetSystemInfo(self, info: Any) -> None:  # noqa: N802
+        """Fill a SYSTEM_INFO given by ctypes.pointer() or ctypes.byref()."""
+        si = getattr(info, "contents", None) or info._obj
+        si.dwPageSize = self.page_size
+        si.dwAllocationGranularity = ALLOCATION_GRANULARITY
+        si.lpMinimumApplicationAddress = MIN_APPLICATION_ADDRESS
+        si.lpMaximumApplicationAddress = MAX_APPLICATION_ADDRESS
+        si.dwNumberOfProcessors = os.cpu_count() or 1
+
+    def VirtualAlloc(self, address: int | None, size: int, allocation_type: int,  # noqa: N802
+                     protect: int) -> int | None:
+        """The base of the reserved region (or of the committed pages), or None (NULL)."""
+        with self._lock:
+            try:
+                return self._virtual_alloc(address or 0, size, allocation_type, protect)
+            except _Win32Error as e:
+                self._last_error = e.code
+                return None
+
+    def VirtualFree(self, address: int | None, size: int, free_type: int) -> int:  # noqa: N802
+        """1 on success, 0 on failure (see GetLastError)."""
+        with self._lock:
+            try:
+                self._virtual_free(address or 0, size, free_type)
+                return 1
+            except _Win32Error as e:
+                self._last_error = e.code
+                return 0
+
+    def VirtualProtect(self, address: int | None, size: int, new_protect: int,  # noqa: N802
+                       old_protect: Any) -> int:
+        """1 on success (the first page's old protection is stored through ``old_protect``)."""
+        with self._lock:
+            try:
+                old = self._virtual_protect(address or 0, size, new_protect)
+                if not _store(old_protect, old):
+                    raise _Win32Error(ERROR_NOACCESS)
+                return 1
+            except _Win32Error as e:
+                self._last_error = e.code
+                return 0
+
+    # --- stand-in-only introspection (not kernel32) --------------------------------------
+
+    def reservations(self) -> list[tuple[int, int]]:
+        """(base, size) of every live reservation, by address."""
+        with self._lock:
+            return sorted((r.base, r.size) for r in self._regions.values())
+
+    def committed(self, address: int, size: int) -> bool:
+        """Whether every page of [address, address + size) is committed."""
+        with self._lock:
+            try:
+                r, first, last = self._locate(address, size)
+            except _Win32Error:
+                return False
+            return _UNCOMMITTED not in r.pages[self._index(r, first):self._index(r, last)]
+
+    def close(self) -> None:
+        """Release every reservation still held."""
+        with self._lock:
+            for base in list(self._regions):
+                self._virtual_free(base, 0, MEM_RELEASE)
+
+    # --- the rules ------------------------------------------------------------------------
+
+    def _virtual_alloc(self, address: int, size: int, kind: int, protect: int) -> int:
+        if protect not in _HOST_PROT or size <= 0:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+        if not kind or kind & ~(MEM_COMMIT | MEM_RESERVE):
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+        if kind & MEM_RESERVE or not address:
+            r = self._reserve(address, size)
+            if kind & MEM_COMMIT:
+                try:
+                    self._commit(r, address or r.base, size, protect)
+                except _Win32Error:
+                    self._virtual_free(r.base, 0, MEM_RELEASE)  # all or nothing
+                    raise
+            return r.base
+        r, first, last = self._locate(address, size)
+        self._commit(r, first, last - first, protect)
+        return first
+
+    def _virtual_free(self, address: int, size: int, kind: int) -> None:
+        if kind == MEM_RELEASE:
+            r = self._regions.get(address)
+            if size != 0 or r is None:
+                raise _Win32Error(ERROR_INVALID_PARAMETER)
+            del self._regions[address]
+            if self._libc.munmap(r.base, r.size) != 0:
+                raise _Win32Error(ERROR_INVALID_PARAMETER)
+        elif kind == MEM_DECOMMIT:
+            if size == 0:
+                r = self._regions.get(address)
+                if r is None:
+                    raise _Win32Error(ERROR_INVALID_PARAMETER)
+                first, last = r.base, r.end
+            else:
+                r, first, last = self._locate(address, size)
+            self._decommit(r, first, last)
+        else:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+
+    def _virtual_protect(self, address: int, size: int, protect: int) -> int:
+        if protect not in _HOST_PROT or size <= 0:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+        r, first, last = self._locate(address, size)
+        i, j = self._index(r, first), self._index(r, last)
+        if _UNCOMMITTED in r.pages[i:j]:
+            raise _Win32Error(ERROR_INVALID_ADDRESS)
+        old = r.pages[i]
+        self._mprotect(first, last - first, protect)
+        r.pages[i:j] = bytes([protect]) * (j - i)
+        return old
+
+    # --- reservations ---------------------------------------------------------------------
+
+    def _round_up(self, x: int, to: int) -> int:
+        return (x + to - 1) & ~(to - 1)
+
+    def _index(self, r: _Reservation, address: int) -> int:
+        return (address - r.base) // self.page_size
+
+    def _locate(self, address: int, size: int) -> tuple[_Reservation, int, int]:
+        """The reservation holding every page of [address, address + size), and those pages."""
+        if size <= 0:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+        first = address & ~(self.page_size - 1)
+        last = self._round_up(address + size, self.page_size)
+        for r in self._regions.values():
+            if r.base <= first < r.end:
+                if last > r.end:
+                    break  # runs into the next reservation or unreserved space
+                return r, first, last
+        raise _Win32Error(ERROR_INVALID_ADDRESS)
+
+    def _overlaps(self, base: int, end: int) -> bool:
+        return any(r.base < end and base < r.end for r in self._regions.values())
+
+    def _host_map(self, address: int | None, size: int, fixed: bool = False) -> int | None:
+        c = self._c
+        flags = c.MAP_ANON | c.MAP_PRIVATE | c.MAP_NORESERVE | (c.MAP_FIXED if fixed else 0)
+        p = self._libc.mmap(address or None, size, _PROT_NONE, flags, -1, 0)
+        if p is None or p == _MAP_FAILED:
+            return None
+        return p
+
+    def _reserve(self, address: int, size: int) -> _Reservation:
+        g = ALLOCATION_GRANULARITY
+        if address:
+            base = address & ~(g - 1)
+            length = self._round_up(address + size, self.page_size) - base
+            self._claim_at(base, length)
+        else:
+            length = self._round_up(size, self.page_size)
+            base = self._claim_anywhere(length)
+        r = _Reservation(base, length, bytearray(length // self.page_size))
+        self._regions[base] = r
+        return r
+
+    def _claim_at(self, base: int, length: int) -> None:
+        if base < MIN_APPLICATION_ADDRESS or base + length > MAX_APPLICATION_ADDRESS + 1:
+            raise _Win32Error(ERROR_INVALID_ADDRESS)
+        if self._overlaps(base, base + length):
+            raise _Win32Error(ERROR_INVALID_ADDRESS)
+        p = self._host_map(base, length)
+        if p is None:
+            raise _Win32Error(ERROR_NOT_ENOUGH_MEMORY)
+        if p != base:  # the host has something there: Windows would refuse the address
+            self._libc.munmap(p, length)
+            raise _Win32Error(ERROR_INVALID_ADDRESS)
+
+    def _claim_anywhere(self, length: int) -> int:
+        g = ALLOCATION_GRANULARITY
+        p = self._host_map(None, length + g)
+        if p is None:
+            raise _Win32Error(ERROR_NOT_ENOUGH_MEMORY)
+        base = self._round_up(p, g)
+        if base > p:
+            self._libc.munmap(p, base - p)
+        tail = p + length + g - (base + length)
+        if tail:
+            self._libc.munmap(base + length, tail)
+        return base
+
+    # --- commit / decommit ------------------------------------------------------------------
+
+    def _mprotect(self, address: int, size: int, protect: int) -> None:
+        if self._libc.mprotect(address, size, _HOST_PROT[protect]) != 0:
+            raise _Win32Error(ERROR_NOT_ENOUGH_MEMORY)
+
+    def _commit(self, r: _Reservation, address: int, size: int, protect: int) -> None:
+        first = address & ~(self.page_size - 1)
+        last = self._round_up(address + size, self.page_size)
+        if first < r.base or last > r.end:
+            raise _Win32Error(ERROR_INVALID_ADDRESS)
+        # Uncommitted pages are fresh PROT_NONE mappings (never touched, or replaced by
+        # _decommit), so opening them up shows zeros; committed pages keep their contents.
+        self._mprotect(first, last - first, protect)
+        i, j = self._index(r, first), self._index(r, last)
+        r.pages[i:j] = bytes([protect]) * (j - i)
+
+    def _decommit(self, r: _Reservation, first: int, last: int) -> None:
+        p = self._host_map(first, last - first, fixed=True)  # drops the pages from the RSS
+        if p != first:
+            raise _Win32Error(ERROR_NOT_ENOUGH_MEMORY)
+        i, j = self._index(r, first), self._index(r, last)
+        r.pages[i:j] = bytes(j - i)
