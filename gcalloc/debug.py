@@ -1,0 +1,54 @@
+"""GCALLOC_DEBUG and GCALLOC_GOGC: the environment switches, parsed like GODEBUG and GOGC.
+
+``GCALLOC_DEBUG=gctrace=1,scavenger=1,verify=1,efence=1`` (comma-separated name=value pairs;
+unknown names are ignored as Go ignores unknown GODEBUG keys, malformed values are an error).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from gcalloc.errors import GcallocError
+
+
+class ConfigError(GcallocError, ValueError):
+    """A GCALLOC_DEBUG or GCALLOC_GOGC value cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class DebugFlags:
+    gctrace: int = 0
+    scavenger: int = 0
+    verify: int = 0
+    efence: int = 0
+
+
+def parse_debug(text: str | None = None) -> DebugFlags:
+    """Parse GCALLOC_DEBUG (or ``text``)."""
+    text = os.environ.get("GCALLOC_DEBUG", "") if text is None else text
+    values: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"GCALLOC_DEBUG: {item!r} is not name=value")
+        if name not in DebugFlags.__dataclass_fields__:
+            continue
+        try:
+            values[name] = int(value)
+        except ValueError:
+            raise ConfigError(f"GCALLOC_DEBUG: {name}={value!r} is not an integer") from None
+    return DebugFlags(**values)
+
+
+def parse_gogc(default: int = 100) -> int:
+    """GCALLOC_GOGC as Go reads GOGC: an integer percent, or "off" for -1."""
+    text = os.environ.get("GCALLOC_GOGC", "").strip()
+    if not text:
+        return default
+    if text.lower() == "off":
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"GCALLOC_GOGC={text!r} is not an integer or 'off'") from None

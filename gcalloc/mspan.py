@@ -1,0 +1,291 @@
+"""mspan: a run of heap pages, and the per-span allocation state (Go's mheap.go mspan).
+
+A span in state InUse holds objects of one span class: ``nelems`` slots of ``elemsize`` bytes
+from ``base``. Which slots are taken is recorded the way Go 1.16 records it:
+
+- every slot below ``freeindex`` is allocated;
+- a slot at or above ``freeindex`` is allocated iff its bit in ``allocBits`` is set;
+- ``allocCache`` holds the complement of allocBits from ``freeindex`` to the end of its 64-bit
+  word, shifted so bit 0 is slot ``freeindex`` (a Python int; ctz by ``(x & -x).bit_length()-1``).
+- a span cached by an mcache may have a *run*: consecutive free slots the mcache reserved in
+  one step of nextFreeFast (counted in allocCount, below freeindex, already zeroed), ending at
+  ``run_end``. The mcache holds the run as a ``range`` iterator; the fast path takes the next
+  address with ``next(it, 0)``, a single atomic step under the GIL, and ``unreserve`` takes the
+  rest back (``list(it)``, also atomic) when the span leaves the mcache. The slots not yet
+  handed out are the last ``length_hint(it)`` before ``run_end``.
+
+So the allocator never writes allocBits: it advances freeindex. allocBits are only rewritten by
+sweep (allocBits <- gcmarkBits) and by explicit free, which first writes the bits of the slots
+below freeindex it moves back over.
+
+Spans are mirrored in ``SpanTable``: numpy arrays indexed by span id (base, elemsize, nelems,
+state, bit offsets) that whole-frontier code (findObject over many pointers, marking) reads.
+The mirror is written when a span changes state or bitmaps, never on the allocation fast path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gcalloc.sizeclasses import (
+    PAGE_SHIFT, class_to_size, span_class_noscan, span_class_sizeclass,
+)
+
+# Span states (seed 001's mSpanState; Manual is Go's mSpanManual / old mSpanStack).
+SPAN_DEAD = 0
+SPAN_IN_USE = 1
+SPAN_MANUAL = 2
+SPAN_FREE = 3
+STATE_NAMES = ("dead", "in use", "manual", "free")
+
+MASK64 = (1 << 64) - 1
+
+
+class MSpan:
+    """One span. Records are recycled by fixalloc with their fields kept (zero=False): ``id``
+    is permanent and ``sweepgen`` must survive free and reuse (seed 001)."""
+
+    __slots__ = (
+        "id", "base", "npages", "limit", "state", "spanclass", "sizeclass", "noscan",
+        "elemsize", "nelems", "freeindex", "allocCache", "allocBits", "gcmarkBits",
+        "allocCount", "sweepgen", "needzero", "specials", "unusedsince", "npreleased",
+        "central_set", "cached_by", "pending_frees", "large_type", "tiny_blocks",
+        "run_end", "typed",
+    )
+
+    def __init__(self, sid: int) -> None:
+        self.id = sid              # index into SpanTable and into the page -> span map; > 0
+        self.base = 0
+        self.npages = 0
+        self.limit = 0             # end of the last object (small spans), base+size (large)
+        self.state = SPAN_DEAD
+        self.spanclass = 0
+        self.sizeclass = 0
+        self.noscan = False
+        self.elemsize = 0
+        self.nelems = 0
+        self.freeindex = 0         # 0 <= freeindex <= nelems; see the module comment
+        self.allocCache = 0
+        self.allocBits = 0         # byte offset of the alloc bitmap in the heap's GCBits
+        self.gcmarkBits = 0        # byte offset of the mark bitmap in the heap's GCBits
+        self.allocCount = 0        # allocated slots; == popcount of allocation state
+        self.sweepgen = 0          # see the sweepgen protocol in gc/sweep.py
+        self.needzero = False      # True iff some byte of the span may be nonzero when free
+        self.specials = None       # sorted special records, owned by the GC layer
+        self.unusedsince = 0.0     # free spans: when it became free (scavenger)
+        self.npreleased = 0        # free spans: pages returned to the OS; <= npages
+        self.central_set = None    # the mcentral set (dict) holding this span, if any
+        self.cached_by = None      # the mcache allocating from this span, if any
+        self.pending_frees = None  # slots freed by other threads while cached (list)
+        self.large_type = None     # large objects: the type record for the GC layer
+        self.tiny_blocks = None    # slots holding 16-byte tiny blocks (set), tiny class only
+        self.run_end = 0           # end of the reserved run (see above), or 0
+        self.typed = False         # a typed object lives here: heap bits not all ones (gc/)
+
+    def init(self, base: int, npages: int) -> None:
+        """Reset the span to a fresh run of pages (Go's mspan.init)."""
+        self.base = base
+        self.npages = npages
+        self.limit = base + (npages << PAGE_SHIFT)
+        self.state = SPAN_DEAD
+        self.spanclass = 0
+        self.sizeclass = 0
+        self.noscan = False
+        self.elemsize = npages << PAGE_SHIFT
+        self.nelems = 1
+        self.freeindex = 0
+        self.allocCache = 0
+        self.allocCount = 0
+        self.specials = None
+        self.unusedsince = 0.0
+        self.npreleased = 0
+        self.central_set = None
+        self.cached_by = None
+        self.pending_frees = None
+        self.large_type = None
+        self.tiny_blocks = None
+        self.run_end = 0
+        self.typed = False
+
+    def set_span_class(self, spanclass: int) -> None:
+        sizeclass = span_class_sizeclass(spanclass)
+        self.spanclass = spanclass
+        self.sizeclass = sizeclass
+        self.noscan = span_class_noscan(spanclass)
+        if sizeclass == 0:
+            self.elemsize = self.npages << PAGE_SHIFT
+            self.nelems = 1
+        else:
+            self.elemsize = class_to_size[sizeclass]
+            self.nelems = (self.npages << PAGE_SHIFT) // self.elemsize
+        self.limit = self.base + self.elemsize * self.nelems
+
+    # --- bitmaps -------------------------------------------------------------------------
+
+    def refill_alloc_cache(self, bits64: np.ndarray, which_byte: int) -> None:
+        """Load allocCache with the complement of the 64 alloc bits from byte which_byte."""
+        word = int(bits64[(self.allocBits + which_byte) >> 3])
+        self.allocCache = ~word & MASK64
+
+    def next_free_index(self, bits64: np.ndarray) -> int:
+        """The next free slot at or after freeindex, or nelems (Go's nextFreeIndex)."""
+        sfreeindex = self.freeindex
+        snelems = self.nelems
+        if sfreeindex == snelems:
+            return sfreeindex
+        cache = self.allocCache
+        while not cache:
+            sfreeindex = (sfreeindex + 64) & ~63
+            if sfreeindex >= snelems:
+                self.freeindex = snelems
+                return snelems
+            self.refill_alloc_cache(bits64, sfreeindex >> 3)
+            cache = self.allocCache
+        bit = (cache & -cache).bit_length() - 1
+        result = sfreeindex + bit
+        if result >= snelems:
+            self.freeindex = snelems
+            return snelems
+        self.allocCache = cache >> (bit + 1)
+        sfreeindex = result + 1
+        if sfreeindex & 63 == 0 and sfreeindex != snelems:
+            self.refill_alloc_cache(bits64, sfreeindex >> 3)
+        self.freeindex = sfreeindex
+        return result
+
+    def reserve_run(self, bits64: np.ndarray, limit: int) -> range:
+        """Reserve the free slots that follow freeindex in the current allocCache word, at most
+        ``limit``, and return their addresses (empty if none).
+
+        Go's nextFreeFast takes one slot per call; taking the whole run of set cache bits at
+        once is the same walk, paid once per run instead of once per object.
+        """
+        cache = self.allocCache
+        n = ((cache + 1) & ~cache).bit_length() - 1     # trailing ones: free slots in a row
+        n = min(n, self.nelems - self.freeindex, limit)
+        if n <= 0:
+            self.run_end = 0
+            return range(0)
+        start = self.base + self.freeindex * self.elemsize
+        self.allocCache = cache >> n
+        self.freeindex += n
+        self.allocCount += n
+        if not self.freeindex & 63 and self.freeindex != self.nelems:
+            self.refill_alloc_cache(bits64, self.freeindex >> 3)
+        self.run_end = start + n * self.elemsize
+        return range(start, self.run_end, self.elemsize)
+
+    def unreserve(self, bits64: np.ndarray, run) -> int:
+        """Take back the slots of ``run`` (this span's run iterator) not handed out yet;
+        returns how many. The iterator is exhausted afterwards."""
+        left = len(list(run)) if self.run_end else 0
+        self.run_end = 0
+        if left:
+            self.freeindex -= left
+            self.allocCount -= left
+            self.reset_alloc_cache(bits64)
+        return left
+
+    def reset_alloc_cache(self, bits64: np.ndarray) -> None:
+        """Make allocCache agree with allocBits at the current freeindex."""
+        self.refill_alloc_cache(bits64, (self.freeindex & ~63) >> 3)
+        self.allocCache >>= self.freeindex & 63
+
+    def is_free(self, bits8: np.ndarray, index: int) -> bool:
+        """Whether slot ``index`` is free (Go's isFree)."""
+        if index < self.freeindex:
+            return False
+        return not (int(bits8[self.allocBits + (index >> 3)]) >> (index & 7)) & 1
+
+    def free_slot(self, bits8: np.ndarray, bits64: np.ndarray, index: int) -> None:
+        """Make allocated slot ``index`` free again (explicit free; the caller checked it is
+        allocated and that no mcache is allocating from this span concurrently).
+
+        Slots below freeindex are allocated without their alloc bit set, so before moving
+        freeindex back to ``index`` the bits of the slots it passes over are written.
+        """
+        if index < self.freeindex:
+            set_bit_range(bits64, self.allocBits, index + 1, self.freeindex)
+            self.freeindex = index
+        byte = self.allocBits + (index >> 3)
+        bits8[byte] = int(bits8[byte]) & ~(1 << (index & 7))
+        self.allocCount -= 1
+        self.needzero = True    # the slot keeps its old bytes until it is handed out again
+        self.reset_alloc_cache(bits64)
+
+    def object_index(self, p: int) -> int:
+        """Slot number of the object containing address p (inside the span)."""
+        # Python's // on ints costs what Go's divMagic multiply-and-shift saves in Go.
+        return (p - self.base) // self.elemsize
+
+    def __repr__(self) -> str:
+        return (f"<mspan {self.id} {STATE_NAMES[self.state]} base={self.base:#x} "
+                f"npages={self.npages} class={self.sizeclass} noscan={self.noscan} "
+                f"elemsize={self.elemsize} nelems={self.nelems} alloc={self.allocCount} "
+                f"freeindex={self.freeindex} sweepgen={self.sweepgen}>")
+
+
+def set_bit_range(bits64: np.ndarray, off: int, lo: int, hi: int) -> None:
+    """Set bits [lo, hi) of the bitmap at byte offset ``off`` (8-byte aligned)."""
+    while lo < hi:
+        word = lo >> 6
+        top = min(hi, (word + 1) << 6)
+        mask = ((1 << (top - lo)) - 1) << (lo & 63)
+        w = (off >> 3) + word
+        bits64[w] = int(bits64[w]) | mask
+        lo = top
+
+
+class SpanTable:
+    """Numpy mirrors of span fields, indexed by span id, for whole-frontier work.
+
+    Invariant: after ``sync()``, for every span s whose state is not Dead, row s.id equals
+    s's fields, and rows of dead spans have state SPAN_DEAD. Row 0 is never used (0 means "no
+    span" in page maps). Writers call ``mark_dirty`` (a list append) when a span changes
+    state; readers of the arrays call ``sync()`` first, with the heap lock held or the world
+    stopped. Batching keeps numpy scalar writes off the span-allocation path.
+    """
+
+    FIELDS = (("base", np.uint64), ("elemsize", np.uint64), ("nelems", np.int64),
+              ("limit", np.uint64), ("state", np.uint8), ("noscan", np.uint8),
+              ("allocbits", np.int64), ("markbits", np.int64))
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self.dirty: list[MSpan] = []
+        for name, dtype in self.FIELDS:
+            setattr(self, name, np.zeros(capacity, dtype=dtype))
+
+    def ensure(self, sid: int) -> None:
+        if sid < self.capacity:
+            return
+        new_capacity = max(self.capacity * 2, sid + 1)
+        for name, dtype in self.FIELDS:
+            grown = np.zeros(new_capacity, dtype=dtype)
+            grown[:self.capacity] = getattr(self, name)
+            setattr(self, name, grown)
+        self.capacity = new_capacity
+
+    def mark_dirty(self, s: MSpan) -> None:
+        self.dirty.append(s)
+
+    def sync(self) -> None:
+        """Write the rows of every span marked dirty since the last sync."""
+        dirty, self.dirty = self.dirty, []
+        for s in dict.fromkeys(dirty):
+            self.store(s)
+
+    def store(self, s: MSpan) -> None:
+        i = s.id
+        self.base[i] = s.base
+        self.elemsize[i] = s.elemsize
+        self.nelems[i] = s.nelems
+        self.limit[i] = s.limit
+        self.state[i] = s.state
+        self.noscan[i] = s.noscan
+        self.allocbits[i] = s.allocBits
+        self.markbits[i] = s.gcmarkBits
+
+    def store_bits(self, s: MSpan) -> None:
+        self.allocbits[s.id] = s.allocBits
+        self.markbits[s.id] = s.gcmarkBits

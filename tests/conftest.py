@@ -1,0 +1,38 @@
+"""Shared fixtures for the allocator suites.
+
+- ``heap``: a fresh ``gcalloc.Heap`` closed after the test, with no automatic collections
+  (gc_percent=-1), no background scavenger and no GCALLOC_DEBUG flags, so neither the pacer
+  nor the environment changes what a test measures. Objects a test keeps across an explicit
+  collection (``free_os_memory`` collects first) must be rooted.
+- ``rss``: a function returning this process's resident set size in bytes (psutil).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+import gcalloc
+
+_PROCESS = psutil.Process()
+
+
+def current_rss() -> int:
+    """Resident set size of this process, in bytes."""
+    return _PROCESS.memory_info().rss
+
+
+@pytest.fixture
+def heap() -> Iterator[gcalloc.Heap]:
+    h = gcalloc.Heap(-1, scavenger=False, debug="")
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def rss() -> Callable[[], int]:
+    return current_rss
