@@ -1,0 +1,176 @@
+"""Allocation speed: gcalloc's Heap.alloc against Boehm GC and libc malloc, all from Python.
+
+The workload is the mixed small-object loop of issue 5: sizes cycle through 8..512 bytes and
+every other allocation is noscan (pointer-free), so noscan requests below 16 bytes take the
+tiny allocator and the rest spread over 26 size classes, scan and noscan. Each variant makes
+the same sequence of calls from a Python ``for`` loop:
+
+- ``gcalloc Heap.alloc``      ``alloc(size, noscan=flag)`` on a fresh Heap (closed after);
+- ``Boehm GC_malloc/_atomic`` libgc's ``GC_malloc`` (scan) / ``GC_malloc_atomic`` (noscan)
+  through ctypes with argtypes/restype set (skipped, with a message, where libgc is missing);
+- ``libc malloc+free``        ``free(malloc(size))`` through ctypes;
+- ``libc malloc``             ``malloc(size)`` alone (the blocks are freed after timing);
+- ``empty Python call``       a Python function taking the same arguments and doing nothing:
+  the floor any Python-level allocator pays.
+
+Repetitions interleave the variants in one process; the table gives the median ns per call and
+the ratio to Boehm. Run ``python bench/bench_alloc.py [-n N] [-r REPEAT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import gcalloc  # noqa: E402
+
+BOEHM_PATHS = ("/usr/lib/x86_64-linux-gnu/libgc.so.1", "libgc.so.1", "libgc.so")
+
+
+def workload(n: int) -> list[tuple[int, bool]]:
+    """(size, noscan) for n calls: sizes 8..512 cycling, noscan on every other call."""
+    return [(8 + i % 505, bool(i & 1)) for i in range(n)]
+
+
+def load_boehm() -> ctypes.CDLL | None:
+    for path in BOEHM_PATHS + ((ctypes.util.find_library("gc") or "",)):
+        if not path:
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        lib.GC_init.argtypes = []
+        lib.GC_init.restype = None
+        for name in ("GC_malloc", "GC_malloc_atomic"):
+            fn = getattr(lib, name)
+            fn.argtypes = [ctypes.c_size_t]
+            fn.restype = ctypes.c_void_p
+        lib.GC_init()
+        return lib
+    return None
+
+
+def load_libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free.restype = None
+    return libc
+
+
+def run_gcalloc(work: list[tuple[int, bool]]) -> float:
+    h = gcalloc.Heap()
+    try:
+        alloc = h.alloc
+        t0 = time.perf_counter_ns()
+        for size, noscan in work:
+            alloc(size, noscan=noscan)
+        t1 = time.perf_counter_ns()
+    finally:
+        h.close()
+    return (t1 - t0) / len(work)
+
+
+def run_boehm(work: list[tuple[int, bool]], lib: ctypes.CDLL) -> float:
+    scan, atomic = lib.GC_malloc, lib.GC_malloc_atomic
+    calls = [(atomic if noscan else scan, size) for size, noscan in work]
+    t0 = time.perf_counter_ns()
+    for fn, size in calls:
+        fn(size)
+    t1 = time.perf_counter_ns()
+    return (t1 - t0) / len(work)
+
+
+def run_libc_pair(work: list[tuple[int, bool]], libc: ctypes.CDLL) -> float:
+    malloc, free = libc.malloc, libc.free
+    t0 = time.perf_counter_ns()
+    for size, _noscan in work:
+        free(malloc(size))
+    t1 = time.perf_counter_ns()
+    return (t1 - t0) / len(work)
+
+
+def run_libc_malloc(work: list[tuple[int, bool]], libc: ctypes.CDLL) -> float:
+    malloc, free = libc.malloc, libc.free
+    blocks = []
+    keep = blocks.append
+    t0 = time.perf_counter_ns()
+    for size, _noscan in work:
+        keep(malloc(size))
+    t1 = time.perf_counter_ns()
+    for p in blocks:
+        free(p)
+    return (t1 - t0) / len(work)
+
+
+def run_empty(work: list[tuple[int, bool]]) -> float:
+    def alloc(size, type=None, noscan=False, zero=True):
+        pass
+
+    t0 = time.perf_counter_ns()
+    for size, noscan in work:
+        alloc(size, noscan=noscan)
+    t1 = time.perf_counter_ns()
+    return (t1 - t0) / len(work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=200_000, help="calls per repetition")
+    ap.add_argument("-r", "--repeat", type=int, default=5, help="repetitions")
+    args = ap.parse_args(argv)
+    work = workload(args.n)
+    boehm = load_boehm()
+    if boehm is None:
+        print("Boehm GC (libgc.so.1) not found: skipping the Boehm rows "
+              "(on Debian/Ubuntu: apt-get install libgc1)")
+    libc = load_libc()
+
+    variants = [("gcalloc Heap.alloc", lambda: run_gcalloc(work))]
+    if boehm is not None:
+        variants.append(("Boehm GC_malloc/_atomic", lambda: run_boehm(work, boehm)))
+    variants += [
+        ("libc malloc+free", lambda: run_libc_pair(work, libc)),
+        ("libc malloc", lambda: run_libc_malloc(work, libc)),
+        ("empty Python call", lambda: run_empty(work)),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    gc.disable()           # Python's own collector would add noise to every row alike
+    try:
+        for _ in range(args.repeat):
+            for name, fn in variants:
+                times[name].append(fn())
+                gc.collect()
+    finally:
+        gc.enable()
+
+    print(f"mixed 8..512 B, half noscan: n={args.n}, {args.repeat} repetitions, median ns/op")
+    print(f"Python {platform.python_version()} ({platform.python_implementation()}), "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}")
+    ref = statistics.median(times["Boehm GC_malloc/_atomic"]) if boehm else None
+    print(f"{'variant':<26}{'ns/op':>9}{'vs Boehm':>10}   all runs")
+    for name, _ in variants:
+        med = statistics.median(times[name])
+        ratio = f"{med / ref:.2f}x" if ref else "-"
+        runs = " ".join(f"{t:.0f}" for t in times[name])
+        print(f"{name:<26}{med:>9.0f}{ratio:>10}   {runs}")
+    if ref:
+        ours = statistics.median(times["gcalloc Heap.alloc"])
+        verdict = "meets" if ours <= ref else "MISSES"
+        print(f"gcalloc/Boehm = {ours / ref:.2f}: {verdict} the bar (<= 1.00)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,668 @@
+"""mallocgc: the allocator a Heap offers (Go's malloc.go mallocgc, gccgo's __go_free/mlookup).
+
+    alloc(size) ──► tiny (noscan, < 16 B): bump inside the thread's 16-byte block
+               ├──► small (≤ 32 KiB): size class ─► the mcache's run ─► next(run)
+               │              └─► _alloc_small: nextFree ─► refill ─► mcentral ─► mheap
+               └──► large (> 32 KiB): its own span from the page heap (size class 0)
+
+The fast path (tiny block or ``next(run, 0)``) is a few attribute reads, one table lookup and
+one builtin call on the thread's own mcache: no lock, no numpy, no ctypes. A *run* is the
+stretch of free slots Go's nextFreeFast would hand out one by one from allocCache; the slow
+path reserves it in one step, zeroes it if the span may be dirty, and stops it short of the
+next heap-profile sample (see mspan). Everything else leaves through ``_alloc_small`` (run
+used up) or ``_alloc_other`` (size 0, types, large objects, bad arguments).
+
+Zeroing: a span fresh from the OS is zero; ``span.needzero`` says whether a slot may hold old
+bytes, and only then is it cleared (``zero=False`` is Go's rawmem: never cleared).
+
+Explicit free (gccgo's __go_free) returns a small object's slot to its span or a large span to
+the page heap. It validates everything first and raises without changing anything.
+
+Stopping the world: slow paths and free are *safepoints*. A thread sets its mcache's
+``mallocing`` then checks ``_stopped``; a collector sets ``_stopped`` then waits until no other
+mcache is ``mallocing`` (Go's m.mallocing and stopTheWorld). The fast path needs no flag: a
+run's ``next`` is atomic, and the collector empties the runs while the world is stopped.
+
+The GC layer plugs in through hooks, all off the fast path: ``sweep_span`` (mcentral met an
+unswept span), ``gc_poll(p)`` (a slow path allocated p: maybe collect, with p as a root),
+``charge_live`` (pacing), ``on_sample`` (profiling countdown hit zero), ``on_free`` (explicit
+free: specials, heap bits), ``alloc_typed`` (a typed allocation), ``ensure_swept``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import operator
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from gcalloc import verify as checks
+from gcalloc.errors import (
+    DoubleFree, HeapClosed, HeapCorruption, InteriorPointer, InvalidArgument, InvalidSize,
+    NotHeapPointer, TinyObjectFree,
+)
+from gcalloc.fixalloc import FixAlloc
+from gcalloc.mcache import EMPTY_RUN, EMPTY_SPAN, MCACHE_RECORD_BYTES, MCache
+from gcalloc.mcentral import MCentral
+from gcalloc.mheap import MHeap
+from gcalloc.mspan import SPAN_IN_USE, MSpan
+from gcalloc.mstats import HeapStats, MemStats, by_size_rows
+from gcalloc.persistent import PersistentAlloc
+from gcalloc.sizeclasses import (
+    MAX_SMALL_SIZE, NUM_SIZE_CLASSES, NUM_SPAN_CLASSES, PAGE_SHIFT, PAGE_SIZE, TINY_SIZE,
+    TINY_SIZE_CLASS, class_to_size, make_span_class, size_to_class8, size_to_class128,
+)
+
+# Go's maxAlloc on 64-bit: the largest allocation the address space could hold.
+MAX_ALLOC = 1 << 48
+TINY_SPAN_CLASS = int(make_span_class(TINY_SIZE_CLASS, True))
+# Span class by size for sizes up to 1016 bytes, scan and noscan: the fast path's one table
+# lookup (Go's size_to_class8[(size + 7) >> 3] with the noscan bit already folded in).
+_SCAN_SPC = tuple(int(make_span_class(size_to_class8[(n + 7) >> 3], False))
+                  for n in range(1017))
+_NOSCAN_SPC = tuple(int(make_span_class(size_to_class8[(n + 7) >> 3], True))
+                    for n in range(1017))
+DEFAULT_MEM_PROFILE_RATE = 512 * 1024
+# Sampling disabled: a countdown no allocation can exhaust.
+NEVER_SAMPLE = 1 << 62
+
+_memset = ctypes.memset
+
+
+def _never_swept(s: MSpan, preserve: bool) -> bool:
+    raise HeapCorruption(f"span needs sweeping but no collector is attached: {s!r}")
+
+
+class Allocator:
+    """The allocator half of a Heap: page heap, centrals, per-thread caches, mallocgc, free."""
+
+    TINY_SPAN_CLASS = TINY_SPAN_CLASS
+
+    def __init__(self) -> None:
+        self.stats = HeapStats()
+        self.persistent = PersistentAlloc(self.stats.other_sys)
+        self.mheap = MHeap(self.stats, self.persistent)
+        self.central = [MCentral(spc, self.mheap, self._sweep_from_central)
+                        for spc in range(NUM_SPAN_CLASSES)]
+        self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
+                                    self.stats.mcache_sys)
+        self.mcaches: set[MCache] = set()        # every attached mcache; under mheap.lock
+        self._tls = threading.local()
+        self.zerobase = self.persistent.alloc(8, 8, None)   # what every size-0 alloc returns
+        self._closed = False
+        self._mem_profile_rate = DEFAULT_MEM_PROFILE_RATE
+        self._rand = random.Random()
+        # Stop-the-world state (see the module comment).
+        self._world = threading.Condition(threading.Lock())
+        self._stopped = False
+        self._stopper = 0
+        self.marking = None      # the collector's Marker while it marks (allocate black)
+        # Hooks for the GC layer (see the module comment).
+        self.sweep_span: Callable[[MSpan, bool], bool] = _never_swept
+        self.gc_poll: Callable[[int], None] | None = None
+        self.charge_live: Callable[[int], None] | None = None
+        self.on_sample: Callable[[int, int], None] | None = None
+        self.on_free: Callable[[MSpan, int], None] | None = None
+        self.ensure_swept: Callable[[MSpan], None] | None = None
+
+    # --- allocation: the fast path -----------------------------------------------------
+
+    def alloc(self, size: int, type: object = None, noscan: bool = False,
+              zero: bool = True) -> int:
+        """Allocate ``size`` bytes and return the address (see Heap.alloc for the contract)."""
+        try:
+            c = self._tls.mcache
+        except AttributeError:
+            c = self._attach_mcache()
+        try:
+            if size.__class__ is int and type is None and 0 < size <= 1016:
+                if noscan:
+                    if size < 16:
+                        off = c.tinyoffset
+                        if not size & 7:
+                            off = (off + 7) & -8
+                        elif not size & 3:
+                            off = (off + 3) & -4
+                        elif not size & 1:
+                            off = (off + 1) & -2
+                        if off + size <= 16 and c.tiny:
+                            c.tinyoffset = off + size
+                            c.tiny_allocs += 1
+                            return c.tiny + off
+                        return self._alloc_tiny_block(c, size)
+                    spc = _NOSCAN_SPC[size]
+                else:
+                    spc = _SCAN_SPC[size]
+                p = next(c.runs[spc], 0)
+                if p:
+                    return p
+                return self._alloc_small(c, spc, zero)
+        except TypeError:
+            pass  # size is not comparable to an int: _alloc_other says so
+        return self._alloc_other(c, size, type, noscan, zero)
+
+    # --- allocation: slow paths --------------------------------------------------------
+
+    def _alloc_small(self, c: MCache, spc: int, zero: bool) -> int:
+        """The run is used up: take the next free slot (refilling the span if it is full),
+        then reserve the run of free slots after it for the fast path."""
+        self._safepoint(c)
+        try:
+            p, s, refilled = self._next_free(c, spc)
+            if zero and s.needzero:
+                _memset(p, 0, s.elemsize)
+            elemsize = s.elemsize
+            c.next_sample -= elemsize
+            if c.next_sample < 0:
+                self._sampled(c, p, elemsize)
+            if self.marking is None:
+                self._reserve_run(c, s, spc)
+            else:
+                self.marking.allocated_black(p)
+        finally:
+            c.mallocing = False
+        if refilled and self.gc_poll is not None:
+            self.gc_poll(p)
+        return p
+
+    def _reserve_run(self, c: MCache, s: MSpan, spc: int) -> None:
+        # The run stops short of the next sample so that the sampled object comes through
+        # the slow path; its bytes are charged to the countdown now and refunded if unused.
+        elemsize = s.elemsize
+        run = s.reserve_run(self.mheap.gcbits.bits64, c.next_sample // elemsize)
+        if run:
+            c.next_sample -= len(run) * elemsize
+            if s.needzero:
+                _memset(run.start, 0, len(run) * elemsize)
+            c.runs[spc] = iter(run)
+
+    def _next_free(self, c: MCache, spc: int) -> tuple[int, MSpan, bool]:
+        """(address, span, refilled): the next free slot of the cached span of class spc,
+        refilling the mcache when the span is full (Go's nextFree)."""
+        s = c.alloc[spc]
+        bits64 = self.mheap.gcbits.bits64
+        idx = s.next_free_index(bits64)
+        refilled = idx == s.nelems
+        if refilled:
+            if self._closed:
+                raise HeapClosed("heap is closed")
+            c.runs[spc] = EMPTY_RUN
+            s = c.refill(spc, self.central[spc], self.stats)
+            if self.charge_live is not None:
+                self.charge_live((s.nelems - s.allocCount) * s.elemsize)
+            idx = s.next_free_index(bits64)
+        if idx >= s.nelems:
+            raise HeapCorruption(f"nextFree: no free slot after refill: {s!r}")
+        s.allocCount += 1
+        return s.base + idx * s.elemsize, s, refilled
+
+    def _alloc_tiny_block(self, c: MCache, size: int) -> int:
+        """Start a new 16-byte tiny block and hand out its first ``size`` bytes. The block is
+        a 16-byte noscan object, taken as any other: from the run, else the slow path."""
+        p = next(c.runs[TINY_SPAN_CLASS], 0) or self._alloc_small(c, TINY_SPAN_CLASS, True)
+        s = c.alloc[TINY_SPAN_CLASS]
+        if s.tiny_blocks is None:
+            s.tiny_blocks = set()
+        s.tiny_blocks.add((p - s.base) >> 4)
+        # Keep whichever block has more room left (Go's replacement rule).
+        if size < c.tinyoffset or not c.tiny:
+            c.tiny = p
+            c.tinyoffset = size
+        return p
+
+    def _alloc_other(self, c: MCache, size: object, type: object, noscan: bool,
+                     zero: bool) -> int:
+        """Everything the fast path does not take: checks, size 0, types, large objects."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        size = self._check_size(size)
+        if type is not None:
+            return self.alloc_typed(size, type, noscan, zero)
+        if size == 0:
+            return self.zerobase
+        if size <= 1016:
+            return self.alloc(size, None, noscan, zero)
+        if size <= MAX_SMALL_SIZE:
+            spc = (size_to_class128[(size - 897) >> 7] << 1) | (1 if noscan else 0)
+            return next(c.runs[spc], 0) or self._alloc_small(c, spc, zero)
+        return self._alloc_large(c, size, noscan, zero)
+
+    @staticmethod
+    def _check_size(size: object) -> int:
+        if isinstance(size, bool):
+            raise InvalidArgument("size must be an integer, not bool")
+        try:
+            n = operator.index(size)
+        except TypeError:
+            raise InvalidArgument(f"size must be an integer, not {type(size).__name__}") from None
+        if n < 0:
+            raise InvalidSize(f"negative allocation size {n}")
+        if n > MAX_ALLOC:
+            raise InvalidSize(f"allocation size {n:#x} exceeds the maximum {MAX_ALLOC:#x}")
+        return n
+
+    def alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
+        """A typed allocation; the GC layer (Heap) writes the type's pointer bits. Here only
+        the size is used: it must be a multiple of the type's size."""
+        try:
+            tsize = ctypes.sizeof(type)  # type: ignore[arg-type]
+        except TypeError:
+            raise InvalidArgument(f"type must be a ctypes type, not {type!r}") from None
+        if size and tsize and size % tsize:
+            raise InvalidSize(f"size {size} is not a multiple of the type's size {tsize}")
+        return self.alloc(size, None, noscan, zero) if size and tsize else self.zerobase
+
+    def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool) -> int:
+        """A span of its own for an object over 32 KiB (Go's largeAlloc)."""
+        npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        self._safepoint(c)
+        try:
+            s = self.mheap.alloc(npages, make_span_class(0, noscan), needzero=zero)
+            s.limit = s.base + size
+            s.freeindex = 1
+            s.allocCount = 1
+            with self.mheap.lock:
+                self.mheap.table.mark_dirty(s)
+            if self.charge_live is not None:
+                self.charge_live(npages << PAGE_SHIFT)
+            if self.marking is not None:
+                self.marking.allocated_black(s.base)
+            # Go 1.16: size = span.elemsize before profiling, for large objects too.
+            c.next_sample -= npages << PAGE_SHIFT
+            if c.next_sample < 0:
+                self._sampled(c, s.base, npages << PAGE_SHIFT)
+        finally:
+            c.mallocing = False
+        if self.gc_poll is not None:
+            self.gc_poll(s.base)
+        return s.base
+
+    # --- stopping the world ------------------------------------------------------------
+
+    def _safepoint(self, c: MCache) -> None:
+        """Enter a slow path: park here while another thread has the world stopped."""
+        c.mallocing = True
+        if self._stopped and self._stopper != threading.get_ident():
+            c.mallocing = False
+            with self._world:
+                while self._stopped:
+                    self._world.wait()
+            c.mallocing = True
+
+    def stop_the_world(self) -> None:
+        """Wait until no other thread is inside a slow path; park the ones that arrive."""
+        with self._world:
+            self._stopped = True
+            self._stopper = threading.get_ident()
+        me = getattr(self._tls, "mcache", None)
+        while any(c.mallocing for c in list(self.mcaches) if c is not me):
+            time.sleep(0)   # let them run to the end of their slow path
+
+    def start_the_world(self) -> None:
+        with self._world:
+            self._stopped = False
+            self._stopper = 0
+            self._world.notify_all()
+
+    def _this_mcache(self) -> MCache:
+        try:
+            return self._tls.mcache
+        except AttributeError:
+            return self._attach_mcache()
+
+    # --- heap profile sampling (the countdown; the GC layer records the sample) ---------
+
+    @property
+    def mem_profile_rate(self) -> int:
+        """Average bytes allocated between heap-profile samples; 0 off, 1 every allocation."""
+        return self._mem_profile_rate
+
+    @mem_profile_rate.setter
+    def mem_profile_rate(self, rate: int) -> None:
+        if isinstance(rate, bool) or not isinstance(rate, int):
+            raise InvalidArgument("mem_profile_rate must be an int")
+        if rate < 0:
+            raise InvalidSize(f"mem_profile_rate must be >= 0, got {rate}")
+        self._mem_profile_rate = rate
+        # Give back the calling thread's runs so the new rate governs its very next
+        # allocation (a run is handed out without consulting the countdown). Other threads
+        # see the new rate when their current runs end.
+        mine = getattr(self._tls, "mcache", None)
+        if mine is not None and mine in self.mcaches:
+            bits64 = self.mheap.gcbits.bits64
+            for spc, s in enumerate(mine.alloc):
+                if s is not EMPTY_SPAN:
+                    mine.give_back_run(spc, bits64)
+        for c in list(self.mcaches):
+            c.next_sample = self.next_sample()
+
+    def next_sample(self) -> int:
+        """Bytes until the next sample: exponential with mean mem_profile_rate (Go's
+        nextSample/fastexprand), so sampling is a Poisson process over allocated bytes."""
+        rate = self._mem_profile_rate
+        if rate == 0:
+            return NEVER_SAMPLE
+        if rate == 1:
+            return 0
+        u = self._rand.random()
+        return int(-math.log(1.0 - u) * rate)
+
+    def _sampled(self, c: MCache, p: int, size: int) -> None:
+        c.next_sample = self.next_sample()
+        if self.on_sample is not None and self._mem_profile_rate:
+            self.on_sample(p, size)
+
+    # --- per-thread caches -------------------------------------------------------------
+
+    def _attach_mcache(self) -> MCache:
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        with self.mheap.lock:
+            c = self._cachealloc.alloc()
+            MCache.__init__(c)
+            c.thread_name = threading.current_thread().name
+            c.next_sample = self.next_sample()
+            self.mcaches.add(c)
+        guard = _ThreadGuard()
+        weakref.finalize(guard, _detach_mcache, weakref.ref(self), c)
+        self._tls.mcache = c
+        self._tls.guard = guard
+        return c
+
+    def detach_mcache(self, c: MCache) -> None:
+        """Give a thread's cache back: its spans to the centrals, its counts to the stats."""
+        if self._closed or c not in self.mcaches:
+            return
+        self._safepoint(c)
+        try:
+            self._release_mcache(c)
+        finally:
+            c.mallocing = False
+        with self.mheap.lock:
+            self.mcaches.discard(c)
+            self._cachealloc.free(c)
+
+    def _release_mcache(self, c: MCache) -> None:
+        unused = sum(n * class_to_size[spc >> 1] for spc, n in c.uncounted_slots())
+        c.release_all(self.central, self.stats)
+        if unused and self.charge_live is not None:
+            self.charge_live(-unused)
+        with self.mheap.lock:
+            self.stats.tiny_allocs += c.tiny_allocs
+            c.tiny_allocs = 0
+
+    def flush_mcaches(self) -> None:
+        """Return every thread's cached spans and runs (the world must be stopped: Go's
+        flushallmcaches at the start of a collection). Tiny blocks stay: a parked thread may
+        be halfway through handing one out, so the collector treats them as roots."""
+        for c in list(self.mcaches):
+            self._release_mcache(c)
+
+    # --- explicit free -----------------------------------------------------------------
+
+    def free(self, p: int) -> None:
+        """Free the object starting at p (gccgo's __go_free). See Heap.free."""
+        p = self._check_addr(p)
+        if p == 0 or p == self.zerobase:
+            return
+        c = self._this_mcache()
+        self._safepoint(c)
+        try:
+            s = self._span_for_free(p)
+            if self.ensure_swept is not None:
+                self.ensure_swept(s)
+            if s.sizeclass == 0:
+                self._free_large(s, p)
+            else:
+                self._free_small(c, s, p)
+        finally:
+            c.mallocing = False
+
+    def _span_for_free(self, p: int) -> MSpan:
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        s = self.mheap.span_of(p)
+        if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+            raise NotHeapPointer(f"free of {p:#x}: not an object of this heap", p)
+        return s
+
+    def _free_large(self, s: MSpan, p: int) -> None:
+        with self.mheap.lock:
+            if s.state != SPAN_IN_USE or s.allocCount != 1:
+                raise DoubleFree(f"free of {p:#x}: large object already freed", p)
+            if p != s.base:
+                raise InteriorPointer(f"free of {p:#x}: inside the object at {s.base:#x}", p)
+            s.allocCount = 0
+        if self.on_free is not None:
+            self.on_free(s, 0)
+        self.mheap.free_span(s)
+
+    def _free_small(self, c: MCache, s: MSpan, p: int) -> None:
+        central = self.central[s.spanclass]
+        gcbits = self.mheap.gcbits
+        with central.lock:
+            if s.state != SPAN_IN_USE or s.spanclass != central.spanclass:
+                raise NotHeapPointer(f"free of {p:#x}: not an object of this heap", p)
+            if s.cached_by is c:
+                c.give_back_run(s.spanclass, gcbits.bits64)
+            elif s.cached_by is not None and self._in_unused_run(s, p):
+                raise DoubleFree(f"free of {p:#x}: object was never handed out", p)
+            idx = s.object_index(p)
+            base = s.base + idx * s.elemsize
+            if s.tiny_blocks is not None and idx in s.tiny_blocks:
+                raise TinyObjectFree(f"free of {p:#x}: inside a shared 16-byte tiny block", p)
+            if p != base:
+                raise InteriorPointer(f"free of {p:#x}: inside the object at {base:#x}", p)
+            if s.is_free(gcbits.bits8, idx) or (s.pending_frees and idx in s.pending_frees):
+                raise DoubleFree(f"free of {p:#x}: object already freed", p)
+            if self.on_free is not None:
+                self.on_free(s, idx)
+            self.stats.small_free_count[s.spanclass] += 1
+            if s.cached_by is not None and s.cached_by is not c:
+                # Another thread allocates from this span without a lock: let it apply the
+                # free when it gives the span back.
+                if s.pending_frees is None:
+                    s.pending_frees = []
+                s.pending_frees.append(idx)
+                return
+            was_full = s.allocCount == s.nelems
+            s.free_slot(gcbits.bits8, gcbits.bits64, idx)
+            if s.cached_by is None:
+                self._refile_after_free(central, s, was_full)
+            else:
+                # refill counted the span's free slots as allocated; this one is free again
+                # and will be counted when the thread allocates it.
+                self.stats.small_alloc_count[s.spanclass] += 1
+
+    @staticmethod
+    def _in_unused_run(s: MSpan, p: int) -> bool:
+        """Whether p is a slot of s's run not handed out yet (s cached by some mcache)."""
+        c = s.cached_by
+        left = c.run_left(s) if c is not None else 0
+        return left > 0 and s.run_end - left * s.elemsize <= p < s.run_end
+
+    def _refile_after_free(self, central: MCentral, s: MSpan, was_full: bool) -> None:
+        """Keep an uncached span in the right central set after one of its slots was freed."""
+        if central.release_if_empty(s):
+            return
+        if not was_full:
+            return
+        sg = self.mheap.sweepgen
+        if s.central_set is central.full_swept(sg):
+            central.remove(s)
+            central.push(central.partial_swept(sg), s)
+        elif s.central_set is central.full_unswept(sg):
+            central.remove(s)
+            central.push(central.partial_unswept(sg), s)
+
+    # --- lookup ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_addr(p: object) -> int:
+        if isinstance(p, bool):
+            raise InvalidArgument("address must be an integer, not bool")
+        try:
+            return operator.index(p)
+        except TypeError:
+            raise InvalidArgument(f"address must be an integer, not {type(p).__name__}") from None
+
+    def find_object(self, p: int) -> tuple[MSpan, int] | None:
+        """(span, slot) of the allocated object holding address p, or None (findObject)."""
+        s = self.mheap.span_of(p)
+        if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+            return None
+        if s.cached_by is not None and self._in_unused_run(s, p):
+            return None    # reserved by an mcache, not yet handed out
+        idx = s.object_index(p)
+        if s.is_free(self.mheap.gcbits.bits8, idx):
+            return None
+        if s.pending_frees and idx in s.pending_frees:
+            return None
+        return s, idx
+
+    def lookup(self, p: int) -> tuple[int, int] | None:
+        """(base, size) of the object holding p, or None (gccgo's mlookup)."""
+        p = self._check_addr(p)
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        self.stats.lookups += 1
+        found = self.find_object(p)
+        if found is None:
+            return None
+        s, idx = found
+        return s.base + idx * s.elemsize, s.elemsize
+
+    def usable_size(self, p: int) -> int:
+        """Bytes usable at object start p (its size class or page-rounded large size)."""
+        p = self._check_addr(p)
+        if p == self.zerobase:
+            return 0
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        found = self.find_object(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        s, idx = found
+        base = s.base + idx * s.elemsize
+        if p != base:
+            raise InteriorPointer(f"{p:#x} is inside the object at {base:#x}", p)
+        return s.elemsize
+
+    # --- statistics --------------------------------------------------------------------
+
+    def _object_counts(self) -> tuple[list[int], list[int], int]:
+        """Per size class (mallocs, frees) and tiny allocations, with cached spans' unused
+        slots taken back out (exact when no other thread is allocating)."""
+        st = self.stats
+        mallocs = [0] * NUM_SIZE_CLASSES
+        frees = [0] * NUM_SIZE_CLASSES
+        for spc in range(NUM_SPAN_CLASSES):
+            mallocs[spc >> 1] += st.small_alloc_count[spc]
+            frees[spc >> 1] += st.small_free_count[spc]
+        tiny = st.tiny_allocs
+        for c in list(self.mcaches):
+            tiny += c.tiny_allocs
+            for spc, unused in c.uncounted_slots():
+                mallocs[spc >> 1] -= unused
+        mallocs[0] = st.large_alloc_count
+        frees[0] = st.large_free_count
+        return mallocs, frees, tiny
+
+    def read_memstats(self) -> MemStats:
+        """A snapshot of the heap's statistics (Go's ReadMemStats)."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        with self.mheap.lock:
+            return self._memstats_locked()
+
+    def _memstats_locked(self) -> MemStats:
+        st = self.stats
+        mallocs, frees, tiny = self._object_counts()
+        total_alloc = st.large_alloc + sum(mallocs[i] * class_to_size[i]
+                                           for i in range(1, NUM_SIZE_CLASSES))
+        total_free = st.large_free + sum(frees[i] * class_to_size[i]
+                                         for i in range(1, NUM_SIZE_CLASSES))
+        nmalloc = sum(mallocs) + tiny
+        nfree = sum(frees) + tiny
+        heap_sys = st.heap_sys.value
+        return MemStats(
+            alloc=total_alloc - total_free, total_alloc=total_alloc, sys=st.total_sys(),
+            lookups=st.lookups, mallocs=nmalloc, frees=nfree,
+            heap_alloc=total_alloc - total_free, heap_sys=heap_sys,
+            heap_idle=heap_sys - st.heap_inuse, heap_inuse=st.heap_inuse,
+            heap_released=st.heap_released, heap_objects=nmalloc - nfree,
+            stack_inuse=st.stacks_inuse, stack_sys=st.stacks_inuse + st.stacks_sys.value,
+            mspan_inuse=st.mspan_inuse.value, mspan_sys=st.mspan_sys.value,
+            mcache_inuse=st.mcache_inuse.value, mcache_sys=st.mcache_sys.value,
+            buck_hash_sys=st.buckhash_sys.value, gc_sys=st.gc_sys.value,
+            other_sys=st.other_sys.value,
+            by_size=by_size_rows(mallocs, frees), **self.gc_memstats(),
+        )
+
+    def gc_memstats(self) -> dict:
+        """The collector's MemStats fields; the GC layer overrides this."""
+        return dict(next_gc=0, last_gc=0, pause_total_ns=0, pause_ns=(0,) * 256,
+                    pause_end=(0,) * 256, num_gc=0, num_forced_gc=0, gc_cpu_fraction=0.0,
+                    enable_gc=False, debug_gc=False)
+
+    # --- sweeping hook -----------------------------------------------------------------
+
+    def _sweep_from_central(self, s: MSpan, preserve: bool) -> bool:
+        return self.sweep_span(s, preserve)
+
+    # --- verify and close --------------------------------------------------------------
+
+    def verify(self) -> None:
+        """Raise HeapCorruption if an allocator invariant is broken (call with no other
+        thread allocating)."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        self.mheap.verify()
+        problems: list[str] = []
+        with self.mheap.lock:
+            spans = [s for s in self.mheap.live_spans() if s.state == SPAN_IN_USE]
+            caches = list(self.mcaches)
+        for s in spans:
+            problems.extend(checks.span_problems(self, s))
+            problems.extend(checks.sweep_problems(self, s))
+        for c in caches:
+            problems.extend(checks.mcache_problems(self, c))
+        for central in self.central:
+            problems.extend(checks.central_problems(central))
+        if problems:
+            raise HeapCorruption("allocator: " + "; ".join(problems[:20]))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for c in list(self.mcaches):
+            c.alloc = [EMPTY_SPAN] * NUM_SPAN_CLASSES
+            c.runs = [EMPTY_RUN] * NUM_SPAN_CLASSES
+            c.tiny = c.tinyoffset = 0
+        self.mcaches.clear()
+        self.mheap.release()
+        self._cachealloc.clear()
+        self.persistent.release_all()
+
+
+class _ThreadGuard:
+    """Lives in a thread's local storage; when the thread ends, it dies and its finalizer gives
+    the thread's mcache back."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _detach_mcache(allocator_ref: weakref.ref, c: MCache) -> None:
+    allocator = allocator_ref()
+    if allocator is not None:
+        allocator.detach_mcache(c)

@@ -1,0 +1,101 @@
+"""mcache: a thread's private cache of spans, one per span class (Go's mcache.go).
+
+Go gives each P an mcache so the allocation fast path takes no lock; here each Python thread
+gets one on its first allocation (``threading.local``), and gives it back when the thread ends
+or the heap closes (``release_all``).
+
+Invariants:
+- ``alloc[spc]`` is a span of class spc cached by this mcache only (``span.cached_by`` is this
+  mcache) or the shared ``EMPTY_SPAN``, whose zero allocCache and nelems send the fast path to
+  ``refill``;
+- only the owning thread touches the cached spans' allocation fields (freeindex, allocCache,
+  allocCount); other threads that free into a cached span queue the slot on
+  ``span.pending_frees`` under the mcentral lock;
+- ``tiny`` is 0 or the address of a live 16-byte block in a tiny-class span; bytes from
+  ``tiny + tinyoffset`` to its end were never handed out.
+"""
+
+from __future__ import annotations
+
+from operator import length_hint
+
+from gcalloc.errors import HeapCorruption
+from gcalloc.mcentral import MCentral
+from gcalloc.mspan import MSpan
+from gcalloc.mstats import HeapStats
+from gcalloc.sizeclasses import NUM_SPAN_CLASSES
+
+# unsafe.Sizeof(mcache{}) in Go 1.16 on 64-bit, about: charged to mcache_inuse per mcache.
+MCACHE_RECORD_BYTES = 1200
+
+EMPTY_SPAN = MSpan(0)
+"""Go's emptymspan: a span with no slots, cached in every empty entry of every mcache."""
+
+EMPTY_RUN = iter(())
+"""The run of a span class with none reserved: ``next(EMPTY_RUN, 0)`` is 0."""
+
+
+class MCache:
+    """One thread's span cache."""
+
+    __slots__ = ("alloc", "runs", "tiny", "tinyoffset", "tiny_allocs", "next_sample",
+                 "mallocing", "thread_name")
+
+    def __init__(self) -> None:
+        self.alloc: list[MSpan] = [EMPTY_SPAN] * NUM_SPAN_CLASSES
+        # runs[spc]: iterator over the addresses reserved in alloc[spc] (see mspan)
+        self.runs: list = [EMPTY_RUN] * NUM_SPAN_CLASSES
+        self.tiny = 0             # address of the current tiny block, or 0
+        self.tinyoffset = 0       # bytes of the tiny block handed out
+        self.tiny_allocs = 0      # tiny allocations not yet flushed into HeapStats
+        self.next_sample = 0      # bytes to allocate before the next heap-profile sample
+        self.mallocing = False    # inside the allocator (the collector waits for False)
+        self.thread_name = ""
+
+    def refill(self, spc: int, central: MCentral, stats: HeapStats) -> MSpan:
+        """Replace the full span of class spc by one with a free slot (Go's refill)."""
+        s = self.alloc[spc]
+        if s.allocCount != s.nelems:
+            raise HeapCorruption(f"refill of span with free space remaining: {s!r}")
+        if s is not EMPTY_SPAN:
+            if s.sweepgen != central.heap.sweepgen + 3:
+                raise HeapCorruption(f"bad sweepgen in refill: {s!r}")
+            self.alloc[spc] = EMPTY_SPAN
+            s.run_end = 0   # its run is used up: that is why we are here
+            central.uncache_span(s)
+        # Every free slot is counted as allocated now; release_all takes back what was not.
+        s = central.cache_span(self, stats.small_alloc_count)
+        self.alloc[spc] = s
+        return s
+
+    def release_all(self, centrals: list[MCentral], stats: HeapStats) -> None:
+        """Give every cached span back and flush local counters (Go's releaseAll)."""
+        bits64 = centrals[0].heap.gcbits.bits64
+        for spc, s in enumerate(self.alloc):
+            if s is EMPTY_SPAN:
+                continue
+            self.give_back_run(spc, bits64)
+            self.alloc[spc] = EMPTY_SPAN
+            central = centrals[spc]
+            with central.lock:
+                stats.small_alloc_count[spc] -= s.nelems - s.allocCount
+            central.uncache_span(s)
+        self.tiny = 0
+        self.tinyoffset = 0
+
+    def give_back_run(self, spc: int, bits64) -> None:
+        """Return the unused part of alloc[spc]'s run to the span and its bytes to the
+        sampling countdown (they were charged when the run was reserved)."""
+        run, self.runs[spc] = self.runs[spc], EMPTY_RUN
+        s = self.alloc[spc]
+        self.next_sample += s.unreserve(bits64, run) * s.elemsize
+
+    def run_left(self, s: MSpan) -> int:
+        """Slots of s's run not handed out yet (s cached here)."""
+        return length_hint(self.runs[s.spanclass]) if s.run_end else 0
+
+    def uncounted_slots(self) -> list[tuple[int, int]]:
+        """(span class, slots not handed out) of each cached span: free slots and the unused
+        run were counted as allocated at refill."""
+        return [(spc, s.nelems - s.allocCount + self.run_left(s))
+                for spc, s in enumerate(self.alloc) if s is not EMPTY_SPAN]

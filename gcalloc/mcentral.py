@@ -1,0 +1,194 @@
+"""mcentral: the spans of one span class shared by all threads (Go 1.16's mcentral.go).
+
+Spans not cached by any mcache sit in one of four sets, split by whether they have free slots
+(partial/full) and whether they are swept in this cycle (swept/unswept). The sets swap roles
+every cycle by the parity of sweepgen, exactly as Go indexes them:
+
+    partial_swept(sg)   = partial[sg // 2 % 2]     partial_unswept(sg) = partial[1 - sg//2%2]
+
+so "everything swept last cycle" becomes "unswept this cycle" without moving a span. A set is a
+dict (id -> span): O(1) push, pop and removal, which explicit free needs when a full span gets
+a free slot.
+
+Invariants: a span is in at most one set (``span.central_set`` names it) and is in none while
+an mcache holds it (``span.cached_by``); a cached span's sweepgen is ``h.sweepgen + 3``.
+``lock`` guards the sets and the fields of spans not cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from gcalloc.errors import HeapCorruption
+from gcalloc.mheap import MHeap
+from gcalloc.mspan import MSpan
+from gcalloc.sizeclasses import PAGE_SHIFT, class_to_allocnpages, span_class_sizeclass
+
+# Go's spanBudget: how many unswept spans cacheSpan sweeps before it grows instead.
+SPAN_BUDGET = 100
+# grow takes up to this many bytes of spans from the page heap at once (at most
+# GROW_BATCH_MAX spans): Python pays ~20 us per page-heap trip, Go a few hundred ns.
+GROW_BATCH_BYTES = 64 << 10
+GROW_BATCH_MAX = 8
+
+
+class MCentral:
+    """The central free span sets of one span class."""
+
+    __slots__ = ("spanclass", "sizeclass", "npages", "lock", "partial", "full", "heap",
+                 "sweep")
+
+    def __init__(self, spanclass: int, heap: MHeap,
+                 sweep: Callable[[MSpan, bool], bool]) -> None:
+        self.spanclass = spanclass
+        self.sizeclass = span_class_sizeclass(spanclass)
+        self.npages = class_to_allocnpages[self.sizeclass]
+        self.lock = threading.Lock()
+        self.partial: tuple[dict[int, MSpan], dict[int, MSpan]] = ({}, {})
+        self.full: tuple[dict[int, MSpan], dict[int, MSpan]] = ({}, {})
+        self.heap = heap
+        # sweep(span, preserve) -> True if the span went back to the page heap. The GC layer
+        # supplies it; spans only become unswept once a collection has run.
+        self.sweep = sweep
+
+    # --- the four sets -----------------------------------------------------------------
+
+    def partial_swept(self, sg: int) -> dict[int, MSpan]:
+        return self.partial[(sg >> 1) & 1]
+
+    def partial_unswept(self, sg: int) -> dict[int, MSpan]:
+        return self.partial[1 - ((sg >> 1) & 1)]
+
+    def full_swept(self, sg: int) -> dict[int, MSpan]:
+        return self.full[(sg >> 1) & 1]
+
+    def full_unswept(self, sg: int) -> dict[int, MSpan]:
+        return self.full[1 - ((sg >> 1) & 1)]
+
+    @staticmethod
+    def push(spans: dict[int, MSpan], s: MSpan) -> None:
+        spans[s.id] = s
+        s.central_set = spans
+
+    @staticmethod
+    def pop(spans: dict[int, MSpan]) -> MSpan | None:
+        if not spans:
+            return None
+        _, s = spans.popitem()
+        s.central_set = None
+        return s
+
+    @staticmethod
+    def remove(s: MSpan) -> None:
+        if s.central_set is not None:
+            del s.central_set[s.id]
+            s.central_set = None
+
+    # --- handing spans to mcaches ------------------------------------------------------
+
+    def cache_span(self, owner: object, alloc_count: list[int]) -> MSpan:
+        """A span with a free slot for mcache ``owner`` (Go's cacheSpan). Its free slots are
+        counted in ``alloc_count[spanclass]`` as if allocated (the mcache's refill accounting).
+        Raises OutOfMemory."""
+        with self.lock:
+            s = self._find_span_locked()
+            if s is not None:
+                self._hand_to(owner, s, alloc_count)
+        if s is None:
+            s = self.grow()
+            with self.lock:
+                self._hand_to(owner, s, alloc_count)
+        s.reset_alloc_cache(self.heap.gcbits.bits64)
+        return s
+
+    def _hand_to(self, owner: object, s: MSpan, alloc_count: list[int]) -> None:
+        s.cached_by = owner
+        s.sweepgen = self.heap.sweepgen + 3
+        alloc_count[self.spanclass] += s.nelems - s.allocCount
+
+    def _find_span_locked(self) -> MSpan | None:
+        sg = self.heap.sweepgen
+        s = self.pop(self.partial_swept(sg))
+        if s is not None:
+            return s
+        budget = SPAN_BUDGET
+        while budget > 0:
+            s = self.pop(self.partial_unswept(sg))
+            if s is None:
+                break
+            budget -= 1
+            if s.sweepgen == sg - 2:
+                s.sweepgen = sg - 1
+                self.sweep(s, True)
+                return s
+            # Otherwise a background sweeper owns the span and will file it itself.
+        while budget > 0:
+            s = self.pop(self.full_unswept(sg))
+            if s is None:
+                break
+            budget -= 1
+            if s.sweepgen == sg - 2:
+                s.sweepgen = sg - 1
+                self.sweep(s, True)
+                if s.allocCount < s.nelems:
+                    s.freeindex = s.next_free_index(self.heap.gcbits.bits64)
+                    if s.freeindex != s.nelems:
+                        return s
+            self.push(self.full_swept(sg), s)
+        return None
+
+    def uncache_span(self, s: MSpan) -> None:
+        """Take back a span from an mcache (Go's uncacheSpan), applying frees other threads
+        made while it was cached."""
+        with self.lock:
+            if s.allocCount == 0 and s.nelems == 0:
+                raise HeapCorruption(f"uncache of the empty span: {s!r}")
+            sg = self.heap.sweepgen
+            stale = s.sweepgen == sg + 1
+            s.sweepgen = sg - 1 if stale else sg
+            s.cached_by = None
+            if s.pending_frees:
+                self.apply_pending_frees(s)
+            if stale:
+                # A collection started while the span was cached: sweep it now. Sweep
+                # puts it back in the right set (or frees it).
+                self.sweep(s, False)
+                return
+            if s.allocCount == 0 and self.release_if_empty(s):
+                return
+            if s.allocCount < s.nelems:
+                self.push(self.partial_swept(sg), s)
+            else:
+                self.push(self.full_swept(sg), s)
+
+    def apply_pending_frees(self, s: MSpan) -> int:
+        """Apply the frees other threads queued on s; returns how many."""
+        pending, s.pending_frees = s.pending_frees, None
+        gcbits = self.heap.gcbits
+        for index in pending:
+            s.free_slot(gcbits.bits8, gcbits.bits64, index)
+        return len(pending)
+
+    def release_if_empty(self, s: MSpan) -> bool:
+        """Give an uncached span with no objects back to the page heap."""
+        if s.allocCount or s.cached_by is not None:
+            return False
+        self.remove(s)
+        self.heap.free_span(s)
+        return True
+
+    def grow(self) -> MSpan:
+        """A fresh span of this class from the page heap, zeroed (Go's mcentral.grow).
+
+        Takes a batch of spans in one page-heap call; the spare ones wait, empty, in the
+        partial swept set (a sweep gives them back to the page heap if they stay unused).
+        """
+        count = max(1, min(GROW_BATCH_MAX, (GROW_BATCH_BYTES >> PAGE_SHIFT) // self.npages))
+        spans = self.heap.alloc_spans(self.npages, self.spanclass, count, needzero=True)
+        if count > 1:
+            with self.lock:
+                spare = self.partial_swept(self.heap.sweepgen)
+                for s in spans[1:]:
+                    self.push(spare, s)
+        return spans[0]
