@@ -3,9 +3,12 @@ over real operating-system memory. Public names only; see README.md and docs/.""
 
 from gcalloc import errors
 from gcalloc.errors import GcallocError
+from gcalloc.gc.roots import Handle
+from gcalloc.gc.types import Pointer, Type
 from gcalloc.heap import Heap
 from gcalloc.mstats import MemStats
 
 __version__ = "0.1.0"
 
-__all__ = ["Heap", "MemStats", "GcallocError", "errors", "__version__"]
+__all__ = ["Heap", "Handle", "MemStats", "Type", "Pointer", "GcallocError", "errors",
+           "__version__"]

@@ -1,0 +1,359 @@
+"""Mark: stop-the-world tri-colour marking into a per-cycle mark array, then into each
+span's gcmarkBits (Go's mgcmark.go, done as whole-frontier array operations).
+
+Colours: an object is white until its mark byte is set (grey), and black once its words have
+been scanned. The grey set is a *frontier* of (span id, slot) pairs. Two paths drain it and
+must agree (tests compare them on random graphs):
+
+- **vectorised**, for wide frontiers: every word of every grey object is gathered with one
+  numpy index into a view of the whole address space, typed objects' words are filtered by
+  their heap-bitmap pointer bits, and all candidate pointers are resolved at once by
+  ``find_objects`` (findObject over arrays: arena index -> page -> span id -> span mirror);
+- **scalar**, for narrow frontiers (a long linked list has a frontier of one object): a loop
+  in Python over the same structures, one frontier (breadth-first level) at a time.
+
+Objects are numbered for the cycle: span ``sid``'s slot ``i`` is ``gbase[sid] + i``, with each
+span's range rounded up to 64 so that packing the mark bytes gives, span by span, exactly the
+bytes of its gcmarkBits. ``finish`` writes them.
+
+Invariants: only allocated objects are ever marked (pointers into free slots, free spans or
+outside the heap are dropped); a grey object is in exactly one frontier; noscan objects are
+marked but never scanned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gcalloc.arena import (
+    ARENA_BASE_OFFSET, ARENA_L2_BITS, LOG_HEAP_ARENA_BYTES, PAGES_PER_ARENA, arena_index,
+)
+from gcalloc.gc.roots import MEM64, word_index
+from gcalloc.mspan import SPAN_IN_USE, MSpan
+from gcalloc.sizeclasses import PAGE_SHIFT
+
+SCALAR_FRONTIER = 48        # frontiers at most this wide drain in Python
+PARALLEL_FRONTIER = 16384   # frontiers at least this wide are split between two workers
+OBLET_WORDS = 16384         # Go's maxObletBytes (128 KiB): big objects scan in pieces
+_SPACE_BASE = np.uint64(0x1000)
+
+
+class Marker:
+    """One cycle's marking state over the in-use spans of an allocator."""
+
+    def __init__(self, mheap, spans: list[MSpan], scalar_frontier: int = SCALAR_FRONTIER,
+                 pool=None):
+        self.mheap = mheap
+        self.arenas = mheap.arenas
+        self.table = mheap.table
+        self.bits8 = mheap.gcbits.bits8
+        self.scalar_frontier = scalar_frontier
+        self.table.sync()
+        cap = self.table.capacity
+        self.spans = spans
+        ids = np.fromiter((s.id for s in spans), dtype=np.int64, count=len(spans))
+        nelems = np.fromiter((s.nelems for s in spans), dtype=np.int64, count=len(spans))
+        padded = (nelems + 63) & ~63
+        starts = np.cumsum(padded) - padded
+        self.ids = ids
+        self.padded = padded
+        self.total = int(padded.sum())
+        self.gbase = np.zeros(cap, np.int64)
+        self.gbase[ids] = starts
+        self.freeidx = np.zeros(cap, np.int64)
+        self.freeidx[ids] = np.fromiter((s.freeindex for s in spans), np.int64, len(spans))
+        self.typed = np.zeros(cap, np.bool_)
+        self.typed[ids] = np.fromiter((s.typed for s in spans), np.bool_, len(spans))
+        self.objsize = self.table.elemsize.copy()
+        large = [s for s in spans if s.sizeclass == 0]
+        for s in large:
+            self.objsize[s.id] = s.limit - s.base
+        self.in_snapshot = np.zeros(cap, np.bool_)
+        self.in_snapshot[ids] = True
+        # limit[sid]: end of the span's objects for spans this cycle marks in, else 0, so
+        # "P < limit[sid]" alone says the pointer is inside a marked-in span.
+        self.limit = np.zeros(cap, np.uint64)
+        self.limit[ids] = self.table.limit[ids]
+        # Go 1.17's divMul: off * divmul >> 32 == off // elemsize for every offset in a span
+        # (0 for large spans, whose only object is slot 0).
+        es = self.table.elemsize[ids]
+        small = np.fromiter((s.sizeclass != 0 for s in spans), np.bool_, len(spans))
+        self.divmul = np.zeros(cap, np.uint64)
+        self.divmul[ids] = np.where(small, (np.uint64(0xFFFFFFFF) // np.maximum(es, 1))
+                                    + np.uint64(1), 0)
+        self.gbase_list = self.gbase.tolist()
+        # In words from the start of the address-space view: span base, element size,
+        # object size (large objects: their requested size).
+        self.wbase = ((self.table.base - _SPACE_BASE) >> np.uint64(3)).astype(np.int64)
+        self.welem = (self.table.elemsize >> np.uint64(3)).astype(np.int64)
+        self.wsize = (self.objsize >> np.uint64(3)).astype(np.int64)
+        self.scannable = self.table.noscan == 0
+        self.marks_buf = bytearray(self.total)
+        self.marks = np.frombuffer(self.marks_buf, dtype=np.uint8) if self.total else \
+            np.zeros(0, np.uint8)
+        # One dedupe scratch array per mark worker (see shade); pool: a one-thread executor
+        # for the second worker, or None to mark on this thread only.
+        self.pool = pool
+        self._stamps = [np.zeros(self.total, np.int32) for _ in range(2 if pool else 1)]
+        arenas = self.arenas.all
+        self.arena_base = np.array([a.base for a in arenas], dtype=np.uint64)
+        self.arena_bitmap = np.array([a.bitmap_off for a in arenas], dtype=np.int64)
+        self.l2_only = self.arenas.l1[0] if len(self.arenas.l1) == 1 else None
+        self.heap_lo = min((a.base for a in arenas), default=0)
+        self.heap_hi = max((a.base for a in arenas), default=0) + (PAGES_PER_ARENA << PAGE_SHIFT)
+        # Arenas laid out in slot order without gaps (the usual case: hints grow the heap
+        # upward): then a pointer's page-map index is simply (P - heap_lo) >> PAGE_SHIFT.
+        arena_bytes = PAGES_PER_ARENA << PAGE_SHIFT
+        self.contiguous = all(a.base == self.heap_lo + a.slot * arena_bytes for a in arenas)
+        lo = np.uint64(self.heap_lo)
+        self.rbase = (self.table.base - lo).astype(np.int64)    # span base - heap_lo
+        self.rlimit = np.zeros(cap, np.int64)                   # 0: not a span to mark in
+        self.rlimit[ids] = (self.table.limit[ids] - lo).astype(np.int64)
+        self._marked = [0, 0]        # per worker, summed by marked_objects
+        self._scanned = [0, 0]
+        self.vector_steps = 0
+        self.scalar_objects = 0
+        self.black: list[int] = []   # objects allocated during marking (allocate black)
+
+    # --- entry points ------------------------------------------------------------------
+
+    def mark_from(self, candidates: np.ndarray) -> None:
+        """Mark everything reachable from the candidate pointers."""
+        sids, idxs = self.shade(np.asarray(candidates, dtype=np.uint64))
+        self.drain(sids, idxs)
+
+    @property
+    def marked_objects(self) -> int:
+        return sum(self._marked)
+
+    @property
+    def scanned_words(self) -> int:
+        return sum(self._scanned)
+
+    def drain(self, sids: np.ndarray, idxs: np.ndarray) -> None:
+        while len(sids):
+            if len(sids) <= self.scalar_frontier:
+                sids, idxs = self._drain_scalar(sids.tolist(), idxs.tolist())
+                continue
+            self.vector_steps += 1
+            if self.pool is not None and len(sids) >= PARALLEL_FRONTIER:
+                sids, idxs = self._parallel_step(sids, idxs)
+            else:
+                sids, idxs = self.shade(self.scan_vector(sids, idxs))
+
+    def _parallel_step(self, sids: np.ndarray, idxs: np.ndarray):
+        """One vector step with the frontier split between two workers (numpy releases the
+        interpreter lock inside array operations). Both may mark the same object at once and
+        both then scan it: a repeat, never a loss."""
+        half = len(sids) // 2
+        other = self.pool.submit(self._vector_step, sids[half:], idxs[half:], 1)
+        a_sids, a_idxs = self._vector_step(sids[:half], idxs[:half], 0)
+        b_sids, b_idxs = other.result()
+        return np.concatenate([a_sids, b_sids]), np.concatenate([a_idxs, b_idxs])
+
+    def _vector_step(self, sids: np.ndarray, idxs: np.ndarray, worker: int):
+        return self.shade(self.scan_vector(sids, idxs, worker), worker)
+
+    # --- vectorised path ---------------------------------------------------------------
+
+    def find_objects(self, P: np.ndarray):
+        """findObject over an array: (span ids, slots) of the allocated objects holding the
+        candidate pointers, in order, dropping pointers that hold none."""
+        d = P - np.uint64(self.heap_lo)             # below heap_lo wraps to a huge value
+        d = d[d < np.uint64(self.heap_hi - self.heap_lo)].astype(np.int64)
+        if not len(d):
+            return d, d
+        if self.contiguous:
+            sid = self.arenas.page_span[d >> PAGE_SHIFT].astype(np.int64)
+        else:
+            page = self._page_index_general(d)
+            sid = np.where(page >= 0, self.arenas.page_span[np.maximum(page, 0)], 0
+                           ).astype(np.int64)
+        keep = d < self.rlimit[sid]
+        if not keep.all():
+            d, sid = d[keep], sid[keep]
+        off = (d - self.rbase[sid]).astype(np.uint64)
+        idx = ((off * self.divmul[sid]) >> np.uint64(32)).astype(np.int64)
+        maybe_free = idx >= self.freeidx[sid]
+        if maybe_free.any():
+            t = self.table
+            fs, fi = sid[maybe_free], idx[maybe_free]
+            byte = self.bits8[t.allocbits[fs] + (fi >> 3)]
+            allocated = ((byte >> (fi & 7).astype(np.uint8)) & 1).astype(np.bool_)
+            keep = ~maybe_free
+            keep[maybe_free] = allocated
+            sid, idx = sid[keep], idx[keep]
+        return sid, idx
+
+    def _page_index_general(self, d: np.ndarray) -> np.ndarray:
+        """Page-map index of heap offsets d when arenas are not laid out in slot order."""
+        P = d.astype(np.uint64) + np.uint64(self.heap_lo)
+        if self.l2_only is not None:   # one L2 table (64-bit Linux/macOS): index it directly
+            ri = (P - np.uint64(ARENA_BASE_OFFSET)) >> np.uint64(LOG_HEAP_ARENA_BYTES)
+            slot = self.l2_only[ri.astype(np.int64)].astype(np.int64) - 1
+        else:
+            slot = self.arenas.slots_of(P).astype(np.int64) - 1
+        # -1 for a pointer inside [heap_lo, heap_hi) but in no arena of this heap.
+        inside = slot >= 0
+        page = slot * PAGES_PER_ARENA + ((P >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+                                         & (PAGES_PER_ARENA - 1))
+        return np.where(inside, page, -1)
+
+    def shade(self, P: np.ndarray, worker: int = 0):
+        """Mark the objects the candidates point at; return the newly grey scan objects."""
+        sid, idx = self.find_objects(P)
+        if not len(sid):
+            return sid, idx
+        g = self.gbase[sid] + idx
+        new = self.marks[g] == 0
+        if not new.all():
+            g, sid, idx = g[new], sid[new], idx[new]
+        if len(g) > 1:  # keep one copy of each object: the last writer of its stamp wins
+            tickets = np.arange(1, len(g) + 1, dtype=np.int32)
+            stamp = self._stamps[worker]
+            stamp[g] = tickets
+            first = stamp[g] == tickets
+            if not first.all():
+                g, sid, idx = g[first], sid[first], idx[first]
+        self.marks[g] = 1
+        self._marked[worker] += len(g)
+        scan = self.scannable[sid]
+        if not scan.all():
+            sid, idx = sid[scan], idx[scan]
+        return sid, idx
+
+    def scan_vector(self, sids: np.ndarray, idxs: np.ndarray, worker: int = 0) -> np.ndarray:
+        """The pointer-candidate words of every grey object, as one uint64 array."""
+        first = self.wbase[sids] + idxs * self.welem[sids]     # word index of each object
+        nwords = self.wsize[sids]
+        typed = self.typed[sids]
+        if nwords.max(initial=0) > OBLET_WORDS:
+            first, nwords, typed = _split_oblets(first, nwords, typed)
+        n0 = int(nwords[0])
+        if (nwords == n0).all():   # one object size (the usual frontier): broadcast
+            widx = (first[:, None] + np.arange(n0, dtype=np.int64)).ravel()
+        else:
+            starts = np.cumsum(nwords) - nwords
+            widx = np.repeat(first - starts, nwords) + np.arange(int(nwords.sum()))
+        self._scanned[worker] += len(widx)
+        vals = MEM64[widx]
+        if typed.any():
+            word_typed = np.repeat(typed, nwords)
+            addrs = (widx[word_typed].astype(np.uint64) << np.uint64(3)) + _SPACE_BASE
+            keep = ~word_typed
+            keep[word_typed] = self._pointer_bits(addrs)
+            vals = vals[keep]
+        return vals
+
+    def _pointer_bits(self, addrs: np.ndarray) -> np.ndarray:
+        slot = self.arenas.slots_of(addrs) - 1
+        off = (addrs - self.arena_base[slot]) >> np.uint64(3)
+        byte = self.arenas.bitmap[self.arena_bitmap[slot] + (off >> np.uint64(2)).astype(np.int64)]
+        return ((byte >> (off & np.uint64(3)).astype(np.uint8)) & 1).astype(np.bool_)
+
+    # --- scalar path -------------------------------------------------------------------
+
+    def _find_object_scalar(self, v: int) -> tuple[MSpan, int] | None:
+        if not self.heap_lo <= v < self.heap_hi:
+            return None
+        ri = arena_index(v)
+        l2 = self.arenas.l1[ri >> ARENA_L2_BITS]
+        if l2 is None:
+            return None
+        slot = int(l2[ri & ((1 << ARENA_L2_BITS) - 1)])
+        if not slot:
+            return None
+        arena = self.arenas.all[slot - 1]
+        sid = int(self.arenas.page_span[arena.pages_off + ((v - arena.base) >> PAGE_SHIFT)])
+        if not sid or not self.in_snapshot[sid]:
+            return None
+        s = self.mheap.spans[sid]
+        if s.state != SPAN_IN_USE or not s.base <= v < s.limit:
+            return None
+        idx = (v - s.base) // s.elemsize
+        if idx >= s.freeindex and not (int(self.bits8[s.allocBits + (idx >> 3)]) >> (idx & 7)) & 1:
+            return None
+        return s, idx
+
+    def _drain_scalar(self, sids: list[int], idxs: list[int]):
+        """Scan one frontier in Python and return the next one (breadth first, so a frontier
+        that widens goes back to the vectorised path at the next step)."""
+        marks = self.marks_buf
+        gbase = self.gbase_list
+        spans = self.mheap.spans
+        next_sids: list[int] = []
+        next_idxs: list[int] = []
+        for sid, idx in zip(sids, idxs):
+            s = spans[sid]
+            self.scalar_objects += 1
+            base = s.base + idx * s.elemsize
+            size = s.limit - s.base if s.sizeclass == 0 else s.elemsize
+            for v in self._words_scalar(s, base, size):
+                found = self._find_object_scalar(v)
+                if found is None:
+                    continue
+                t, i = found
+                g = gbase[t.id] + i
+                if marks[g]:
+                    continue
+                marks[g] = 1
+                self._marked[0] += 1
+                if not t.noscan:
+                    next_sids.append(t.id)
+                    next_idxs.append(i)
+        return np.array(next_sids, dtype=np.int64), np.array(next_idxs, dtype=np.int64)
+
+    def _words_scalar(self, s: MSpan, base: int, size: int) -> list[int]:
+        i = word_index(base)
+        words = MEM64[i:i + (size >> 3)]
+        self._scanned[0] += size >> 3
+        if s.typed:
+            addrs = np.arange(base, base + size, 8, dtype=np.uint64)
+            words = words[self._pointer_bits(addrs)]
+        lo, hi = self.heap_lo, self.heap_hi
+        return [v for v in words.tolist() if lo <= v < hi]
+
+    # --- allocate black and termination ------------------------------------------------
+
+    def allocated_black(self, p: int) -> None:
+        """An object allocated while marking: it is live this cycle."""
+        self.black.append(p)
+
+    def finish(self) -> None:
+        """Write every span's gcmarkBits from the mark array (and the black allocations)."""
+        if self.total:
+            packed = np.packbits(self.marks, bitorder="little")
+            nbytes = self.padded >> 3
+            starts = np.cumsum(nbytes) - nbytes
+            dest = np.repeat(self.table.markbits[self.ids] - starts, nbytes) + \
+                np.arange(len(packed), dtype=np.int64)
+            self.bits8[dest] = packed
+        for p in self.black:
+            s = self.mheap.span_of(p)
+            if s is None or s.state != SPAN_IN_USE:
+                continue
+            idx = s.object_index(p)
+            byte = s.gcmarkBits + (idx >> 3)
+            self.bits8[byte] = int(self.bits8[byte]) | (1 << (idx & 7))
+
+    def marked_per_span(self) -> np.ndarray:
+        """Objects marked in each span of ``spans`` (in order)."""
+        if not self.total:
+            return np.zeros(0, np.int64)
+        starts = np.cumsum(self.padded) - self.padded
+        return np.add.reduceat(self.marks, starts, dtype=np.int64)
+
+    def is_marked(self, s: MSpan, idx: int) -> bool:
+        """Whether slot idx of snapshot span s is marked (before finish)."""
+        return bool(self.marks_buf[self.gbase_list[s.id] + idx])
+
+
+def _split_oblets(first: np.ndarray, nwords: np.ndarray, typed: np.ndarray):
+    """Split objects larger than OBLET_WORDS into pieces, as Go scans big objects in oblets.
+    ``first``: each object's first word index."""
+    pieces = (nwords + OBLET_WORDS - 1) // OBLET_WORDS
+    obj = np.repeat(np.arange(len(first)), pieces)
+    k = np.arange(len(obj)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    new_base = first[obj] + k * OBLET_WORDS
+    new_words = np.minimum(nwords[obj] - k * OBLET_WORDS, OBLET_WORDS)
+    return new_base, new_words, typed[obj]

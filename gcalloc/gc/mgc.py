@@ -1,0 +1,186 @@
+"""The collection cycle (Go's mgc.go: gcStart, gcMarkDone, gcMarkTermination), stop-the-world.
+
+    collect ─ stop the world ─ finish the last sweep ─ flush every mcache
+            ─ mark from the roots (+ the object a triggering allocation just made)
+            ─ specials hooks (finalizers) ─ write gcmarkBits ─ h.sweepgen += 2
+            ─ pacing, statistics ─ [collect(): sweep everything] ─ start the world
+
+Stopping the world: every thread that enters the allocator's slow paths (or free, or the
+root API) passes a safepoint that parks it while a collection runs; the collector waits until
+no other thread is inside one (the mcaches' ``mallocing`` flags). The allocation fast path is
+a single atomic step (a run iterator's ``next``), so a thread parked anywhere is never halfway
+through it; flushing the mcaches empties the runs, which sends every thread to a safepoint on
+its next allocation. Memory that Python or C code writes without calling gcalloc is not
+stopped: see docs/gc.md ("what stops").
+
+Automatic cycles start from the slow paths when the pacer says heap_live reached the goal,
+with the triggering allocation treated as a root for that cycle so the caller receives a live
+object.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from gcalloc.debug import DebugFlags
+from gcalloc.gc import trace
+from gcalloc.gc.mark import Marker
+from gcalloc.gc.pacer import Pacer
+from gcalloc.gc.roots import RootSet
+from gcalloc.gc.sweep import Sweeper
+from gcalloc.mspan import SPAN_IN_USE
+
+
+class Collector:
+    """The collector of one heap."""
+
+    def __init__(self, heap, gc_percent: int, debug: DebugFlags) -> None:
+        self.heap = heap
+        self.roots = RootSet()
+        self.sweeper = Sweeper(heap)
+        self.pacer = Pacer(gc_percent)
+        self.lock = threading.RLock()       # one cycle at a time; Heap.no_gc() holds it
+        self.debug = debug
+        self.num_gc = 0
+        self.num_forced_gc = 0
+        self.pause_ns = [0] * 256
+        self.pause_end = [0] * 256
+        self.pause_total_ns = 0
+        self.last_gc = 0
+        self.gc_seconds = 0.0
+        self.created = time.monotonic()
+        self.last_marker: Marker | None = None
+        # Specials hooks (gc/finalizer.py, gc/mprof.py): called with the Marker.
+        self.extra_roots: list = []     # fn() -> array of candidate pointers
+        self.after_mark: list = []      # fn(marker): may mark more (finalizer resurrection)
+        self.after_cycle: list = []     # fn(): the cycle is over and the world restarted
+        self.scalar_frontier: int | None = None   # tests force a mark path with this
+        # Mark workers: Go's GOMAXPROCS-sized pool, here at most two (numpy's parallelism
+        # beyond two threads is eaten by the interpreter lock between array operations).
+        self.mark_workers = min(2, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+
+    # --- triggering --------------------------------------------------------------------
+
+    def poll(self, p: int) -> None:
+        """A slow path allocated p; start a cycle if the heap reached its goal."""
+        if self.pacer.should_collect():
+            self.collect(forced=False, extra=[p])
+
+    def collect(self, forced: bool = True, extra: list[int] = ()) -> None:  # type: ignore
+        """Run one full cycle. ``forced`` cycles (runtime.GC) also sweep everything."""
+        with self.lock:
+            if not forced and not self.pacer.should_collect():
+                return  # another thread collected while this one waited
+            self._cycle(forced, list(extra))
+        for hook in self.after_cycle:
+            hook()
+
+    # --- the cycle ---------------------------------------------------------------------
+
+    def _cycle(self, forced: bool, extra: list[int]) -> None:
+        heap = self.heap
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        start_s = time.monotonic() - self.created
+        heap_start = self.pacer.heap_live
+        heap.stop_the_world()
+        try:
+            self.sweeper.finish()
+            heap.flush_mcaches()
+            wall1, cpu1 = time.perf_counter(), time.process_time()
+            marker = self._mark(extra)
+            heap_end = self.pacer.heap_live
+            wall2, cpu2 = time.perf_counter(), time.process_time()
+            marked_bytes = self._terminate(marker)
+            if forced:
+                self.sweeper.sweep_survivors(marker.spans, marker.marked_per_span())
+                self.sweeper.finish()
+            wall3, cpu3 = time.perf_counter(), time.process_time()
+        finally:
+            heap.start_the_world()
+        self._account(forced, wall0, wall3)
+        if self.debug.gctrace:
+            trace.emit(trace.CycleTimes(
+                self.num_gc, start_s, wall1 - wall0, wall2 - wall1, wall3 - wall2,
+                cpu1 - cpu0, cpu2 - cpu1, cpu3 - cpu2, heap_start, heap_end, marked_bytes,
+                self.pacer.next_gc, forced, self.gc_cpu_fraction(), self.mark_workers))
+        if self.debug.verify:
+            heap.verify()
+
+    def _mark(self, extra: list[int]) -> Marker:
+        heap = self.heap
+        with heap.mheap.lock:
+            spans = [s for s in heap.mheap.live_spans() if s.state == SPAN_IN_USE]
+        kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
+                                                          self.scalar_frontier}
+        marker = Marker(heap.mheap, spans, pool=self._mark_pool(), **kwargs)
+        heap.marking = marker
+        tiny = [c.tiny for c in heap.mcaches if c.tiny]
+        with self.roots.lock:
+            candidates = self.roots.candidates(extra + tiny)
+        parts = [candidates] + [fn() for fn in self.extra_roots]
+        marker.mark_from(np.concatenate(parts) if len(parts) > 1 else candidates)
+        for hook in self.after_mark:
+            hook(marker)
+        return marker
+
+    def _terminate(self, marker: Marker) -> int:
+        heap = self.heap
+        marker.finish()
+        heap.marking = None
+        marked = _marked_bytes(marker)
+        self.sweeper.start_cycle(marker.spans)
+        self.pacer.cycle_done(marked)
+        self.last_marker = marker
+        return marked
+
+    def _account(self, forced: bool, wall0: float, wall3: float) -> None:
+        pause = int((wall3 - wall0) * 1e9)
+        end = time.time_ns()
+        i = self.num_gc % 256
+        self.pause_ns[i] = pause
+        self.pause_end[i] = end
+        self.pause_total_ns += pause
+        self.last_gc = end
+        self.num_gc += 1
+        self.num_forced_gc += forced
+        self.gc_seconds += wall3 - wall0
+
+    def _mark_pool(self):
+        """The second mark worker (a one-thread executor), on machines with two cores or
+        more; created on first use, shut down by ``close``."""
+        if self.mark_workers < 2:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcalloc-mark")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def gc_cpu_fraction(self) -> float:
+        elapsed = time.monotonic() - self.created
+        return self.gc_seconds / elapsed if elapsed > 0 else 0.0
+
+    def memstats(self) -> dict:
+        return dict(next_gc=self.pacer.next_gc if self.pacer.gc_percent >= 0 else 0,
+                    last_gc=self.last_gc, pause_total_ns=self.pause_total_ns,
+                    pause_ns=tuple(self.pause_ns), pause_end=tuple(self.pause_end),
+                    num_gc=self.num_gc, num_forced_gc=self.num_forced_gc,
+                    gc_cpu_fraction=self.gc_cpu_fraction(),
+                    enable_gc=self.pacer.gc_percent >= 0, debug_gc=bool(self.debug.verify))
+
+
+def _marked_bytes(marker: Marker) -> int:
+    """Bytes of the objects the cycle marked."""
+    if not marker.total:
+        return 0
+    per_span = marker.marked_per_span()
+    return int((per_span * marker.objsize[marker.ids].astype(np.int64)).sum())

@@ -1,0 +1,70 @@
+"""Pacing: when the next collection starts (Go's GOGC, gcController, memstats.next_gc).
+
+After a cycle marks ``heap_marked`` bytes, the goal is
+
+    next_gc = max(heap_marked * (1 + GOGC/100), heapMinimum)
+
+with Go's heapMinimum of 4 MiB scaled by GOGC/100. ``heap_live`` counts the bytes of objects
+allocated since plus those marked: like Go 1.16 it charges a span's free slots when an mcache
+takes the span (and refunds what it gives back), large objects when allocated, and subtracts
+explicit frees. It is checked only on slow paths (refill, large allocation), as Go's
+``shouldhelpgc`` is, so the fast path never looks at it.
+
+gcalloc stops the world for the whole cycle, so it triggers at the goal itself; Go triggers
+earlier (its trigger ratio) only because its marking runs concurrently with allocation.
+
+GOGC < 0 ("off") disables automatic collections; ``collect()`` still works.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from gcalloc.errors import InvalidArgument
+
+HEAP_MINIMUM = 4 << 20
+
+
+class Pacer:
+    __slots__ = ("gc_percent", "heap_marked", "next_gc", "heap_live", "lock")
+
+    def __init__(self, gc_percent: int) -> None:
+        self.lock = threading.Lock()
+        self.gc_percent = check_gc_percent(gc_percent)
+        self.heap_marked = 0     # bytes marked by the last cycle
+        self.heap_live = 0       # bytes allocated since + marked (approximate between cycles)
+        self.next_gc = 0
+        self.commit()
+
+    def commit(self) -> None:
+        """Recompute the goal from heap_marked and gc_percent (Go's gcSetTriggerRatio)."""
+        if self.gc_percent < 0:
+            self.next_gc = (1 << 63) - 1
+            return
+        minimum = HEAP_MINIMUM * self.gc_percent // 100
+        self.next_gc = max(self.heap_marked * (100 + self.gc_percent) // 100, minimum)
+
+    def set_gc_percent(self, n: int) -> int:
+        old = self.gc_percent
+        self.gc_percent = check_gc_percent(n)
+        self.commit()
+        return old
+
+    def charge(self, nbytes: int) -> None:
+        with self.lock:
+            self.heap_live += nbytes
+
+    def should_collect(self) -> bool:
+        return self.gc_percent >= 0 and self.heap_live >= self.next_gc
+
+    def cycle_done(self, marked_bytes: int) -> None:
+        with self.lock:
+            self.heap_marked = marked_bytes
+            self.heap_live = marked_bytes
+        self.commit()
+
+
+def check_gc_percent(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise InvalidArgument(f"gc_percent must be an int, not {type(n).__name__}")
+    return -1 if n < 0 else n

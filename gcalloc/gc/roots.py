@@ -1,0 +1,220 @@
+"""Roots: what the collector starts marking from (Go scans stacks and globals; gcalloc's
+mutator is Python, so the roots are declared).
+
+- counted roots (``add_root``/``remove_root``): an object stays alive while its count > 0;
+- root ranges (``add_root_range``): memory outside the heap (a ctypes array, a C struct)
+  scanned word by word, conservatively or with a Type's pointer mask;
+- Handles: a slot in a numpy table of addresses; the object is a root while the Python Handle
+  object lives. Creating or dropping a Handle is a list pop/append and one array store.
+
+``RootSet.candidates()`` returns every root word as one uint64 array of candidate pointers,
+which the marker resolves with findObject: interior pointers keep their object; pointers to
+free slots, free spans or outside the heap are ignored.
+
+Invariants: ``handle_addrs[i]`` is 0 for a free slot; ``counted[p] > 0`` for every key.
+Mutations happen under ``lock``, which the collector also holds while it reads the roots.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import threading
+import weakref
+
+import numpy as np
+
+from gcalloc.errors import GcallocError
+from gcalloc.gc.types import PTR_SIZE, Type
+
+_ADDRESS_SPACE_BASE = 0x1000
+_ADDRESS_SPACE_END = 1 << 47
+
+
+class NotARoot(GcallocError, ValueError):
+    """remove_root / remove_root_range of something that is not a root."""
+
+
+def address_space_view() -> np.ndarray:
+    """One uint64 view over the user address space [0x1000, 2**47): word at address a is
+    ``view[(a - 0x1000) >> 3]``. Never touched except where the collector knows memory is
+    mapped (heap objects, declared root ranges)."""
+    size = _ADDRESS_SPACE_END - _ADDRESS_SPACE_BASE
+    raw = (ctypes.c_uint8 * size).from_address(_ADDRESS_SPACE_BASE)
+    return np.frombuffer(raw, dtype=np.uint8).view(np.uint64)
+
+
+MEM64 = address_space_view()
+
+
+def word_index(addr: int) -> int:
+    return (addr - _ADDRESS_SPACE_BASE) >> 3
+
+
+class RootRange:
+    __slots__ = ("addr", "size", "type")
+
+    def __init__(self, addr: int, size: int, type: Type | None) -> None:
+        self.addr = addr      # 8-byte aligned
+        self.size = size      # bytes, a multiple of 8
+        self.type = type      # None: conservative (every word)
+
+    def words(self) -> np.ndarray:
+        if self.size == 0:
+            return np.zeros(0, np.uint64)
+        i = word_index(self.addr)
+        words = MEM64[i:i + (self.size >> 3)]
+        if self.type is None:
+            return words.copy()
+        t = self.type
+        stride = t.size >> 3
+        idx = [e * stride + w for e in range(self.size // t.size) for w in t.pointer_words()]
+        return words[np.array(idx, dtype=np.int64)] if idx else np.zeros(0, np.uint64)
+
+
+class RootSet:
+    """The roots of one heap."""
+
+    def __init__(self) -> None:
+        # Reentrant: a Handle's __del__ may run (Python's own GC) while this thread holds it.
+        self.lock = threading.RLock()
+        self.counted: dict[int, int] = {}
+        self.ranges: dict[int, RootRange] = {}
+        self._tokens = itertools.count(1)
+        self.handle_addrs = np.zeros(1024, dtype=np.uint64)
+        self._free_slots: list[int] = list(range(1023, -1, -1))
+        self.handles_live = 0
+
+    # --- counted roots -----------------------------------------------------------------
+
+    def add(self, p: int) -> None:
+        with self.lock:
+            self.counted[p] = self.counted.get(p, 0) + 1
+
+    def remove(self, p: int) -> None:
+        with self.lock:
+            n = self.counted.get(p, 0)
+            if n == 0:
+                raise NotARoot(f"{p:#x} is not a root")
+            if n == 1:
+                del self.counted[p]
+            else:
+                self.counted[p] = n - 1
+
+    # --- ranges ------------------------------------------------------------------------
+
+    def add_range(self, addr: int, size: int, type: Type | None) -> int:
+        with self.lock:
+            token = next(self._tokens)
+            self.ranges[token] = RootRange(addr, size, type)
+            return token
+
+    def remove_range(self, token: int) -> None:
+        with self.lock:
+            if self.ranges.pop(token, None) is None:
+                raise NotARoot(f"no root range with token {token!r}")
+
+    # --- handles -----------------------------------------------------------------------
+
+    def handle_slot(self, p: int) -> int:
+        with self.lock:
+            if not self._free_slots:
+                self._grow_handles()
+            slot = self._free_slots.pop()
+            self.handle_addrs[slot] = p
+            self.handles_live += 1
+            return slot
+
+    def release_slot(self, slot: int) -> None:
+        with self.lock:
+            self.handle_addrs[slot] = 0
+            self._free_slots.append(slot)
+            self.handles_live -= 1
+
+    def _grow_handles(self) -> None:
+        old = len(self.handle_addrs)
+        grown = np.zeros(old * 2, dtype=np.uint64)
+        grown[:old] = self.handle_addrs
+        self.handle_addrs = grown
+        self._free_slots.extend(range(old * 2 - 1, old - 1, -1))
+
+    # --- for the collector -------------------------------------------------------------
+
+    def candidates(self, extra: list[int] = ()) -> np.ndarray:  # type: ignore[assignment]
+        """Every root word as candidate pointers (caller holds lock)."""
+        parts = [self.handle_addrs[self.handle_addrs != 0]]
+        if self.counted:
+            parts.append(np.fromiter(self.counted.keys(), dtype=np.uint64,
+                                     count=len(self.counted)))
+        for r in self.ranges.values():
+            parts.append(r.words())
+        if extra:
+            parts.append(np.array(extra, dtype=np.uint64))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.counted.clear()
+            self.ranges.clear()
+            self.handle_addrs[:] = 0
+
+
+class Handle:
+    """A rooted reference to a heap object: the object lives while this Handle does.
+
+    ``addr`` is the object's address; ``view`` is ``ctype.from_address(addr)`` for Handles
+    made by ``Heap.new`` (``None`` for ``Heap.handle`` without a type). ``release()`` drops the
+    root early; a released Handle raises on ``view``.
+    """
+
+    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "__weakref__")
+
+    def __init__(self, roots: RootSet, addr: int, ctype: object, count: int) -> None:
+        self.addr = addr
+        self.ctype = ctype
+        self.count = count
+        self._roots = weakref.ref(roots)
+        self._slot = roots.handle_slot(addr)
+
+    @property
+    def view(self):
+        if self._slot < 0:
+            raise GcallocError("handle was released")
+        if self.ctype is None:
+            return None
+        t = self.ctype if self.count == 1 else self.ctype * self.count
+        return t.from_address(self.addr)
+
+    @property
+    def alive(self) -> bool:
+        return self._slot >= 0
+
+    def release(self) -> None:
+        """Stop rooting the object (also done when the Handle is garbage-collected)."""
+        slot, self._slot = self._slot, -1
+        roots = self._roots()
+        if slot >= 0 and roots is not None:
+            roots.release_slot(slot)
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: nothing left to release into
+            pass
+
+    def __int__(self) -> int:
+        return self.addr
+
+    __index__ = __int__
+
+    def __repr__(self) -> str:
+        name = getattr(self.ctype, "__name__", "bytes")
+        state = "" if self.alive else " released"
+        return f"<gcalloc.Handle {name} at {self.addr:#x}{state}>"
+
+
+def align_range(addr: int, size: int) -> tuple[int, int]:
+    """Round a conservative range inward to whole aligned words."""
+    start = (addr + PTR_SIZE - 1) & ~(PTR_SIZE - 1)
+    end = (addr + size) & ~(PTR_SIZE - 1)
+    return start, max(0, end - start)

@@ -1,0 +1,232 @@
+"""Sweep: free what the last mark left white (Go's mgcsweep.go).
+
+The sweepgen protocol, exactly as Go states it (``h`` is the page heap):
+
+    s.sweepgen == h.sweepgen - 2   the span needs sweeping
+    s.sweepgen == h.sweepgen - 1   the span is being swept
+    s.sweepgen == h.sweepgen       the span is swept and ready to use
+    s.sweepgen == h.sweepgen + 1   cached before sweep began, still cached: sweep on uncache
+    s.sweepgen == h.sweepgen + 3   swept, then cached, still cached
+
+``h.sweepgen`` rises by 2 at each mark termination, turning every swept span into one that
+needs sweeping without touching it; the mcentral sets swap roles by the same parity. A span is
+claimed for sweeping by moving it from ``-2`` to ``-1`` under the lock that guards it (its
+mcentral's lock for small spans, ``Sweeper.large_lock`` for large ones), the Python stand-in
+for Go's CAS.
+
+Sweeping a small span: the objects allocated but not marked are freed (their specials first),
+``allocBits <- gcmarkBits``, fresh zeroed gcmarkBits from the next gcBits epoch, freeindex 0,
+allocCache refilled, and the span is filed in its mcentral as partial or full, or given back to
+the page heap when empty. A large span is freed whole when its object is unmarked.
+
+Sweeping is lazy: mcentral sweeps the spans it is about to cache, the page heap reclaims before
+it grows, an explicit free sweeps its span first (ensureSwept), the next cycle finishes what is
+left before it marks, and ``Heap.collect()`` sweeps everything before it returns.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from gcalloc.errors import HeapCorruption
+from gcalloc.gc import bitmap
+from gcalloc.mspan import SPAN_IN_USE, MSpan
+
+# Per-byte population count, for counting marked objects without a Python loop per bit.
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+class Sweeper:
+    """The sweep state of one heap."""
+
+    def __init__(self, alloc) -> None:
+        self.alloc = alloc
+        self.mheap = alloc.mheap
+        self.large_lock = threading.Lock()
+        self.unswept: list[MSpan] = []    # spans to sweep this cycle (snapshot at termination)
+        self.on_free_objects = None       # specials hook: fn(span, freed slot list)
+        self.swept_spans = 0
+        self.reclaimed_pages = 0
+
+    # --- the protocol ------------------------------------------------------------------
+
+    def start_cycle(self, in_use: list[MSpan]) -> None:
+        """Mark termination: every in-use span now needs sweeping (h.sweepgen += 2)."""
+        self.mheap.sweepgen += 2
+        self.unswept = list(in_use)
+        self.alloc.mheap.gcbits.next_epoch()
+
+    def done(self) -> bool:
+        return not self.unswept
+
+    def ensure_swept(self, s: MSpan) -> None:
+        """Sweep s now if it still needs it (Go's ensureSwept)."""
+        sg = self.mheap.sweepgen
+        if s.sweepgen == sg - 2:
+            self.sweep_claimed(s)
+
+    def sweep_claimed(self, s: MSpan) -> bool:
+        """Claim and sweep one span outside mcentral; True if it went back to the heap."""
+        if s.sizeclass == 0:
+            with self.large_lock:
+                if s.state != SPAN_IN_USE or s.sweepgen != self.mheap.sweepgen - 2:
+                    return False
+                s.sweepgen = self.mheap.sweepgen - 1
+                return self.sweep(s, False)
+        central = self.alloc.central[s.spanclass]
+        with central.lock:
+            if s.state != SPAN_IN_USE or s.sweepgen != self.mheap.sweepgen - 2:
+                return False
+            if s.cached_by is not None:
+                raise HeapCorruption(f"unswept span is cached: {s!r}")
+            central.remove(s)
+            s.sweepgen = self.mheap.sweepgen - 1
+            return self.sweep(s, False)
+
+    def sweep_one(self) -> int:
+        """Sweep the next unswept span; returns pages freed, or -1 when nothing is left."""
+        while self.unswept:
+            s = self.unswept.pop()
+            npages = s.npages
+            if s.sweepgen != self.mheap.sweepgen - 2:
+                continue  # swept already (by mcentral, ensure_swept or reclaim)
+            return npages if self.sweep_claimed(s) else 0
+        return -1
+
+    def finish(self) -> None:
+        """Sweep every span still unswept (Go's finishsweep_m)."""
+        while self.sweep_one() >= 0:
+            pass
+
+    def sweep_survivors(self, spans: list[MSpan], marked: np.ndarray) -> None:
+        """Sweep, as one batch, the small uncached spans in which every allocated object was
+        marked (``marked[i]``: objects marked in ``spans[i]``), with the world stopped.
+
+        Nothing is freed there, so sweeping is only the bookkeeping every sweep does: the
+        mark bits become the alloc bits, fresh mark bits, freeindex 0, allocCache from the
+        first word, sweepgen current, filed as swept. Batching it replaces a Python call
+        chain per span by a few array operations per cycle.
+        """
+        sg = self.mheap.sweepgen
+        batch = [s for s, n in zip(spans, marked.tolist())
+                 if s.sizeclass and n == s.allocCount and s.sweepgen == sg - 2
+                 and s.cached_by is None and not s.pending_frees]
+        if not batch:
+            return
+        gcbits = self.mheap.gcbits
+        fresh = gcbits.new_bits_many([s.nelems for s in batch])
+        marks = np.fromiter((s.gcmarkBits for s in batch), np.int64, len(batch))
+        first_words = (~gcbits.bits64[marks >> 3]).tolist()
+        central = self.alloc.central
+        for s, bits, word in zip(batch, fresh, first_words):
+            c = central[s.spanclass]
+            c.remove(s)
+            s.allocBits = s.gcmarkBits
+            s.gcmarkBits = bits
+            s.freeindex = 0
+            s.allocCache = word
+            s.sweepgen = sg
+            if s.allocCount == s.nelems:
+                c.push(c.full_swept(sg), s)
+            else:
+                c.push(c.partial_swept(sg), s)
+        ids = np.fromiter((s.id for s in batch), np.int64, len(batch))
+        table = self.mheap.table
+        table.allocbits[ids] = marks
+        table.markbits[ids] = fresh
+        self.swept_spans += len(batch)
+
+    def reclaim(self, npages: int) -> None:
+        """Sweep until npages pages went back to the heap or nothing is left (seed 001's
+        reclaim: the heap frees before it grows)."""
+        freed = 0
+        while freed < npages:
+            n = self.sweep_one()
+            if n < 0:
+                return
+            freed += n
+            self.reclaimed_pages += n
+
+    # --- sweeping one span -------------------------------------------------------------
+
+    def sweep(self, s: MSpan, preserve: bool) -> bool:
+        """Sweep a claimed span (sweepgen == h.sweepgen - 1). The caller holds the span's
+        lock. With ``preserve`` the span is kept (mcentral is about to use it) and not filed.
+        Returns True if the span was given back to the page heap."""
+        if s.sweepgen != self.mheap.sweepgen - 1:
+            raise HeapCorruption(f"sweep of a span not claimed: {s!r}")
+        self.swept_spans += 1
+        if s.sizeclass == 0:
+            return self._sweep_large(s)
+        return self._sweep_small(s, preserve)
+
+    def _sweep_large(self, s: MSpan) -> bool:
+        bits8 = self.mheap.gcbits.bits8
+        if int(bits8[s.gcmarkBits]) & 1:
+            self._next_bits(s)
+            s.sweepgen = self.mheap.sweepgen
+            self.mheap.table.mark_dirty(s)
+            return False
+        if self.on_free_objects is not None:
+            self.on_free_objects(s, [0])
+        s.allocCount = 0
+        s.sweepgen = self.mheap.sweepgen
+        self.mheap.free_span(s)
+        return True
+
+    def _sweep_small(self, s: MSpan, preserve: bool) -> bool:
+        gcbits = self.mheap.gcbits
+        bits8 = gcbits.bits8
+        nbytes = ((s.nelems + 63) >> 6) << 3
+        marked = bits8[s.gcmarkBits:s.gcmarkBits + nbytes]
+        nalloc = int(_POPCOUNT[marked].sum())
+        nfreed = s.allocCount - nalloc
+        if nfreed < 0:
+            raise HeapCorruption(f"sweep: {nalloc} marked > {s.allocCount} allocated: {s!r}")
+        if nfreed:
+            freed = self._freed_slots(s, marked)
+            if self.on_free_objects is not None:
+                self.on_free_objects(s, freed)
+            if s.typed:
+                for i in freed:
+                    bitmap.reset_object(self.mheap.arenas, s.base + i * s.elemsize, s.elemsize)
+            if s.tiny_blocks:
+                s.tiny_blocks.difference_update(i for i in freed)
+            s.needzero = True
+            self.alloc.stats.small_free_count[s.spanclass] += nfreed
+        s.allocCount = nalloc
+        s.freeindex = 0
+        self._next_bits(s)
+        s.refill_alloc_cache(gcbits.bits64, 0)
+        if nalloc == 0:
+            s.typed = False
+        s.sweepgen = self.mheap.sweepgen
+        self.mheap.table.mark_dirty(s)
+        if preserve:
+            return False
+        central = self.alloc.central[s.spanclass]
+        if nalloc == 0:
+            self.mheap.free_span(s)
+            return True
+        sg = self.mheap.sweepgen
+        if nalloc < s.nelems:
+            central.push(central.partial_swept(sg), s)
+        else:
+            central.push(central.full_swept(sg), s)
+        return False
+
+    def _freed_slots(self, s: MSpan, marked: np.ndarray) -> list[int]:
+        """Slots allocated before this sweep and not marked."""
+        bits8 = self.mheap.gcbits.bits8
+        nbytes = len(marked)
+        alloc_bits = np.unpackbits(bits8[s.allocBits:s.allocBits + nbytes],
+                                   bitorder="little")[:s.nelems].astype(np.bool_)
+        alloc_bits[:s.freeindex] = True
+        mark_bits = np.unpackbits(marked, bitorder="little")[:s.nelems].astype(np.bool_)
+        return np.flatnonzero(alloc_bits & ~mark_bits).tolist()
+
+    def _next_bits(self, s: MSpan) -> None:
+        s.allocBits = s.gcmarkBits
+        s.gcmarkBits = self.mheap.gcbits.new_bits(s.nelems)

@@ -1,0 +1,136 @@
+"""Types: which words of an object may hold pointers (Go's _type.ptrdata and gcdata).
+
+A ``Type`` is a size and a pointer mask, one bit per 8-byte word. It comes either from the
+caller (``gcalloc.Type(size, ptrmask)``) or from a ctypes type, walked once and cached:
+
+- pointer words: ``c_void_p``, ``c_char_p``, ``c_wchar_p``, ``POINTER(T)``, function pointers
+  (``CFUNCTYPE``), and gcalloc's own ``Pointer`` marker;
+- Structures and Unions are walked field by field (unions OR their members), arrays repeat
+  their element's mask; everything else (integers, floats, chars, bit fields) is scalar;
+- a pointer field whose offset is not a multiple of 8 is an error: the collector reads whole
+  aligned words, so such a pointer would be invisible to it.
+
+Invariants: ``ptrmask`` has bit i set iff word i may hold a pointer; ``ptrdata`` is the byte
+offset just past the last pointer word (0 for pointer-free types), so ``noscan`` is
+``ptrdata == 0``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Iterable
+
+from gcalloc.errors import GcallocError, InvalidArgument
+
+PTR_SIZE = 8
+
+
+class InvalidType(GcallocError, TypeError):
+    """A type cannot be described to the collector (unaligned pointer, bad mask, ...)."""
+
+
+class Type:
+    """An object layout for precise scanning: ``Type(size, ptrmask, name="")``.
+
+    ``ptrmask`` is an int bitmask (bit i: word i is a pointer) or an iterable of booleans, one
+    per word. Raises InvalidType for a mask longer than the size or a negative size.
+    """
+
+    __slots__ = ("size", "ptrmask", "ptrdata", "name", "__weakref__")
+
+    def __init__(self, size: int, ptrmask: int | Iterable[object] = 0, name: str = "") -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidType(f"type size must be an int >= 0, got {size!r}")
+        if not isinstance(ptrmask, int):
+            ptrmask = sum(1 << i for i, bit in enumerate(ptrmask) if bit)
+        if ptrmask < 0 or ptrmask.bit_length() > (size + PTR_SIZE - 1) // PTR_SIZE:
+            raise InvalidType(f"pointer mask {ptrmask:#x} does not fit a {size}-byte type")
+        if ptrmask and size % PTR_SIZE and ptrmask >> (size // PTR_SIZE):
+            raise InvalidType("a pointer word must lie wholly inside the type")
+        self.size = size
+        self.ptrmask = ptrmask
+        self.ptrdata = ptrmask.bit_length() * PTR_SIZE
+        self.name = name
+
+    @property
+    def noscan(self) -> bool:
+        return self.ptrdata == 0
+
+    @property
+    def nwords(self) -> int:
+        return (self.size + PTR_SIZE - 1) // PTR_SIZE
+
+    def pointer_words(self) -> list[int]:
+        """Indexes of the pointer words."""
+        m = self.ptrmask
+        return [i for i in range(m.bit_length()) if m >> i & 1]
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Type) and other.size == self.size
+                and other.ptrmask == self.ptrmask)
+
+    def __hash__(self) -> int:
+        return hash((self.size, self.ptrmask))
+
+    def __repr__(self) -> str:
+        label = f" {self.name}" if self.name else ""
+        return f"<gcalloc.Type{label} size={self.size} ptrmask={self.ptrmask:#b}>"
+
+
+class Pointer(ctypes.c_void_p):
+    """A ctypes field type that holds a gcalloc heap pointer (scanned as a pointer)."""
+
+
+_POINTER_BASES = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_wchar_p, ctypes._Pointer,
+                  ctypes._CFuncPtr)  # type: ignore[attr-defined]
+_cache: dict[type, Type] = {}
+_cache_lock = threading.Lock()
+
+
+def type_of(ctype: object) -> Type:
+    """The Type of a ctypes type (or a gcalloc.Type, returned as is). Raises InvalidArgument
+    for something that is neither, InvalidType for an unaligned pointer field."""
+    if isinstance(ctype, Type):
+        return ctype
+    try:
+        ctypes.sizeof(ctype)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgument(f"not a ctypes type or gcalloc.Type: {ctype!r}") from None
+    if not isinstance(ctype, type):
+        raise InvalidArgument(f"a ctypes type is needed, not an instance: {ctype!r}")
+    found = _cache.get(ctype)  # type: ignore[arg-type]
+    if found is not None:
+        return found
+    mask = _mask_of(ctype, 0)
+    t = Type(ctypes.sizeof(ctype), mask, getattr(ctype, "__name__", ""))  # type: ignore
+    with _cache_lock:
+        _cache[ctype] = t  # type: ignore[index]
+    return t
+
+
+def _mask_of(ctype: type, offset: int) -> int:
+    """Pointer mask (relative to the object) of a ctype placed at byte ``offset``."""
+    if issubclass(ctype, _POINTER_BASES):
+        if offset % PTR_SIZE:
+            raise InvalidType(f"pointer field at offset {offset} is not 8-byte aligned")
+        return 1 << (offset // PTR_SIZE)
+    if issubclass(ctype, ctypes.Array):
+        elem = ctype._type_
+        esize = ctypes.sizeof(elem)
+        mask = 0
+        for i in range(ctype._length_):
+            m = _mask_of(elem, offset + i * esize)
+            if not m:
+                break  # no pointers in the element: none in any of them
+            mask |= m
+        return mask
+    if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
+        mask = 0
+        for field in ctype._fields_:
+            name, ftype = field[0], field[1]
+            if len(field) > 2:
+                continue  # bit field: scalar
+            mask |= _mask_of(ftype, offset + getattr(ctype, name).offset)
+        return mask
+    return 0

@@ -1,0 +1,245 @@
+"""Heap: the object a user holds. It wires the layers together: the allocator (mallocgc, the
+page heap, the scavenger) below, the collector (gc/) above it, and the public calls.
+
+A Heap owns real memory: every address it returns is a mapping made through gcalloc.os, and
+``close()`` (or leaving its ``with`` block) returns every mapping to the OS. Many heaps can live
+in one process; each has its own arenas, metadata regions, thread caches and collector.
+
+The allocator's hooks are filled here: sweeping (mcentral meets an unswept span), pacing (a
+slow path may start a cycle), explicit free (typed slots get conservative heap bits back),
+new spans (scan spans start with all-pointer heap bits), typed allocation (precise bits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import weakref
+from collections.abc import Iterator
+
+from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
+from gcalloc.errors import HeapClosed, InvalidArgument, InvalidSize, NotHeapPointer
+from gcalloc.gc import bitmap
+from gcalloc.gc.mgc import Collector
+from gcalloc.gc.roots import Handle, align_range
+from gcalloc.gc.types import InvalidType, Type, type_of
+from gcalloc.malloc import MAX_ALLOC, Allocator
+from gcalloc.mspan import MSpan
+from gcalloc.scavenge import Scavenger, scavenge
+from gcalloc.sizeclasses import PAGE_SHIFT
+
+
+class Heap(Allocator):
+    """A managed, garbage-collected heap over OS memory: Go's allocator and collector.
+
+    ``Heap(gc_percent=None, *, scavenger=None, debug=None)``: ``gc_percent`` is GOGC (default
+    from GCALLOC_GOGC, else 100; negative: no automatic collections); ``scavenger=True`` starts
+    the background scavenger; ``debug`` overrides GCALLOC_DEBUG (same format).
+    """
+
+    def __init__(self, gc_percent: int | None = None, *, scavenger: bool | None = None,
+                 debug: str | None = None) -> None:
+        self.debug: DebugFlags = parse_debug(debug)
+        gogc = parse_gogc() if gc_percent is None else gc_percent
+        super().__init__()
+        self.gc = Collector(self, gogc, self.debug)
+        self.sweep_span = self.gc.sweeper.sweep
+        self.gc_poll = self.gc.poll
+        self.charge_live = self.gc.pacer.charge
+        self.on_free = self._on_free
+        self.mheap.on_new_spans = self._init_span_bits
+        self.mheap.reclaim = self._reclaim
+        self._scavenger: Scavenger | None = None
+        if scavenger or (scavenger is None and self.debug.scavenger):
+            self._scavenger = Scavenger(self.mheap)
+        # A heap dropped without close() still gives its memory back.
+        self._finalizer = weakref.finalize(self, _release, self.mheap, self.persistent,
+                                           self._scavenger)
+
+    # alloc, free, lookup, usable_size, read_memstats come from Allocator.
+
+    # --- typed allocation and Handles ---------------------------------------------------
+
+    def alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
+        t = type_of(type)
+        if t.size == 0 or size == 0:
+            return self.zerobase
+        if size % t.size:
+            raise InvalidSize(f"size {size} is not a multiple of the type's size {t.size}")
+        if size > t.size and t.size % 8 and not t.noscan:
+            raise InvalidType(f"an array of {t.size}-byte {t.name or 'objects'} puts the "
+                              f"pointers of later elements off 8-byte alignment")
+        noscan = noscan or t.noscan
+        p = self.alloc(size, None, noscan, zero)
+        if not noscan:
+            s = self.mheap.span_of(p)
+            extent = s.npages << PAGE_SHIFT if s.sizeclass == 0 else s.elemsize
+            bitmap.set_object_type(self.mheap.arenas, p, extent, t, size)
+            s.typed = True
+        return p
+
+    def new(self, ctype: type, n: int = 1) -> Handle:
+        """Allocate ``n`` objects of ctypes type ``ctype`` (an array when n > 1), zeroed and
+        rooted while the returned Handle lives. Raises InvalidArgument, InvalidSize,
+        OutOfMemory, HeapClosed."""
+        t = type_of(ctype)
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise InvalidArgument(f"n must be an int, not {type(n).__name__}")
+        if n < 1:
+            raise InvalidSize(f"n must be >= 1, got {n}")
+        size = t.size * n
+        if size > MAX_ALLOC:
+            raise InvalidSize(f"{n} x {t.size} bytes exceeds the maximum allocation")
+        with self.gc.lock:   # no cycle between the allocation and its root
+            p = self.alloc(size, ctype)
+            return Handle(self.gc.roots, p, ctype, n)
+
+    def handle(self, p: int, ctype: type | None = None) -> Handle:
+        """Root the object holding p for the life of the returned Handle. Raises
+        NotHeapPointer, HeapClosed."""
+        base = self._object_base(p)
+        return Handle(self.gc.roots, base, ctype, 1)
+
+    def _object_base(self, p: object) -> int:
+        p = self._check_addr(p)
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        found = self.lookup(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        return found[0]
+
+    # --- roots -------------------------------------------------------------------------
+
+    def add_root(self, p: int) -> None:
+        """Keep the object holding p alive until a matching remove_root (counted). Raises
+        NotHeapPointer, HeapClosed."""
+        self.gc.roots.add(self._object_base(p))
+
+    def remove_root(self, p: int) -> None:
+        """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""
+        self.gc.roots.remove(self._object_base(p))
+
+    def add_root_range(self, addr: int, size: int, conservative: bool = True,
+                       type: object = None) -> int:
+        """Scan [addr, addr+size) (memory outside the heap) for pointers at every collection
+        until remove_root_range(token). ``conservative=False`` needs ``type`` (a ctypes type
+        or gcalloc.Type; size a multiple of its size). Raises InvalidArgument, InvalidSize."""
+        addr = self._check_addr(addr)
+        size = self._check_size(size)
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        if conservative:
+            if type is not None:
+                raise InvalidArgument("a conservative range takes no type")
+            start, nbytes = align_range(addr, size)
+            return self.gc.roots.add_range(start, nbytes, None)
+        if type is None:
+            raise InvalidArgument("a precise root range needs a type")
+        t = type_of(type)
+        if addr % 8 or t.size == 0 or size % t.size:
+            raise InvalidSize(f"precise range {addr:#x}+{size} must be 8-byte aligned and "
+                              f"a multiple of the type's size {t.size}")
+        return self.gc.roots.add_range(addr, size, t)
+
+    def remove_root_range(self, token: int) -> None:
+        """Stop scanning a range. Raises NotARoot."""
+        self.gc.roots.remove_range(token)
+
+    # --- collection control ------------------------------------------------------------
+
+    def collect(self) -> None:
+        """runtime.GC: a full collection, with sweeping finished before it returns.
+        Raises HeapClosed."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        self.gc.collect(forced=True)
+
+    def set_gc_percent(self, n: int) -> int:
+        """debug.SetGCPercent: set GOGC, return the previous value (-1 means off)."""
+        return self.gc.pacer.set_gc_percent(n)
+
+    @property
+    def gc_percent(self) -> int:
+        return self.gc.pacer.gc_percent
+
+    @contextlib.contextmanager
+    def no_gc(self) -> Iterator[None]:
+        """No collection starts while this block runs (in any thread): for code that writes
+        heap pointers outside gcalloc calls while other threads allocate."""
+        with self.gc.lock:
+            yield
+
+    def scavenge(self, limit: float = 0.0) -> int:
+        """Return to the OS the pages of free spans idle more than ``limit`` seconds.
+        Returns the bytes released. Raises HeapClosed."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
+        return scavenge(self.mheap, limit)
+
+    def free_os_memory(self) -> int:
+        """debug.FreeOSMemory: collect, then return every free page to the OS. Returns the
+        bytes released. Raises HeapClosed."""
+        self.collect()
+        return self.scavenge(-1.0)
+
+    def gc_memstats(self) -> dict:
+        return self.gc.memstats()
+
+    # --- hooks from the allocator ------------------------------------------------------
+
+    def _init_span_bits(self, spans: list[MSpan]) -> None:
+        """New in-use spans of a scan class start with all-pointer heap bits."""
+        first = spans[0]
+        if first.noscan:
+            return
+        nbytes = sum(s.npages for s in spans) << PAGE_SHIFT
+        bitmap.fill_span(self.mheap.arenas, first.base, nbytes, bitmap.ALL_ONES)
+
+    def _on_free(self, s: MSpan, idx: int) -> None:
+        if s.typed and s.sizeclass:
+            bitmap.reset_object(self.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
+        self.gc.pacer.charge(-s.elemsize if s.sizeclass else -(s.npages << PAGE_SHIFT))
+
+    def _reclaim(self, npages: int) -> None:
+        if not self.gc.sweeper.done():
+            self.gc.sweeper.reclaim(npages)
+
+    # --- verify and close --------------------------------------------------------------
+
+    def verify(self) -> None:
+        """Raise HeapCorruption if any invariant of any layer is broken. Call it with no
+        other thread allocating. Raises HeapClosed."""
+        super().verify()
+
+    def close(self) -> None:
+        """Stop background threads and return every mapping to the OS. Idempotent."""
+        if self._closed:
+            return
+        if self._scavenger is not None:
+            self._scavenger.stop()
+            self._scavenger = None
+        self.gc.roots.clear()
+        self.gc.close()
+        super().close()
+        self._finalizer.detach()
+
+    def __enter__(self) -> Heap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.stats.heap_inuse >> 10} KiB in use"
+        return f"<gcalloc.Heap {state}>"
+
+
+def _release(mheap, persistent, scavenger) -> None:
+    if scavenger is not None:
+        scavenger.stop()
+    mheap.release()
+    persistent.release_all()
+
+
+

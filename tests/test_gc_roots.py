@@ -1,0 +1,478 @@
+"""Roots (issue 6): counted roots, root ranges outside the heap (conservative and precise),
+Handles, and how candidate pointers are resolved (findObject): interior pointers keep their
+object; pointers into free slots, free spans or outside the heap are ignored.
+
+Also what stops: a collection in one thread parks other threads only at gcalloc safepoints,
+and ``Heap.no_gc()`` holds collections off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc as pygc
+import threading
+
+import pytest
+
+import gcalloc
+from gcalloc.errors import (
+    GcallocError, HeapClosed, InvalidArgument, InvalidSize, NotHeapPointer,
+)
+from gcalloc.gc.roots import Handle, NotARoot
+from gcalloc.gc.types import Type
+
+U64 = ctypes.c_uint64
+
+
+@pytest.fixture
+def heap():
+    h = gcalloc.Heap(-1, scavenger=False, debug="")
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def poke(addr: int, value: int) -> None:
+    U64.from_address(addr).value = value
+
+
+def peek(addr: int) -> int:
+    return U64.from_address(addr).value
+
+
+def live(heap: gcalloc.Heap, p: int) -> bool:
+    return heap.lookup(p) is not None
+
+
+class Node(ctypes.Structure):
+    _fields_ = [("next", ctypes.c_void_p), ("value", ctypes.c_uint64)]
+
+
+class Slot(ctypes.Structure):
+    _fields_ = [("scalar", ctypes.c_uint64), ("ptr", ctypes.c_void_p)]
+
+
+# --- counted roots --------------------------------------------------------------------------
+
+def test_unrooted_objects_are_collected(heap):
+    ps = [heap.alloc(64) for _ in range(10)]
+    heap.collect()
+    assert not any(live(heap, p) for p in ps)
+    assert heap.read_memstats().heap_objects == 0
+
+
+def test_add_root_keeps_object_and_its_referents(heap):
+    a, b, c = heap.alloc(64), heap.alloc(64), heap.alloc(64)
+    poke(a, b)
+    poke(b + 8, c)
+    heap.add_root(a)
+    heap.collect()
+    assert live(heap, a) and live(heap, b) and live(heap, c)
+    assert peek(a) == b and peek(b + 8) == c
+    heap.remove_root(a)
+    heap.collect()
+    assert not (live(heap, a) or live(heap, b) or live(heap, c))
+
+
+def test_roots_are_counted(heap):
+    p = heap.alloc(128)
+    heap.add_root(p)
+    heap.add_root(p + 16)                 # an interior pointer roots the same object
+    heap.remove_root(p)
+    heap.collect()
+    assert live(heap, p)
+    heap.remove_root(p + 40)
+    heap.collect()
+    assert not live(heap, p)
+
+
+def test_remove_root_of_non_root_raises(heap):
+    p = heap.alloc(64)
+    heap.add_root(p)
+    q = heap.alloc(64)
+    with pytest.raises(NotARoot) as info:
+        heap.remove_root(q)
+    assert isinstance(info.value, GcallocError) and isinstance(info.value, ValueError)
+    heap.remove_root(p)
+    with pytest.raises(NotARoot):
+        heap.remove_root(p)
+
+
+def test_root_calls_validate_addresses(heap):
+    outside = (ctypes.c_uint64 * 2)()
+    with pytest.raises(NotHeapPointer):
+        heap.add_root(ctypes.addressof(outside))
+    with pytest.raises(NotHeapPointer):
+        heap.add_root(0)
+    with pytest.raises(InvalidArgument):
+        heap.add_root("0x1000")
+    with pytest.raises(InvalidArgument):
+        heap.add_root(True)
+    p = heap.alloc(64)
+    heap.free(p)
+    with pytest.raises(NotHeapPointer):
+        heap.add_root(p)
+    with pytest.raises(NotHeapPointer):
+        heap.remove_root(p)
+    assert heap.gc.roots.counted == {}
+
+
+# --- root ranges ----------------------------------------------------------------------------
+
+def test_conservative_range_keeps_what_it_holds(heap):
+    arr = (U64 * 16)()
+    ps = [heap.alloc(48) for _ in range(16)]
+    for i, p in enumerate(ps):
+        arr[i] = p + (i % 6) * 8          # some interior pointers
+    token = heap.add_root_range(ctypes.addressof(arr), ctypes.sizeof(arr))
+    heap.collect()
+    assert all(live(heap, p) for p in ps)
+    arr[3] = 0
+    heap.collect()
+    assert not live(heap, ps[3])
+    assert sum(live(heap, p) for p in ps) == 15
+    heap.remove_root_range(token)
+    heap.collect()
+    assert not any(live(heap, p) for p in ps)
+
+
+def test_conservative_range_ignores_garbage_words(heap):
+    keep = heap.alloc(64)
+    arr = (U64 * 8)(0, 1, 0xFFFF_FFFF_FFFF_FFFF, 0x7FFF_FFFF_F000, keep,
+                    ctypes.addressof(ctypes.c_int(3)), 0x00C0 << 32, 0xDEADBEEF)
+    heap.add_root_range(ctypes.addressof(arr), ctypes.sizeof(arr))
+    heap.collect()
+    assert live(heap, keep)
+    assert heap.read_memstats().heap_objects == 1
+    heap.verify()
+
+
+def test_unaligned_conservative_range_is_rounded_inward(heap):
+    arr = (U64 * 4)()
+    ps = [heap.alloc(32) for _ in range(4)]
+    for i, p in enumerate(ps):
+        arr[i] = p
+    # [addr+1, addr+31): whole words 1 and 2 only.
+    heap.add_root_range(ctypes.addressof(arr) + 1, ctypes.sizeof(arr) - 2)
+    heap.collect()
+    assert [live(heap, p) for p in ps] == [False, True, True, False]
+
+
+def test_precise_range_reads_only_pointer_words(heap):
+    arr = (Slot * 4)()
+    via_ptr = [heap.alloc(64) for _ in range(4)]
+    via_scalar = [heap.alloc(64) for _ in range(4)]
+    for i in range(4):
+        arr[i].ptr = via_ptr[i]
+        arr[i].scalar = via_scalar[i]
+    token = heap.add_root_range(ctypes.addressof(arr), ctypes.sizeof(arr),
+                                conservative=False, type=Slot)
+    heap.collect()
+    assert all(live(heap, p) for p in via_ptr)
+    assert not any(live(heap, p) for p in via_scalar)
+    heap.remove_root_range(token)
+    gtype = Type(16, 0b01)                 # a gcalloc.Type: word 0 is the pointer
+    heap.add_root_range(ctypes.addressof(arr), ctypes.sizeof(arr), False, gtype)
+    arr[0].scalar = via_ptr[0]
+    heap.collect()
+    assert [live(heap, p) for p in via_ptr] == [True, False, False, False]
+
+
+def test_root_range_argument_errors(heap):
+    arr = (Slot * 2)()
+    addr, size = ctypes.addressof(arr), ctypes.sizeof(arr)
+    with pytest.raises(InvalidArgument):
+        heap.add_root_range(addr, size, conservative=False)            # no type
+    with pytest.raises(InvalidArgument):
+        heap.add_root_range(addr, size, conservative=True, type=Slot)  # type not allowed
+    with pytest.raises(InvalidSize):
+        heap.add_root_range(addr, size - 8, conservative=False, type=Slot)
+    with pytest.raises(InvalidSize):
+        heap.add_root_range(addr + 4, size, conservative=False, type=Slot)
+    with pytest.raises(InvalidSize):
+        heap.add_root_range(addr, -8)
+    with pytest.raises(InvalidArgument):
+        heap.add_root_range(float(addr), size)
+    with pytest.raises(InvalidArgument):
+        heap.add_root_range(addr, size, conservative=False, type=42)
+    assert heap.gc.roots.ranges == {}
+
+
+def test_remove_root_range_twice_or_unknown_raises(heap):
+    arr = (U64 * 2)()
+    token = heap.add_root_range(ctypes.addressof(arr), ctypes.sizeof(arr))
+    other = heap.add_root_range(ctypes.addressof(arr), 8)
+    assert token != other
+    heap.remove_root_range(token)
+    with pytest.raises(NotARoot):
+        heap.remove_root_range(token)
+    with pytest.raises(NotARoot):
+        heap.remove_root_range(12345)
+    heap.remove_root_range(other)
+
+
+def test_empty_root_range_is_allowed(heap):
+    arr = (U64 * 1)()
+    token = heap.add_root_range(ctypes.addressof(arr), 0)
+    heap.collect()
+    heap.remove_root_range(token)
+
+
+# --- Handles --------------------------------------------------------------------------------
+
+def test_new_returns_a_rooted_zeroed_handle(heap):
+    h = heap.new(Node)
+    assert isinstance(h, Handle)
+    assert isinstance(h.view, Node)
+    assert ctypes.addressof(h.view) == h.addr == int(h)
+    assert (h.view.next, h.view.value) == (None, 0)
+    h.view.value = 77
+    heap.collect()
+    assert live(heap, h.addr)
+    assert h.view.value == 77
+
+
+def test_handle_dies_with_its_python_object(heap):
+    h = heap.new(Node)
+    addr = h.addr
+    del h
+    pygc.collect()
+    heap.collect()
+    assert not live(heap, addr)
+
+
+def test_release_drops_the_root(heap):
+    h = heap.new(Node)
+    assert h.alive
+    h.release()
+    h.release()                           # idempotent
+    assert not h.alive
+    with pytest.raises(GcallocError):
+        _ = h.view
+    heap.collect()
+    assert not live(heap, h.addr)
+    assert "released" in repr(h)
+
+
+def test_new_array_handle(heap):
+    h = heap.new(Node, n=4)
+    assert isinstance(h.view, Node * 4)
+    nodes = [heap.new(Node) for _ in range(4)]
+    for i, n in enumerate(nodes):
+        h.view[i].next = n.addr
+        n.view.value = i + 100
+    addrs = [n.addr for n in nodes]
+    del nodes
+    pygc.collect()
+    heap.collect()
+    assert all(live(heap, a) for a in addrs)
+    assert [Node.from_address(a).value for a in addrs] == [100, 101, 102, 103]
+
+
+def test_handle_of_existing_object(heap):
+    p = heap.alloc(100)
+    h = heap.handle(p + 50)                # interior: the Handle holds the object's base
+    assert h.addr == p
+    assert h.view is None
+    typed = heap.handle(p, Node)
+    assert isinstance(typed.view, Node)
+    heap.collect()
+    assert live(heap, p)
+    del h, typed
+    pygc.collect()
+    heap.collect()
+    assert not live(heap, p)
+
+
+def test_handle_and_new_errors(heap):
+    outside = (U64 * 2)()
+    with pytest.raises(NotHeapPointer):
+        heap.handle(ctypes.addressof(outside))
+    with pytest.raises(InvalidSize):
+        heap.new(Node, 0)
+    with pytest.raises(InvalidArgument):
+        heap.new(Node, True)
+    with pytest.raises(InvalidArgument):
+        heap.new(Node, 2.0)
+    with pytest.raises(InvalidArgument):
+        heap.new(int)
+    with pytest.raises(InvalidSize):
+        heap.new(Node, 1 << 50)
+    assert heap.gc.roots.handles_live == 0
+
+
+def test_thousands_of_handles(heap):
+    hs = [heap.new(Node) for _ in range(3000)]  # past the first handle table
+    for i, h in enumerate(hs):
+        h.view.value = i
+    heap.collect()
+    assert heap.read_memstats().heap_objects == 3000
+    assert all(h.view.value == i for i, h in enumerate(hs))
+    del hs[::2]
+    pygc.collect()
+    heap.collect()
+    assert heap.read_memstats().heap_objects == 1500
+
+
+def test_root_calls_on_a_closed_heap(heap):
+    p = heap.alloc(64)
+    h = heap.new(Node)
+    heap.close()
+    with pytest.raises(HeapClosed):
+        heap.add_root(p)
+    with pytest.raises(HeapClosed):
+        heap.handle(p)
+    with pytest.raises(HeapClosed):
+        heap.new(Node)
+    with pytest.raises(HeapClosed):
+        heap.collect()
+    arr = (U64 * 1)()
+    with pytest.raises(HeapClosed):
+        heap.add_root_range(ctypes.addressof(arr), 8)
+    h.release()
+
+
+# --- findObject: interior pointers, free slots, free spans ------------------------------------
+
+def test_object_reachable_only_through_interior_pointers(heap):
+    root = heap.new(Node)
+    small = heap.alloc(256)
+    large = heap.alloc(200_000)
+    mid = heap.alloc(64)
+    root.view.next = small + 8
+    poke(small + 248, large + 150_000)    # deep inside a large object
+    poke(large + 199_992, mid + 63)       # last byte of mid
+    heap.collect()
+    assert live(heap, small) and live(heap, large) and live(heap, mid)
+    assert heap.read_memstats().heap_objects == 4
+
+
+def test_pointer_into_free_slot_is_ignored(heap):
+    a, b, c = heap.alloc(64), heap.alloc(64), heap.alloc(64)
+    assert heap.mheap.span_of(a) is heap.mheap.span_of(b)
+    heap.free(b)
+    poke(a, b)
+    poke(a + 8, b + 16)
+    heap.add_root(a)
+    arr = (U64 * 1)(b)
+    heap.add_root_range(ctypes.addressof(arr), 8)
+    heap.collect()
+    assert live(heap, a) and not live(heap, b) and not live(heap, c)
+    assert heap.read_memstats().heap_objects == 1
+    heap.verify()
+    q = heap.alloc(64)                    # the slot is still usable
+    heap.add_root(q)
+    heap.collect()
+    assert heap.read_memstats().heap_objects == 2
+
+
+def test_pointer_into_free_span_is_ignored(heap):
+    big = heap.alloc(100_000)
+    heap.free(big)
+    assert heap.mheap.span_of(big) is None or heap.lookup(big) is None
+    holder = heap.alloc(64)
+    poke(holder, big)
+    poke(holder + 8, big + 40_000)
+    heap.add_root(holder)
+    heap.collect()
+    assert heap.read_memstats().heap_objects == 1
+    heap.verify()
+
+
+def test_pointers_past_large_object_end_are_ignored(heap):
+    big = heap.alloc(40_000)              # 5 pages; limit is base + 40000
+    holder = heap.alloc(64)
+    poke(holder, big + 40_000)            # one past the end, same span pages
+    heap.add_root(holder)
+    heap.collect()
+    assert not live(heap, big)
+
+
+def test_pointer_into_unhanded_run_slot_is_ignored(heap):
+    """Slots an mcache reserved but never handed out are free: a stale word pointing at
+    one must not make it an object."""
+    first = heap.alloc(64)
+    nxt = first + 64                      # reserved in the run, not handed out yet
+    assert heap.lookup(nxt) is None
+    holder = heap.alloc(128)
+    poke(holder, nxt)
+    heap.add_root(holder)
+    heap.collect()
+    assert heap.read_memstats().heap_objects == 1
+    heap.verify()
+
+
+# --- what stops ---------------------------------------------------------------------------
+
+def test_no_gc_holds_off_collections_from_other_threads(heap):
+    done = threading.Event()
+
+    def collector():
+        heap.collect()
+        done.set()
+
+    with heap.no_gc():
+        t = threading.Thread(target=collector)
+        t.start()
+        assert not done.wait(0.2)          # a cycle started here would be a bug
+        assert heap.read_memstats().num_gc == 0
+    t.join(30)
+    assert done.is_set()
+    assert heap.read_memstats().num_gc == 1
+
+
+def test_collect_inside_no_gc_in_same_thread_runs(heap):
+    with heap.no_gc():
+        heap.collect()
+    assert heap.read_memstats().num_gc == 1
+
+
+def test_threads_building_lists_while_another_collects():
+    """Threads allocate and link with Handles (the safe road) while the main thread runs
+    collections; every list survives intact."""
+    heap = gcalloc.Heap(100, scavenger=False, debug="")
+    nthreads, length = 3, 1500
+    heads: dict[int, Handle] = {}
+    errors: list[BaseException] = []
+    started = threading.Barrier(nthreads + 1)
+
+    def build(k: int) -> None:
+        try:
+            started.wait()
+            head = heap.new(Node)
+            head.view.value = k << 32
+            for i in range(1, length):
+                n = heap.new(Node)
+                n.view.value = (k << 32) | i
+                n.view.next = head.addr   # head's Handle is alive during the write
+                heap.alloc(256)           # garbage to drive automatic cycles
+                head = n
+            heads[k] = head
+        except BaseException as exc:      # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build, args=(k,)) for k in range(nthreads)]
+    try:
+        for t in threads:
+            t.start()
+        started.wait()
+        while any(t.is_alive() for t in threads):
+            heap.collect()
+        for t in threads:
+            t.join()
+        assert errors == []
+        heap.collect()
+        heap.verify()
+        for k, h in heads.items():
+            values = []
+            p = h.addr
+            while p:
+                values.append(Node.from_address(p).value)
+                p = Node.from_address(p).next or 0
+            assert values == [(k << 32) | i for i in range(length - 1, -1, -1)]
+        assert heap.read_memstats().heap_objects == nthreads * length
+        assert heap.read_memstats().num_gc >= 1
+    finally:
+        heads.clear()
+        heap.close()
