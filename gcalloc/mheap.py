@@ -443,6 +443,9 @@ class MHeap:
     def release(self) -> None:
         """Return every mapping to the OS. The heap is unusable afterwards."""
         with self.lock:
+            # Manual spans' bytes left heap_sys while in use; the arenas go back whole.
+            self.stats.heap_sys.add(self.stats.stacks_inuse)
+            self.stats.stacks_inuse = 0
             self.arenas.release()
             self.gcbits.release()
             self.spanalloc.clear()

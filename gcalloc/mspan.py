@@ -268,6 +268,8 @@ class SpanTable:
 
     def mark_dirty(self, s: MSpan) -> None:
         self.dirty.append(s)
+        if len(self.dirty) > 4096:   # no reader came by (collector off): stay bounded
+            self.sync()
 
     def sync(self) -> None:
         """Write the rows of every span marked dirty since the last sync."""
