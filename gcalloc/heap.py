@@ -42,8 +42,10 @@ class Heap(Allocator):
         self.debug: DebugFlags = parse_debug(debug)
         gogc = parse_gogc() if gc_percent is None else gc_percent
         super().__init__()
+        self.efence = bool(self.debug.efence)
         self.gc = Collector(self, gogc, self.debug)
         self.sweep_span = self.gc.sweeper.sweep
+        self.ensure_swept = self.gc.sweeper.ensure_swept
         self.gc_poll = self.gc.poll
         self.charge_live = self.gc.pacer.charge
         self.on_free = self._on_free
@@ -168,7 +170,11 @@ class Heap(Allocator):
         """No collection starts while this block runs (in any thread): for code that writes
         heap pointers outside gcalloc calls while other threads allocate."""
         with self.gc.lock:
-            yield
+            self.gc.inhibit += 1
+            try:
+                yield
+            finally:
+                self.gc.inhibit -= 1
 
     def scavenge(self, limit: float = 0.0) -> int:
         """Return to the OS the pages of free spans idle more than ``limit`` seconds.

@@ -18,6 +18,11 @@ bytes, and only then is it cleared (``zero=False`` is Go's rawmem: never cleared
 Explicit free (gccgo's __go_free) returns a small object's slot to its span or a large span to
 the page heap. It validates everything first and raises without changing anything.
 
+efence (GCALLOC_DEBUG=efence=1, gccgo's debug.efence): every object gets a span of its own and
+a freed span (by free or by sweep) is made inaccessible with sys_fault and never reused, so a
+use after free faults at once. The runs and tiny blocks stay empty, so every allocation takes
+the slow path.
+
 Stopping the world: slow paths and free are *safepoints*. A thread sets its mcache's
 ``mallocing`` then checks ``_stopped``; a collector sets ``_stopped`` then waits until no other
 mcache is ``mallocing`` (Go's m.mallocing and stopTheWorld). The fast path needs no flag: a
@@ -40,6 +45,7 @@ import time
 import weakref
 from collections.abc import Callable
 
+from gcalloc import os as gos
 from gcalloc import verify as checks
 from gcalloc.errors import (
     DoubleFree, HeapClosed, HeapCorruption, InteriorPointer, InvalidArgument, InvalidSize,
@@ -101,6 +107,7 @@ class Allocator:
         self._stopped = False
         self._stopper = 0
         self.marking = None      # the collector's Marker while it marks (allocate black)
+        self.efence = False      # see the module comment
         # Hooks for the GC layer (see the module comment).
         self.sweep_span: Callable[[MSpan, bool], bool] = _never_swept
         self.gc_poll: Callable[[int], None] | None = None
@@ -149,7 +156,17 @@ class Allocator:
 
     def _alloc_small(self, c: MCache, spc: int, zero: bool) -> int:
         """The run is used up: take the next free slot (refilling the span if it is full),
-        then reserve the run of free slots after it for the fast path."""
+        reserve the run of free slots after it for the fast path, maybe start a cycle."""
+        if self.efence:
+            return self._alloc_large(c, class_to_size[spc >> 1], bool(spc & 1), True)
+        p, _, refilled = self._take_slot(c, spc, zero)
+        if refilled and self.gc_poll is not None:
+            self.gc_poll(p)
+        return p
+
+    def _take_slot(self, c: MCache, spc: int, zero: bool) -> tuple[int, MSpan, bool]:
+        """(address, its span, whether the mcache refilled): the allocation part of
+        _alloc_small, at a safepoint. The caller polls the pacer afterwards."""
         self._safepoint(c)
         try:
             p, s, refilled = self._next_free(c, spc)
@@ -165,9 +182,7 @@ class Allocator:
                 self.marking.allocated_black(p)
         finally:
             c.mallocing = False
-        if refilled and self.gc_poll is not None:
-            self.gc_poll(p)
-        return p
+        return p, s, refilled
 
     def _reserve_run(self, c: MCache, s: MSpan, spc: int) -> None:
         # The run stops short of the next sample so that the sampled object comes through
@@ -203,8 +218,13 @@ class Allocator:
     def _alloc_tiny_block(self, c: MCache, size: int) -> int:
         """Start a new 16-byte tiny block and hand out its first ``size`` bytes. The block is
         a 16-byte noscan object, taken as any other: from the run, else the slow path."""
-        p = next(c.runs[TINY_SPAN_CLASS], 0) or self._alloc_small(c, TINY_SPAN_CLASS, True)
-        s = c.alloc[TINY_SPAN_CLASS]
+        if self.efence:
+            return self._alloc_large(c, size, True, True)
+        p = next(c.runs[TINY_SPAN_CLASS], 0)
+        if p:
+            s, refilled = c.alloc[TINY_SPAN_CLASS], False
+        else:
+            p, s, refilled = self._take_slot(c, TINY_SPAN_CLASS, True)
         if s.tiny_blocks is None:
             s.tiny_blocks = set()
         s.tiny_blocks.add((p - s.base) >> 4)
@@ -212,6 +232,9 @@ class Allocator:
         if size < c.tinyoffset or not c.tiny:
             c.tiny = p
             c.tinyoffset = size
+        # Only now may a cycle start: the block is recorded and, as c.tiny, a root.
+        if refilled and self.gc_poll is not None:
+            self.gc_poll(p)
         return p
 
     def _alloc_other(self, c: MCache, size: object, type: object, noscan: bool,
@@ -439,7 +462,19 @@ class Allocator:
             s.allocCount = 0
         if self.on_free is not None:
             self.on_free(s, 0)
-        self.mheap.free_span(s)
+        self.release_large_span(s)
+
+    def release_large_span(self, s: MSpan) -> None:
+        """A large span whose object is dead goes back to the page heap; under efence its
+        pages are made inaccessible instead and the span is never used again."""
+        if not self.efence:
+            self.mheap.free_span(s)
+            return
+        gos.sys_fault(s.base, s.npages << PAGE_SHIFT)
+        s.faulted = True
+        with self.mheap.lock:
+            self.stats.large_free += s.npages << PAGE_SHIFT
+            self.stats.large_free_count += 1
 
     def _free_small(self, c: MCache, s: MSpan, p: int) -> None:
         central = self.central[s.spanclass]
@@ -515,6 +550,8 @@ class Allocator:
         s = self.mheap.span_of(p)
         if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
             return None
+        if s.sizeclass == 0:
+            return (s, 0) if s.allocCount else None
         if s.cached_by is not None and self._in_unused_run(s, p):
             return None    # reserved by an mcache, not yet handed out
         idx = s.object_index(p)

@@ -50,7 +50,7 @@ class MSpan:
         "elemsize", "nelems", "freeindex", "allocCache", "allocBits", "gcmarkBits",
         "allocCount", "sweepgen", "needzero", "specials", "unusedsince", "npreleased",
         "central_set", "cached_by", "pending_frees", "large_type", "tiny_blocks",
-        "run_end", "typed",
+        "run_end", "typed", "faulted",
     )
 
     def __init__(self, sid: int) -> None:
@@ -81,6 +81,7 @@ class MSpan:
         self.tiny_blocks = None    # slots holding 16-byte tiny blocks (set), tiny class only
         self.run_end = 0           # end of the reserved run (see above), or 0
         self.typed = False         # a typed object lives here: heap bits not all ones (gc/)
+        self.faulted = False       # efence: freed, pages made inaccessible, never reused
 
     def init(self, base: int, npages: int) -> None:
         """Reset the span to a fresh run of pages (Go's mspan.init)."""
@@ -106,6 +107,7 @@ class MSpan:
         self.tiny_blocks = None
         self.run_end = 0
         self.typed = False
+        self.faulted = False
 
     def set_span_class(self, spanclass: int) -> None:
         sizeclass = span_class_sizeclass(spanclass)

@@ -27,7 +27,8 @@ def span_problems(alloc, s: MSpan) -> list[str]:
     """allocCount agrees with the allocation state, allocCache with allocBits, no slot on
     two lists, the span filed in exactly one place, tiny bookkeeping sane."""
     if s.sizeclass == 0:
-        ok = s.allocCount == 1 and s.limit <= s.base + (s.npages << PAGE_SHIFT)
+        ok = (s.allocCount == (0 if s.faulted else 1)
+              and s.limit <= s.base + (s.npages << PAGE_SHIFT))
         return [] if ok else [f"large span in a bad state: {s!r}"]
     bits8 = alloc.mheap.gcbits.bits8
     bits = alloc_bits(bits8, s)

@@ -347,6 +347,27 @@ class Marker:
         """Whether slot idx of snapshot span s is marked (before finish)."""
         return bool(self.marks_buf[self.gbase_list[s.id] + idx])
 
+    # --- specials (gc/finalizer.py) ----------------------------------------------------
+
+    def mark_referents(self, sids: np.ndarray, idxs: np.ndarray) -> None:
+        """Mark everything reachable from the given objects (snapshot span ids, slots)
+        without marking the objects themselves, unless their referents lead back to them:
+        Go's markroot for finalizer specials. Noscan objects reference nothing."""
+        scan = self.scannable[sids]
+        sids, idxs = sids[scan], idxs[scan]
+        if len(sids):
+            self.drain(*self.shade(self.scan_vector(sids, idxs)))
+
+    def mark_object(self, s: MSpan, idx: int) -> bool:
+        """Mark slot idx of snapshot span s without scanning it (its referents are marked
+        already); True if it was white."""
+        g = self.gbase_list[s.id] + idx
+        if self.marks_buf[g]:
+            return False
+        self.marks_buf[g] = 1
+        self._marked[0] += 1
+        return True
+
 
 def _split_oblets(first: np.ndarray, nwords: np.ndarray, typed: np.ndarray):
     """Split objects larger than OBLET_WORDS into pieces, as Go scans big objects in oblets.

@@ -45,6 +45,7 @@ class Collector:
         self.sweeper = Sweeper(heap)
         self.pacer = Pacer(gc_percent)
         self.lock = threading.RLock()       # one cycle at a time; Heap.no_gc() holds it
+        self.inhibit = 0                    # no_gc() depth: automatic cycles wait
         self.debug = debug
         self.num_gc = 0
         self.num_forced_gc = 0
@@ -68,8 +69,10 @@ class Collector:
     # --- triggering --------------------------------------------------------------------
 
     def poll(self, p: int) -> None:
-        """A slow path allocated p; start a cycle if the heap reached its goal."""
-        if self.pacer.should_collect():
+        """A slow path allocated p; start a cycle if the heap reached its goal (not inside a
+        ``Heap.no_gc()`` block: other threads wait on the lock, its own thread sees
+        ``inhibit``)."""
+        if self.pacer.should_collect() and not self.inhibit:
             self.collect(forced=False, extra=[p])
 
     def collect(self, forced: bool = True, extra: list[int] = ()) -> None:  # type: ignore
@@ -115,7 +118,9 @@ class Collector:
     def _mark(self, extra: list[int]) -> Marker:
         heap = self.heap
         with heap.mheap.lock:
-            spans = [s for s in heap.mheap.live_spans() if s.state == SPAN_IN_USE]
+            # Faulted (efence) spans hold no object and must not be read.
+            spans = [s for s in heap.mheap.live_spans()
+                     if s.state == SPAN_IN_USE and not s.faulted]
         kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
                                                           self.scalar_frontier}
         marker = Marker(heap.mheap, spans, pool=self._mark_pool(), **kwargs)

@@ -173,7 +173,7 @@ class Sweeper:
             self.on_free_objects(s, [0])
         s.allocCount = 0
         s.sweepgen = self.mheap.sweepgen
-        self.mheap.free_span(s)
+        self.alloc.release_large_span(s)
         return True
 
     def _sweep_small(self, s: MSpan, preserve: bool) -> bool:
