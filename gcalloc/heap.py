@@ -14,15 +14,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
-from gcalloc.errors import HeapClosed, InvalidArgument, InvalidSize, NotHeapPointer
-from gcalloc.gc import bitmap
+from gcalloc.errors import (
+    HeapClosed,
+    HeapCorruption,
+    InvalidArgument,
+    InvalidSize,
+    NotHeapPointer,
+)
+from gcalloc.gc import bitmap, pprof
+from gcalloc.gc.finalizer import Finalizers
 from gcalloc.gc.mgc import Collector
+from gcalloc.gc.mprof import MemProfiler, MemProfileRecord
 from gcalloc.gc.roots import Handle, align_range
-from gcalloc.gc.types import InvalidType, Type, type_of
+from gcalloc.gc.specials import Specials
+from gcalloc.gc.types import Type, check_array, type_of
 from gcalloc.malloc import MAX_ALLOC, Allocator
 from gcalloc.mspan import MSpan
 from gcalloc.scavenge import Scavenger, scavenge
@@ -57,6 +67,23 @@ class Heap(Allocator):
         # A heap dropped without close() still gives its memory back.
         self._finalizer = weakref.finalize(self, _release, self.mheap, self.persistent,
                                            self._scavenger)
+        self._init_specials()
+
+    def _init_specials(self) -> None:
+        """Special records, finalizers and the heap profile (gc/specials.py, finalizer.py,
+        mprof.py): sweep and explicit free free a dead object's specials, sampled allocations
+        record a profile bucket, the collector runs the finalizer pass."""
+        self.specials = Specials(self.persistent, self.gc.sweeper.ensure_swept)
+        self.mprof = MemProfiler(self.mheap.span_of, self.specials, self.persistent,
+                                 self.stats.buckhash_sys)
+        self.specials.on_profile_free = self.mprof.free
+        self.mprof.install(self.gc)
+        self.finalizers = Finalizers(self, self.specials)
+        self.gc.sweeper.on_free_objects = self.specials.free_objects
+        self.on_sample = self.mprof.record
+        # A heap dropped without close() stops its finalizer thread (not at exit: a daemon).
+        self._stop_finalizers = weakref.finalize(self, self.finalizers.queue.stop)
+        self._stop_finalizers.atexit = False
 
     # alloc, free, lookup, usable_size, read_memstats come from Allocator.
 
@@ -68,9 +95,7 @@ class Heap(Allocator):
             return self.zerobase
         if size % t.size:
             raise InvalidSize(f"size {size} is not a multiple of the type's size {t.size}")
-        if size > t.size and t.size % 8 and not t.noscan:
-            raise InvalidType(f"an array of {t.size}-byte {t.name or 'objects'} puts the "
-                              f"pointers of later elements off 8-byte alignment")
+        check_array(t, size)
         noscan = noscan or t.noscan
         p = self.alloc(size, None, noscan, zero)
         if not noscan:
@@ -142,6 +167,7 @@ class Heap(Allocator):
         if addr % 8 or t.size == 0 or size % t.size:
             raise InvalidSize(f"precise range {addr:#x}+{size} must be 8-byte aligned and "
                               f"a multiple of the type's size {t.size}")
+        check_array(t, size)
         return self.gc.roots.add_range(addr, size, t)
 
     def remove_root_range(self, token: int) -> None:
@@ -192,6 +218,37 @@ class Heap(Allocator):
     def gc_memstats(self) -> dict:
         return self.gc.memstats()
 
+    # --- finalizers and the heap profile -----------------------------------------------
+
+    def set_finalizer(self, p: int, fn: Callable[[int], object] | None) -> None:
+        """runtime.SetFinalizer: when a collection finds the object starting at p
+        unreachable, it clears the association, keeps the object (and what it references)
+        alive, and ``fn(p)`` runs on the heap's finalizer thread; the object is freed by a
+        later collection if still unreachable. ``fn=None`` clears the finalizer (fine when
+        none is set). p must be the start of an object, or any address inside a tiny
+        (noscan, < 16 B) block; size-0 objects are accepted and never finalized.
+        See docs/finalizers.md. Raises FinalizerNotCallable (TypeError), NotHeapPointer,
+        InteriorPointer, FinalizerAlreadySet (ValueError), InvalidArgument, HeapClosed;
+        a raising call changes nothing."""
+        self.finalizers.set(p, fn)
+
+    def run_finalizers(self, timeout: float | None = None) -> bool:
+        """Wait until no finalizer is queued or running (for tests and shutdown). Returns
+        False if ``timeout`` seconds passed first, or at once when called from a finalizer."""
+        return self.finalizers.run(timeout)
+
+    def memprofile(self, inuse_zero: bool = True) -> list[MemProfileRecord]:
+        """runtime.MemProfile: the heap profile as of the last completed collection, one
+        record per (allocation stack, object size), with raw sampled counts.
+        ``inuse_zero=False`` leaves out records with no bytes in use."""
+        return self.mprof.records(inuse_zero)
+
+    def write_heap_profile(self, path: str | os.PathLike) -> None:
+        """pprof.WriteHeapProfile: write the heap profile as gzipped profile.proto, counts
+        scaled by ``mem_profile_rate`` to estimates (``go tool pprof -top path``). Raises
+        OSError from the file system."""
+        pprof.write_heap_profile(path, self.memprofile(True), self.mem_profile_rate)
+
     # --- hooks from the allocator ------------------------------------------------------
 
     def _init_span_bits(self, spans: list[MSpan]) -> None:
@@ -206,6 +263,8 @@ class Heap(Allocator):
         if s.typed and s.sizeclass:
             bitmap.reset_object(self.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
         self.gc.pacer.charge(-s.elemsize if s.sizeclass else -(s.npages << PAGE_SHIFT))
+        if s.specials:
+            self.specials.free_objects(s, [idx], explicit=True)
 
     def _reclaim(self, npages: int) -> None:
         if not self.gc.sweeper.done():
@@ -217,11 +276,16 @@ class Heap(Allocator):
         """Raise HeapCorruption if any invariant of any layer is broken. Call it with no
         other thread allocating. Raises HeapClosed."""
         super().verify()
+        problems = self.specials.verify()
+        if problems:
+            raise HeapCorruption("specials: " + "; ".join(problems[:20]))
 
     def close(self) -> None:
         """Stop background threads and return every mapping to the OS. Idempotent."""
         if self._closed:
             return
+        self.finalizers.close()        # waits for a running finalizer; drops queued ones
+        self._stop_finalizers.detach()
         if self._scavenger is not None:
             self._scavenger.stop()
             self._scavenger = None
@@ -229,6 +293,8 @@ class Heap(Allocator):
         self.gc.close()
         super().close()
         self._finalizer.detach()
+        self.specials.close()
+        self.mprof.close()
 
     def __enter__(self) -> Heap:
         return self

@@ -284,8 +284,9 @@ class Allocator:
         npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
         self._safepoint(c)
         try:
+            # The object owns its whole span: usable_size, lookup and the collector's scan
+            # all cover the page-rounded size (s.limit, set by the span class).
             s = self.mheap.alloc(npages, make_span_class(0, noscan), needzero=zero)
-            s.limit = s.base + size
             s.freeindex = 1
             s.allocCount = 1
             with self.mheap.lock:

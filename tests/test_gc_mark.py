@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 import gcalloc
-from gcalloc.gc.mark import OBLET_WORDS, Marker
+from gcalloc.gc.mark import OBLET_WORDS, PARALLEL_FRONTIER, Marker
 from gcalloc.gc.types import Type
 from gcalloc.mspan import SPAN_IN_USE
 
@@ -106,7 +107,7 @@ def test_binary_trees_survive_with_contents(heap, mode, typed):
     garbage = [build_tree(heap, depth, key, typed) for key in (3, 4)]
     assert objects(heap) == 4 * ((1 << depth) - 1)
     heap.collect()
-    for key, h in zip((1, 2), keep):
+    for key, h in zip((1, 2), keep, strict=True):
         check_tree(h.addr, depth, key)
     assert not any(live(heap, g) for g in garbage)
     assert objects(heap) == 2 * ((1 << depth) - 1)
@@ -310,11 +311,11 @@ def reachable(objs: list[Obj], roots: list[int]) -> set[int]:
     return seen
 
 
-def mark_only(heap: gcalloc.Heap, scalar_frontier: int) -> Marker:
+def mark_only(heap: gcalloc.Heap, scalar_frontier: int, pool=None) -> Marker:
     """Mark without sweeping, as a cycle would (single-threaded test: no world to stop)."""
     heap.flush_mcaches()
     spans = [s for s in heap.mheap.live_spans() if s.state == SPAN_IN_USE]
-    marker = Marker(heap.mheap, spans, scalar_frontier=scalar_frontier)
+    marker = Marker(heap.mheap, spans, scalar_frontier=scalar_frontier, pool=pool)
     with heap.gc.roots.lock:
         marker.mark_from(heap.gc.roots.candidates())
     return marker
@@ -389,3 +390,65 @@ def test_second_cycle_uses_fresh_mark_bits(heap, mode):
         heap.remove_root(p)
     heap.collect()
     assert objects(heap) == 0
+
+
+class CountingPool:
+    """An executor wrapper that counts the work handed to the second mark worker."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self.executor = executor
+        self.submitted = 0
+
+    def submit(self, fn, *args):
+        self.submitted += 1
+        return self.executor.submit(fn, *args)
+
+
+def test_parallel_vector_steps_agree_with_single_worker(heap):
+    """Frontiers of PARALLEL_FRONTIER objects or more are split between two mark workers;
+    shared targets may be shaded by both at once. The marks must equal the single-worker
+    and scalar ones."""
+    rng = random.Random(7)
+    n = PARALLEL_FRONTIER + 4000
+    hub = heap.alloc(8 * n)
+    level1 = [heap.alloc(32) for _ in range(n)]
+    level2 = [heap.alloc(48) for _ in range(n // 4)]
+    dead = [heap.alloc(48) for _ in range(500)]
+    for i, p in enumerate(level1):
+        poke(hub + 8 * i, p)
+        poke(p, rng.choice(level2))              # many parents per child
+        poke(p + 8, rng.choice(level2) + 40)     # interior
+        poke(p + 16, i)
+    poke(hub + 8 * (n - 1), 0)                   # the last level-1 object is garbage
+    heap.add_root(hub)
+    reached2 = {heap.lookup(peek(p + off))[0] for p in level1[:-1] for off in (0, 8)}
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        pool = CountingPool(executor)
+        parallel = mark_only(heap, 0, pool)
+    single = mark_only(heap, 0)
+    scalar = mark_only(heap, 10**9)
+    assert pool.submitted >= 1                   # the second worker did take part
+    assert np.array_equal(parallel.marks, single.marks)
+    assert np.array_equal(single.marks, scalar.marks)
+    heap.collect()
+    expected = 1 + (n - 1) + len(reached2)
+    assert objects(heap) == expected
+    assert not live(heap, level1[-1]) and not any(live(heap, p) for p in dead)
+    assert [peek(p + 16) for p in level1[:-1]] == list(range(n - 1))
+
+
+def test_large_object_usable_tail_is_part_of_the_object(heap, mode):
+    """Every byte usable_size promises belongs to the object: an interior pointer to the last
+    one finds it, and a pointer stored in the last usable word is scanned like any other.
+    (For a 40000-byte request usable_size says 40960, but lookup and the marker stop at
+    40000.)"""
+    force(heap, mode)
+    p = heap.alloc(40_000)
+    usable = heap.usable_size(p)
+    assert usable >= 40_000
+    assert heap.lookup(p + usable - 1) == heap.lookup(p) == (p, usable)
+    target = heap.alloc(64)
+    poke(p + usable - 8, target)
+    heap.add_root(p)
+    heap.collect()
+    assert live(heap, target)

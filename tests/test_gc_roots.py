@@ -16,10 +16,14 @@ import pytest
 
 import gcalloc
 from gcalloc.errors import (
-    GcallocError, HeapClosed, InvalidArgument, InvalidSize, NotHeapPointer,
+    GcallocError,
+    HeapClosed,
+    InvalidArgument,
+    InvalidSize,
+    NotHeapPointer,
 )
 from gcalloc.gc.roots import Handle, NotARoot
-from gcalloc.gc.types import Type
+from gcalloc.gc.types import InvalidType, Type
 
 U64 = ctypes.c_uint64
 
@@ -196,6 +200,26 @@ def test_root_range_argument_errors(heap):
         heap.add_root_range(float(addr), size)
     with pytest.raises(InvalidArgument):
         heap.add_root_range(addr, size, conservative=False, type=42)
+    assert heap.gc.roots.ranges == {}
+
+
+class PackedTail(ctypes.Structure):
+    """12 bytes with an aligned pointer at 0: in an array, element 1's pointer is at 12."""
+
+    _pack_ = 1
+    _fields_ = [("p", ctypes.c_void_p), ("x", ctypes.c_uint32)]
+
+
+def test_precise_range_of_unaligned_array_is_invalid(heap):
+    """As for ``heap.new(PackedTail, 2)``: a precise range holding two PackedTail puts the
+    second pointer at an unaligned offset no word scan can see, so it must be refused (a
+    range of one element is fine)."""
+    arr = (U64 * 3)()
+    addr = ctypes.addressof(arr)
+    token = heap.add_root_range(addr, 12, conservative=False, type=PackedTail)
+    heap.remove_root_range(token)
+    with pytest.raises(InvalidType):
+        heap.add_root_range(addr, 24, conservative=False, type=PackedTail)
     assert heap.gc.roots.ranges == {}
 
 
@@ -381,9 +405,9 @@ def test_pointer_into_free_span_is_ignored(heap):
 
 
 def test_pointers_past_large_object_end_are_ignored(heap):
-    big = heap.alloc(40_000)              # 5 pages; limit is base + 40000
+    big = heap.alloc(40_000)              # 5 pages
     holder = heap.alloc(64)
-    poke(holder, big + 40_000)            # one past the end, same span pages
+    poke(holder, big + heap.usable_size(big))   # one past the end
     heap.add_root(holder)
     heap.collect()
     assert not live(heap, big)
@@ -422,15 +446,38 @@ def test_no_gc_holds_off_collections_from_other_threads(heap):
     assert heap.read_memstats().num_gc == 1
 
 
-def test_collect_inside_no_gc_in_same_thread_runs(heap):
+def test_collect_inside_no_gc_returns(heap):
+    p = heap.alloc(64)
+    heap.add_root(p)
     with heap.no_gc():
+        heap.collect()                     # must not deadlock on its own thread's block
+    assert live(heap, p)
+    heap.verify()
+
+
+def test_no_gc_holds_off_automatic_cycles_in_its_own_thread():
+    """``no_gc`` is for code that allocates and links raw objects: inside it, an allocation
+    of the same thread must not start a cycle that frees the objects not yet linked."""
+    heap = gcalloc.Heap(100, scavenger=False, debug="")
+    try:
+        root = heap.new(Node)
+        with heap.no_gc():
+            a = heap.alloc(64)             # not linked yet: only no_gc protects it
+            for _ in range(6 * 1024):      # 6 MiB: past the 4 MiB goal
+                heap.alloc(1024)
+            assert heap.read_memstats().num_gc == 0
+            root.view.next = a
         heap.collect()
-    assert heap.read_memstats().num_gc == 1
+        assert live(heap, a)
+        heap.verify()
+    finally:
+        heap.close()
 
 
 def test_threads_building_lists_while_another_collects():
-    """Threads allocate and link with Handles (the safe road) while the main thread runs
-    collections; every list survives intact."""
+    """Threads allocate and link with Handles (the safe road); each runs collections now and
+    then, and garbage drives automatic ones, so every cycle finds the other threads
+    mid-allocation. Every list survives intact."""
     heap = gcalloc.Heap(100, scavenger=False, debug="")
     nthreads, length = 3, 1500
     heads: dict[int, Handle] = {}
@@ -446,8 +493,10 @@ def test_threads_building_lists_while_another_collects():
                 n = heap.new(Node)
                 n.view.value = (k << 32) | i
                 n.view.next = head.addr   # head's Handle is alive during the write
-                heap.alloc(256)           # garbage to drive automatic cycles
+                heap.alloc(16384)         # garbage: > 4 MiB between forced cycles
                 head = n
+                if i % 500 == 0:
+                    heap.collect()
             heads[k] = head
         except BaseException as exc:      # reported below
             errors.append(exc)
@@ -457,8 +506,6 @@ def test_threads_building_lists_while_another_collects():
         for t in threads:
             t.start()
         started.wait()
-        while any(t.is_alive() for t in threads):
-            heap.collect()
         for t in threads:
             t.join()
         assert errors == []
@@ -472,7 +519,9 @@ def test_threads_building_lists_while_another_collects():
                 p = Node.from_address(p).next or 0
             assert values == [(k << 32) | i for i in range(length - 1, -1, -1)]
         assert heap.read_memstats().heap_objects == nthreads * length
-        assert heap.read_memstats().num_gc >= 1
+        ms = heap.read_memstats()
+        assert ms.num_forced_gc == nthreads * ((length - 1) // 500) + 1
+        assert ms.num_gc > ms.num_forced_gc
     finally:
         heads.clear()
         heap.close()

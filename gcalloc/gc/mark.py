@@ -23,12 +23,15 @@ marked but never scanned.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from gcalloc.arena import (
     ARENA_BASE_OFFSET, ARENA_L2_BITS, LOG_HEAP_ARENA_BYTES, PAGES_PER_ARENA, arena_index,
 )
-from gcalloc.gc.roots import MEM64, word_index
+from gcalloc.gc.roots import _ADDRESS_SPACE_BASE as _MEM_BASE
+from gcalloc.gc.roots import MEM64, MEM_RAW as _MEM_RAW, word_index
 from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.sizeclasses import PAGE_SHIFT
 
@@ -36,6 +39,15 @@ SCALAR_FRONTIER = 48        # frontiers at most this wide drain in Python
 PARALLEL_FRONTIER = 16384   # frontiers at least this wide are split between two workers
 OBLET_WORDS = 16384         # Go's maxObletBytes (128 KiB): big objects scan in pieces
 _SPACE_BASE = np.uint64(0x1000)
+_WORDS = {}
+
+
+def _unpack_words(n: int, view: memoryview, offset: int) -> tuple[int, ...]:
+    """n little-endian words at offset of the address-space view (cached struct per n)."""
+    st = _WORDS.get(n)
+    if st is None:
+        st = _WORDS[n] = struct.Struct(f"<{n}Q")
+    return st.unpack_from(view, offset)
 
 
 class Marker:
@@ -109,6 +121,8 @@ class Marker:
         self.rbase = (self.table.base - lo).astype(np.int64)    # span base - heap_lo
         self.rlimit = np.zeros(cap, np.int64)                   # 0: not a span to mark in
         self.rlimit[ids] = (self.table.limit[ids] - lo).astype(np.int64)
+        self._tables = None          # the scalar path's list copies (built on first use)
+        self._mem_view: memoryview | None = None
         self._marked = [0, 0]        # per worker, summed by marked_objects
         self._scanned = [0, 0]
         self.vector_steps = 0
@@ -276,8 +290,79 @@ class Marker:
         return s, idx
 
     def _drain_scalar(self, sids: list[int], idxs: list[int]):
-        """Scan one frontier in Python and return the next one (breadth first, so a frontier
-        that widens goes back to the vectorised path at the next step)."""
+        """Scan narrow frontiers in Python, breadth first, until the frontier empties or
+        grows wider than ``scalar_frontier``; return that wide frontier to the vector path."""
+        if not self.contiguous:
+            return self._drain_scalar_general(sids, idxs)
+        pages, rlimit, rbase, divmul, freeidx, gbase, scannable, sbase, selem, ssize, \
+            typed = self._scalar_tables()
+        marks = self.marks_buf
+        lo, span = self.heap_lo, self.heap_hi - self.heap_lo
+        mv, unpack = self._mem_view, _unpack_words
+        limit = self.scalar_frontier
+        scanned = marked = objects = 0
+        while sids and len(sids) <= limit:
+            next_sids: list[int] = []
+            next_idxs: list[int] = []
+            objects += len(sids)
+            for sid, idx in zip(sids, idxs):
+                size = ssize[sid]
+                base = sbase[sid] + idx * selem[sid]
+                scanned += size >> 3
+                if typed[sid]:
+                    words = self._typed_words(base, size)
+                else:
+                    words = unpack(size >> 3, mv, base - _MEM_BASE)
+                for v in words:
+                    d = v - lo
+                    if not 0 <= d < span:
+                        continue
+                    vs = pages[d >> PAGE_SHIFT]
+                    if d >= rlimit[vs]:
+                        continue
+                    vi = ((d - rbase[vs]) * divmul[vs]) >> 32
+                    if vi >= freeidx[vs] and not self._alloc_bit(vs, vi):
+                        continue
+                    g = gbase[vs] + vi
+                    if marks[g]:
+                        continue
+                    marks[g] = 1
+                    marked += 1
+                    if scannable[vs]:
+                        next_sids.append(vs)
+                        next_idxs.append(vi)
+            sids, idxs = next_sids, next_idxs
+        self.scalar_objects += objects
+        self._scanned[0] += scanned
+        self._marked[0] += marked
+        return np.array(sids, dtype=np.int64), np.array(idxs, dtype=np.int64)
+
+    def _scalar_tables(self):
+        """Python-list copies of the lookup arrays, made on the first scalar step of a cycle:
+        indexing a list is several times cheaper than indexing numpy for one element."""
+        if self._tables is None:
+            npages = (self.heap_hi - self.heap_lo) >> PAGE_SHIFT
+            t = self.table
+            self._tables = (
+                self.arenas.page_span[:npages].tolist(), self.rlimit.tolist(),
+                self.rbase.tolist(), self.divmul.tolist(), self.freeidx.tolist(),
+                self.gbase_list, self.scannable.tolist(), t.base.tolist(),
+                t.elemsize.tolist(), self.objsize.tolist(), self.typed.tolist())
+            self._mem_view = memoryview(_MEM_RAW)
+        return self._tables
+
+    def _alloc_bit(self, sid: int, idx: int) -> bool:
+        off = int(self.table.allocbits[sid])
+        return bool((int(self.bits8[off + (idx >> 3)]) >> (idx & 7)) & 1)
+
+    def _typed_words(self, base: int, size: int) -> list[int]:
+        i = word_index(base)
+        words = MEM64[i:i + (size >> 3)]
+        addrs = np.arange(base, base + size, 8, dtype=np.uint64)
+        return words[self._pointer_bits(addrs)].tolist()
+
+    def _drain_scalar_general(self, sids: list[int], idxs: list[int]):
+        """The scalar step for a heap whose arenas are not in slot order."""
         marks = self.marks_buf
         gbase = self.gbase_list
         spans = self.mheap.spans

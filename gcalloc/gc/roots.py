@@ -35,16 +35,13 @@ class NotARoot(GcallocError, ValueError):
     """remove_root / remove_root_range of something that is not a root."""
 
 
-def address_space_view() -> np.ndarray:
-    """One uint64 view over the user address space [0x1000, 2**47): word at address a is
-    ``view[(a - 0x1000) >> 3]``. Never touched except where the collector knows memory is
-    mapped (heap objects, declared root ranges)."""
-    size = _ADDRESS_SPACE_END - _ADDRESS_SPACE_BASE
-    raw = (ctypes.c_uint8 * size).from_address(_ADDRESS_SPACE_BASE)
-    return np.frombuffer(raw, dtype=np.uint8).view(np.uint64)
+MEM_RAW = (ctypes.c_uint8 * (_ADDRESS_SPACE_END - _ADDRESS_SPACE_BASE)).from_address(
+    _ADDRESS_SPACE_BASE)
+"""The user address space [0x1000, 2**47) as one ctypes buffer: never touched except where
+the collector knows memory is mapped (heap objects, declared root ranges)."""
 
-
-MEM64 = address_space_view()
+MEM64 = np.frombuffer(MEM_RAW, dtype=np.uint8).view(np.uint64)
+"""The same as uint64 words: the word at address a is ``MEM64[(a - 0x1000) >> 3]``."""
 
 
 def word_index(addr: int) -> int:

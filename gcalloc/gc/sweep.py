@@ -34,9 +34,6 @@ from gcalloc.errors import HeapCorruption
 from gcalloc.gc import bitmap
 from gcalloc.mspan import SPAN_IN_USE, MSpan
 
-# Per-byte population count, for counting marked objects without a Python loop per bit.
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-
 
 class Sweeper:
     """The sweep state of one heap."""
@@ -169,7 +166,7 @@ class Sweeper:
             s.sweepgen = self.mheap.sweepgen
             self.mheap.table.mark_dirty(s)
             return False
-        if self.on_free_objects is not None:
+        if s.specials and self.on_free_objects is not None:
             self.on_free_objects(s, [0])
         s.allocCount = 0
         s.sweepgen = self.mheap.sweepgen
@@ -181,19 +178,14 @@ class Sweeper:
         bits8 = gcbits.bits8
         nbytes = ((s.nelems + 63) >> 6) << 3
         marked = bits8[s.gcmarkBits:s.gcmarkBits + nbytes]
-        nalloc = int(_POPCOUNT[marked].sum())
+        nalloc = int.from_bytes(marked.tobytes(), "little").bit_count()
         nfreed = s.allocCount - nalloc
         if nfreed < 0:
             raise HeapCorruption(f"sweep: {nalloc} marked > {s.allocCount} allocated: {s!r}")
         if nfreed:
-            freed = self._freed_slots(s, marked)
-            if self.on_free_objects is not None:
-                self.on_free_objects(s, freed)
-            if s.typed:
-                for i in freed:
-                    bitmap.reset_object(self.mheap.arenas, s.base + i * s.elemsize, s.elemsize)
-            if s.tiny_blocks:
-                s.tiny_blocks.difference_update(i for i in freed)
+            # Which slots died matters only to specials, typed heap bits and tiny blocks.
+            if s.specials or s.typed or s.tiny_blocks:
+                self._free_slot_extras(s, self._freed_slots(s, marked))
             s.needzero = True
             self.alloc.stats.small_free_count[s.spanclass] += nfreed
         s.allocCount = nalloc
@@ -216,6 +208,17 @@ class Sweeper:
         else:
             central.push(central.full_swept(sg), s)
         return False
+
+    def _free_slot_extras(self, s: MSpan, freed: list[int]) -> None:
+        """What dies with each freed object besides its slot: specials, typed heap bits,
+        tiny-block records."""
+        if s.specials and self.on_free_objects is not None:
+            self.on_free_objects(s, freed)
+        if s.typed:
+            for i in freed:
+                bitmap.reset_object(self.mheap.arenas, s.base + i * s.elemsize, s.elemsize)
+        if s.tiny_blocks:
+            s.tiny_blocks.difference_update(freed)
 
     def _freed_slots(self, s: MSpan, marked: np.ndarray) -> list[int]:
         """Slots allocated before this sweep and not marked."""

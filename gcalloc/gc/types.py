@@ -78,6 +78,14 @@ class Type:
         return f"<gcalloc.Type{label} size={self.size} ptrmask={self.ptrmask:#b}>"
 
 
+def check_array(t: Type, nbytes: int) -> None:
+    """Refuse an array of ``t`` (``nbytes`` long) whose later elements' pointers would not be
+    8-byte aligned: the collector reads aligned words only. Raises InvalidType."""
+    if nbytes > t.size and t.size % PTR_SIZE and not t.noscan:
+        raise InvalidType(f"an array of {t.size}-byte {t.name or 'objects'} puts the "
+                          f"pointers of later elements off 8-byte alignment")
+
+
 class Pointer(ctypes.c_void_p):
     """A ctypes field type that holds a gcalloc heap pointer (scanned as a pointer)."""
 

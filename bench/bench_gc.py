@@ -1,0 +1,240 @@
+"""Collection speed: gcalloc's collect() against Boehm GC's GC_gcollect on the same graphs.
+
+Workloads (each built once, then collected several times; the table gives the median):
+
+- ``gcbench tree``: a GCBench binary tree of depth D (2^(D+1)-1 live 24-byte nodes: left,
+  right, value), conservative objects linked through their first two words; Boehm builds the
+  same tree with GC_malloc and roots it with GC_add_roots. This is issue 6's bar: our full
+  collection (mark + eager sweep, i.e. runtime.GC) at most 4x GC_gcollect.
+- ``linked list``: 10^6 nodes in one chain: a frontier of one object at every step, so all
+  of it runs on the scalar (Python) mark path.
+- ``random graph``: N nodes with 3 random edges each, all reachable from a root array.
+- sweep time per span, and how many objects each mark path handled.
+
+Boehm is skipped with a message where libgc is missing. Run:
+``python bench/bench_gc.py [--depth 18] [--list 1000000] [--repeat 5] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import gcalloc  # noqa: E402
+
+BOEHM_PATHS = ("libgc.so.1", "/usr/lib/x86_64-linux-gnu/libgc.so.1", "libgc.so")
+_word = ctypes.c_uint64
+
+
+def link(p: int, left: int, right: int) -> None:
+    _word.from_address(p).value = left
+    _word.from_address(p + 8).value = right
+
+
+def build_tree(alloc, depth: int) -> int:
+    """Bottom-up, level by level (no recursion: depth 18 has 2^18 leaves)."""
+    level = [alloc(24) for _ in range(1 << depth)]
+    for d in range(depth - 1, -1, -1):
+        level = [_node(alloc, level[2 * i], level[2 * i + 1]) for i in range(1 << d)]
+    return level[0]
+
+
+def _node(alloc, left: int, right: int) -> int:
+    p = alloc(24)
+    link(p, left, right)
+    return p
+
+
+def build_list(alloc, n: int) -> int:
+    head = 0
+    for _ in range(n):
+        p = alloc(24)
+        link(p, head, 0)
+        head = p
+    return head
+
+
+def build_graph(alloc, n: int, seed: int = 1) -> list[int]:
+    rng = random.Random(seed)
+    nodes = [alloc(32) for _ in range(n)]
+    for p in nodes:
+        for k in range(3):
+            _word.from_address(p + 8 * k).value = nodes[rng.randrange(n)]
+    return nodes
+
+
+def timed(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+class Boehm:
+    def __init__(self) -> None:
+        self.lib = None
+        for path in BOEHM_PATHS:
+            try:
+                self.lib = ctypes.CDLL(path)
+                break
+            except OSError:
+                continue
+        if self.lib is None:
+            return
+        lib = self.lib
+        lib.GC_init()
+        lib.GC_malloc.restype = ctypes.c_void_p
+        lib.GC_malloc.argtypes = [ctypes.c_size_t]
+        lib.GC_add_roots.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.GC_get_heap_size.restype = ctypes.c_size_t
+        self.roots = (ctypes.c_uint64 * 4)()
+        lib.GC_add_roots(ctypes.addressof(self.roots), ctypes.addressof(self.roots) + 32)
+
+    def tree(self, depth: int, repeat: int) -> float:
+        lib = self.lib
+        lib.GC_disable()
+        self.roots[0] = build_tree(lib.GC_malloc, depth)
+        lib.GC_enable()
+        lib.GC_gcollect()
+        return timed(lib.GC_gcollect, repeat)
+
+
+def ours_tree(depth: int, repeat: int, workers: int | None = None):
+    with gcalloc.Heap(gc_percent=-1) as h:
+        if workers is not None:
+            h.gc.mark_workers = workers
+        root = h.handle(build_tree(h.alloc, depth))
+        h.collect()
+        marker_stats = []
+
+        def collect() -> None:
+            h.collect()
+            m = h.gc.last_marker
+            marker_stats.append((m.vector_steps, m.scalar_objects, m.marked_objects))
+
+        full = timed(collect, repeat)
+        phases = mark_phase_times(h, repeat)
+        nspans = len(h.gc.last_marker.spans)
+        assert h.read_memstats().heap_objects == (1 << (depth + 1)) - 1
+        root.release()
+        return full, phases, nspans, marker_stats[-1]
+
+
+def mark_phase_times(h, repeat: int) -> tuple[float, float]:
+    """(pause without the eager sweep, eager sweep) medians, from gctrace's own clocks."""
+    pauses, sweeps = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        h.stop_the_world()
+        try:
+            h.gc.sweeper.finish()
+            h.flush_mcaches()
+            marker = h.gc._mark([])
+            h.gc._terminate(marker)
+            t1 = time.perf_counter()
+            h.gc.sweeper.sweep_survivors(marker.spans, marker.marked_per_span())
+            h.gc.sweeper.finish()
+            t2 = time.perf_counter()
+        finally:
+            h.start_the_world()
+        pauses.append(t1 - t)
+        sweeps.append(t2 - t1)
+    return statistics.median(pauses), statistics.median(sweeps)
+
+
+def ours_list(n: int, repeat: int) -> tuple[float, int]:
+    with gcalloc.Heap(gc_percent=-1) as h:
+        root = h.handle(build_list(h.alloc, n))
+        h.collect()
+        t = timed(h.collect, repeat)
+        scalar = h.gc.last_marker.scalar_objects
+        root.release()
+        return t, scalar
+
+
+def ours_graph(n: int, repeat: int) -> tuple[float, int, int]:
+    with gcalloc.Heap(gc_percent=-1) as h:
+        nodes = build_graph(h.alloc, n)
+        table = (ctypes.c_uint64 * n)(*nodes)
+        token = h.add_root_range(ctypes.addressof(table), ctypes.sizeof(table))
+        h.collect()
+        t = timed(h.collect, repeat)
+        m = h.gc.last_marker
+        h.remove_root_range(token)
+        return t, m.vector_steps, m.scalar_objects
+
+
+def sweep_per_span(n: int, repeat: int) -> float:
+    """Eager sweep cost per span when half the objects of every span die."""
+    times = []
+    for _ in range(repeat):
+        with gcalloc.Heap(gc_percent=-1) as h:
+            ps = [h.alloc(64) for _ in range(n)]
+            keep = [h.handle(p) for p in ps[::2]]
+            h.stop_the_world()
+            try:
+                h.flush_mcaches()
+                marker = h.gc._mark([])
+                h.gc._terminate(marker)
+                t = time.perf_counter()
+                h.gc.sweeper.finish()
+                times.append((time.perf_counter() - t) / len(marker.spans))
+            finally:
+                h.start_the_world()
+            del keep
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--depth", type=int, default=18)
+    ap.add_argument("--list", type=int, default=1_000_000)
+    ap.add_argument("--graph", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.depth, args.list, args.graph, args.repeat = 12, 20_000, 5_000, 2
+    ms = 1000.0
+    nodes = (1 << (args.depth + 1)) - 1
+    print(f"gcalloc {gcalloc.__version__}, CPython {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cores; medians of {args.repeat}")
+    boehm = Boehm()
+    b = boehm.tree(args.depth, args.repeat) if boehm.lib is not None else None
+    full, (pause, sweep), nspans, (vsteps, sobjs, marked) = ours_tree(args.depth, args.repeat)
+    full1, _, _, _ = ours_tree(args.depth, args.repeat, workers=1)
+    print(f"\nGCBench tree, depth {args.depth}: {nodes:,} live 24-byte nodes in {nspans} spans")
+    print(f"  {'':34}{'ms':>9}{'x Boehm':>9}")
+    rows = [("gcalloc collect() (mark+sweep)", full), ("gcalloc collect(), 1 mark worker", full1),
+            ("gcalloc pause without sweep", pause), ("gcalloc eager sweep", sweep)]
+    if b is None:
+        print("  Boehm: libgc not found (apt-get install libgc1); no ratio")
+    else:
+        rows.insert(0, ("Boehm GC_gcollect", b))
+    for label, t in rows:
+        ratio = f"{t / b:9.2f}" if b else f"{'-':>9}"
+        print(f"  {label:34}{t * ms:9.1f}{ratio}")
+    print(f"  mark paths: {vsteps} vector steps, {sobjs} objects on the scalar path, "
+          f"{marked:,} marked")
+    t, scalar = ours_list(args.list, args.repeat)
+    print(f"\nlinked list of {args.list:,} nodes: collect() {t * ms:.0f} ms "
+          f"({t / args.list * 1e9:.0f} ns/node), {scalar:,} objects on the scalar path")
+    t, vsteps, sobjs = ours_graph(args.graph, args.repeat)
+    print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.0f} ms, "
+          f"{vsteps} vector steps, {sobjs} objects on the scalar path")
+    per = sweep_per_span(20_000 if args.quick else 200_000, args.repeat)
+    print(f"sweep, half of each 64-byte span dead: {per * 1e6:.1f} us per span")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
