@@ -54,13 +54,15 @@ class Heap(Allocator):
         super().__init__()
         self.efence = bool(self.debug.efence)
         self.gc = Collector(self, gogc, self.debug)
-        self.sweep_span = self.gc.sweeper.sweep
+        self.set_sweeper(self.gc.sweeper.sweep)
         self.ensure_swept = self.gc.sweeper.ensure_swept
         self.gc_poll = self.gc.poll
         self.charge_live = self.gc.pacer.charge
         self.on_free = self._on_free
-        self.mheap.on_new_spans = self._init_span_bits
-        self.mheap.reclaim = self._reclaim
+        # The page heap outlives a dropped Heap (the finalizer below holds it), so its hooks
+        # must not hold the Heap: they call back through a weak reference.
+        self.mheap.on_new_spans = _weak_method(self, "_init_span_bits")
+        self.mheap.reclaim = _weak_method(self, "_reclaim")
         self._scavenger: Scavenger | None = None
         if scavenger or (scavenger is None and self.debug.scavenger):
             self._scavenger = Scavenger(self.mheap)
@@ -234,19 +236,24 @@ class Heap(Allocator):
 
     def run_finalizers(self, timeout: float | None = None) -> bool:
         """Wait until no finalizer is queued or running (for tests and shutdown). Returns
-        False if ``timeout`` seconds passed first, or at once when called from a finalizer."""
+        False if ``timeout`` seconds passed first, or at once when called from a finalizer.
+        Raises HeapClosed."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
         return self.finalizers.run(timeout)
 
     def memprofile(self, inuse_zero: bool = True) -> list[MemProfileRecord]:
         """runtime.MemProfile: the heap profile as of the last completed collection, one
         record per (allocation stack, object size), with raw sampled counts.
-        ``inuse_zero=False`` leaves out records with no bytes in use."""
+        ``inuse_zero=False`` leaves out records with no bytes in use. Raises HeapClosed."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
         return self.mprof.records(inuse_zero)
 
     def write_heap_profile(self, path: str | os.PathLike) -> None:
         """pprof.WriteHeapProfile: write the heap profile as gzipped profile.proto, counts
         scaled by ``mem_profile_rate`` to estimates (``go tool pprof -top path``). Raises
-        OSError from the file system."""
+        HeapClosed, and OSError from the file system."""
         pprof.write_heap_profile(path, self.memprofile(True), self.mem_profile_rate)
 
     # --- hooks from the allocator ------------------------------------------------------
@@ -305,6 +312,19 @@ class Heap(Allocator):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.stats.heap_inuse >> 10} KiB in use"
         return f"<gcalloc.Heap {state}>"
+
+
+def _weak_method(obj: object, name: str):
+    """A function calling obj.<name>(...) while obj lives, doing nothing after."""
+    ref = weakref.ref(obj)
+
+    def call(*args):
+        target = ref()
+        if target is not None:
+            return getattr(target, name)(*args)
+        return None
+
+    return call
 
 
 def _release(mheap, persistent, scavenger) -> None:

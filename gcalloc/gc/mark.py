@@ -172,31 +172,34 @@ class Marker:
 
     def find_objects(self, P: np.ndarray):
         """findObject over an array: (span ids, slots) of the allocated objects holding the
-        candidate pointers, in order, dropping pointers that hold none."""
+        candidate pointers, in order, dropping pointers that hold none.
+
+        Written with np.compress and np.take, several times faster than boolean-mask and
+        fancy indexing for 1-D arrays; span ids stay int32 (the page map's type)."""
         d = P - np.uint64(self.heap_lo)             # below heap_lo wraps to a huge value
-        d = d[d < np.uint64(self.heap_hi - self.heap_lo)].astype(np.int64)
+        d = np.compress(d < np.uint64(self.heap_hi - self.heap_lo), d).astype(np.int64)
         if not len(d):
-            return d, d
+            return d.astype(np.int32), d
         if self.contiguous:
-            sid = self.arenas.page_span[d >> PAGE_SHIFT].astype(np.int64)
+            sid = np.take(self.arenas.page_span, d >> PAGE_SHIFT)
         else:
             page = self._page_index_general(d)
-            sid = np.where(page >= 0, self.arenas.page_span[np.maximum(page, 0)], 0
-                           ).astype(np.int64)
-        keep = d < self.rlimit[sid]
+            sid = np.where(page >= 0, np.take(self.arenas.page_span, np.maximum(page, 0)),
+                           0).astype(np.int32)
+        keep = d < np.take(self.rlimit, sid)
         if not keep.all():
-            d, sid = d[keep], sid[keep]
-        off = (d - self.rbase[sid]).astype(np.uint64)
-        idx = ((off * self.divmul[sid]) >> np.uint64(32)).astype(np.int64)
-        maybe_free = idx >= self.freeidx[sid]
+            d, sid = np.compress(keep, d), np.compress(keep, sid)
+        off = (d - np.take(self.rbase, sid)).astype(np.uint64)
+        idx = ((off * np.take(self.divmul, sid)) >> np.uint64(32)).astype(np.int64)
+        maybe_free = idx >= np.take(self.freeidx, sid)
         if maybe_free.any():
             t = self.table
-            fs, fi = sid[maybe_free], idx[maybe_free]
-            byte = self.bits8[t.allocbits[fs] + (fi >> 3)]
+            fs, fi = np.compress(maybe_free, sid), np.compress(maybe_free, idx)
+            byte = np.take(self.bits8, np.take(t.allocbits, fs) + (fi >> 3))
             allocated = ((byte >> (fi & 7).astype(np.uint8)) & 1).astype(np.bool_)
             keep = ~maybe_free
             keep[maybe_free] = allocated
-            sid, idx = sid[keep], idx[keep]
+            sid, idx = np.compress(keep, sid), np.compress(keep, idx)
         return sid, idx
 
     def _page_index_general(self, d: np.ndarray) -> np.ndarray:
@@ -218,29 +221,30 @@ class Marker:
         sid, idx = self.find_objects(P)
         if not len(sid):
             return sid, idx
-        g = self.gbase[sid] + idx
-        new = self.marks[g] == 0
+        g = np.take(self.gbase, sid) + idx
+        new = np.take(self.marks, g) == 0
         if not new.all():
-            g, sid, idx = g[new], sid[new], idx[new]
+            g, sid, idx = np.compress(new, g), np.compress(new, sid), np.compress(new, idx)
         if len(g) > 1:  # keep one copy of each object: the last writer of its stamp wins
             tickets = np.arange(1, len(g) + 1, dtype=np.int32)
             stamp = self._stamps[worker]
             stamp[g] = tickets
-            first = stamp[g] == tickets
+            first = np.take(stamp, g) == tickets
             if not first.all():
-                g, sid, idx = g[first], sid[first], idx[first]
+                g, sid, idx = (np.compress(first, g), np.compress(first, sid),
+                               np.compress(first, idx))
         self.marks[g] = 1
         self._marked[worker] += len(g)
-        scan = self.scannable[sid]
+        scan = np.take(self.scannable, sid)
         if not scan.all():
-            sid, idx = sid[scan], idx[scan]
+            sid, idx = np.compress(scan, sid), np.compress(scan, idx)
         return sid, idx
 
     def scan_vector(self, sids: np.ndarray, idxs: np.ndarray, worker: int = 0) -> np.ndarray:
         """The pointer-candidate words of every grey object, as one uint64 array."""
-        first = self.wbase[sids] + idxs * self.welem[sids]     # word index of each object
-        nwords = self.wsize[sids]
-        typed = self.typed[sids]
+        first = np.take(self.wbase, sids) + idxs * np.take(self.welem, sids)  # word indexes
+        nwords = np.take(self.wsize, sids)
+        typed = np.take(self.typed, sids)
         if nwords.max(initial=0) > OBLET_WORDS:
             first, nwords, typed = _split_oblets(first, nwords, typed)
         n0 = int(nwords[0])
@@ -250,13 +254,14 @@ class Marker:
             starts = np.cumsum(nwords) - nwords
             widx = np.repeat(first - starts, nwords) + np.arange(int(nwords.sum()))
         self._scanned[worker] += len(widx)
-        vals = MEM64[widx]
+        vals = np.take(MEM64, widx)
         if typed.any():
             word_typed = np.repeat(typed, nwords)
-            addrs = (widx[word_typed].astype(np.uint64) << np.uint64(3)) + _SPACE_BASE
+            addrs = (np.compress(word_typed, widx).astype(np.uint64) << np.uint64(3)) \
+                + _SPACE_BASE
             keep = ~word_typed
             keep[word_typed] = self._pointer_bits(addrs)
-            vals = vals[keep]
+            vals = np.compress(keep, vals)
         return vals
 
     def _pointer_bits(self, addrs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,333 @@
+"""Special records: per-object extras the collector must know about (Go's mheap.go specials).
+
+A *special* is attached to one object and says something the heap bits cannot: "run this
+finalizer when the object dies" (KIND_FINALIZER) or "this object was sampled by the heap
+profiler into this bucket" (KIND_PROFILE). Each in-use span owns its records in
+``span.specials``: a Python list (None when empty) sorted by ``(offset, kind)``, where
+``offset`` is the byte offset of the address the record was set for from ``span.base``.
+The finalizer kind sorts first, as in Go, so that whoever walks an object's records meets its
+finalizers before its profile record.
+
+Records come from two FixAllocs (Go's specialfinalizeralloc / specialprofilealloc), charged
+as Go charges them: a finalizer record is 48 bytes, a profile record 24 (Go 1.16 amd64
+struct sizes), carved from 16 KiB chunks that Go takes with persistentalloc and charges to
+``other_sys``. Here the chunks are taken from the heap's PersistentAlloc too (real memory, so
+that MemStats.sys keeps matching what is mapped); the records themselves are Python objects.
+
+Who changes a span's list, and when:
+
+- ``add`` / ``remove`` (SetFinalizer, setprofilebucket) sweep the span first (Go's
+  ensureSwept), so they never race with the sweep of the span's last cycle;
+- ``free_objects`` runs for objects that die: from sweep (the span's sweep lock is held, so
+  the span is being swept by this thread) and from explicit free (the span is swept and its
+  mcentral lock is held). It unlinks every record of those objects and hands it to
+  freespecial: a profile record reports the free to the profiler (mProf_Free), a finalizer
+  record is dropped without running;
+- ``take_finalizer`` runs at mark termination, with the world stopped (gc/finalizer.py).
+
+Invariants (under ``lock``, Go's speciallock, which also guards both FixAllocs):
+``span.specials`` is None or a non-empty list strictly increasing in ``(offset, kind)``;
+no two records share an offset and a kind; ``spans`` holds exactly the spans whose list is
+non-empty; ``finalizers`` counts the finalizer records attached to spans.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable
+from itertools import pairwise
+
+from gcalloc.errors import HeapCorruption
+from gcalloc.fixalloc import FixAlloc
+from gcalloc.mspan import MSpan
+
+KIND_FINALIZER = 1
+KIND_PROFILE = 2
+SPECIAL_FINALIZER_BYTES = 48    # special{next, offset, kind} + fn, nret, fint, ot
+SPECIAL_PROFILE_BYTES = 24      # special{next, offset, kind} + b
+
+class Special:
+    """One special record. ``offset``: from the span's base to the address it was set for
+    (inside a tiny block, that may be an interior address)."""
+
+    __slots__ = ("offset", "kind")
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.kind = 0
+
+    def key(self) -> tuple[int, int]:
+        return self.offset, self.kind
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} offset={self.offset}>"
+
+
+class SpecialFinalizer(Special):
+    """KIND_FINALIZER: ``fn(p)`` is to run once the object is unreachable."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = KIND_FINALIZER
+        self.fn: Callable[[int], object] | None = None
+
+
+class SpecialProfile(Special):
+    """KIND_PROFILE: the object was sampled into heap-profile bucket ``bucket``."""
+
+    __slots__ = ("bucket",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = KIND_PROFILE
+        self.bucket: object = None
+
+
+class PersistentChunks:
+    """The ``sys`` stat of a special-record FixAlloc: each notional 16 KiB chunk is taken from
+    persistentalloc (Go's fixalloc does ``persistentalloc(_FixAllocChunk, 0, stat)``), which
+    charges ``other_sys`` when it maps memory. Persistent memory is never given back piece by
+    piece, so ``sub`` (FixAlloc.clear at close) changes nothing."""
+
+    __slots__ = ("persistent", "value", "name")
+
+    def __init__(self, persistent, name: str) -> None:
+        self.persistent = persistent
+        self.value = 0
+        self.name = name
+
+    def add(self, n: int) -> None:
+        self.persistent.alloc(n, 8, None)
+        self.value += n
+
+    def sub(self, n: int) -> None:
+        self.value -= n
+
+
+class Specials:
+    """The special records of one heap. ``ensure_swept(span)`` sweeps a span if it still
+    needs it; ``on_profile_free(bucket, size, explicit)`` is the profiler's mProf_Free."""
+
+    def __init__(self, persistent, ensure_swept: Callable[[MSpan], None],
+                 on_profile_free: Callable[[object, int, bool], None] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.ensure_swept = ensure_swept
+        self.on_profile_free = on_profile_free
+        self.finalizer_alloc: FixAlloc[SpecialFinalizer] = FixAlloc(
+            SpecialFinalizer, SPECIAL_FINALIZER_BYTES, None,
+            PersistentChunks(persistent, "specialfinalizeralloc"),  # type: ignore[arg-type]
+            reset=_reset_finalizer)
+        self.profile_alloc: FixAlloc[SpecialProfile] = FixAlloc(
+            SpecialProfile, SPECIAL_PROFILE_BYTES, None,
+            PersistentChunks(persistent, "specialprofilealloc"),  # type: ignore[arg-type]
+            reset=_reset_profile)
+        self.spans: set[MSpan] = set()
+        self.finalizers = 0
+
+    # --- Go's addspecial / removespecial ------------------------------------------------
+
+    def add(self, s: MSpan, offset: int, rec: Special) -> bool:
+        """Link ``rec`` at ``offset`` in span s (swept first). False, and nothing changes, if
+        a record of the same kind is already there (Go's addspecial)."""
+        self.ensure_swept(s)
+        with self.lock:
+            return self._add_locked(s, offset, rec)
+
+    def _add_locked(self, s: MSpan, offset: int, rec: Special) -> bool:
+        lst = s.specials
+        if lst is None:
+            lst = s.specials = []
+        key = (offset, rec.kind)
+        i = bisect.bisect_left(lst, key, key=Special.key)
+        if i < len(lst) and lst[i].key() == key:
+            return False
+        rec.offset = offset
+        lst.insert(i, rec)
+        self.spans.add(s)
+        if rec.kind == KIND_FINALIZER:
+            self.finalizers += 1
+        return True
+
+    def remove(self, s: MSpan, offset: int, kind: int) -> Special | None:
+        """Unlink and return the record of ``kind`` at exactly ``offset`` (no interior
+        match), or None. The caller frees it (Go's removespecial)."""
+        self.ensure_swept(s)
+        with self.lock:
+            lst = s.specials
+            if not lst:
+                return None
+            key = (offset, kind)
+            i = bisect.bisect_left(lst, key, key=Special.key)
+            if i == len(lst) or lst[i].key() != key:
+                return None
+            return self._unlink_locked(s, i)
+
+    def _unlink_locked(self, s: MSpan, i: int) -> Special:
+        lst = s.specials
+        rec = lst.pop(i)
+        if not lst:
+            s.specials = None
+            self.spans.discard(s)
+        if rec.kind == KIND_FINALIZER:
+            self.finalizers -= 1
+        return rec
+
+    # --- finalizers (Go's addfinalizer / removefinalizer) -------------------------------
+
+    def add_finalizer(self, s: MSpan, offset: int, fn: Callable[[int], object]) -> bool:
+        """Attach finalizer ``fn`` at ``offset``; False if one is already set there."""
+        self.ensure_swept(s)
+        with self.lock:
+            rec = self.finalizer_alloc.alloc()
+            rec.fn = fn
+            if self._add_locked(s, offset, rec):
+                return True
+            rec.fn = None
+            self.finalizer_alloc.free(rec)
+            return False
+
+    def remove_finalizer(self, s: MSpan, offset: int) -> bool:
+        """Detach the finalizer at ``offset``, if any; True if there was one."""
+        rec = self.remove(s, offset, KIND_FINALIZER)
+        if rec is None:
+            return False
+        with self.lock:
+            self._free_record_locked(rec)
+        return True
+
+    def finalizer_records(self) -> list[tuple[MSpan, SpecialFinalizer]]:
+        """Every (span, finalizer record) attached now, in span then offset order of each
+        span (the world is stopped or the caller accepts a snapshot)."""
+        with self.lock:
+            return [(s, rec) for s in self.spans for rec in s.specials
+                    if rec.kind == KIND_FINALIZER]
+
+    def take_finalizer(self, s: MSpan, rec: SpecialFinalizer) -> Callable[[int], object]:
+        """Unlink finalizer record ``rec`` of span s, free it and return its function (mark
+        termination found its object unreachable)."""
+        with self.lock:
+            lst = s.specials
+            i = bisect.bisect_left(lst, rec.key(), key=Special.key) if lst else 0
+            if not lst or i == len(lst) or lst[i] is not rec:
+                raise HeapCorruption(f"finalizer record {rec!r} is not in span {s!r}")
+            self._unlink_locked(s, i)
+            fn = rec.fn
+            self._free_record_locked(rec)
+        return fn
+
+    # --- profile records (Go's setprofilebucket) ----------------------------------------
+
+    def set_profile_bucket(self, s: MSpan, offset: int, bucket: object) -> None:
+        """Attach a profile record for the object at ``offset``. The object was just
+        allocated, so its span is swept; a second record for it is a broken invariant."""
+        self.ensure_swept(s)
+        with self.lock:
+            rec = self.profile_alloc.alloc()
+            rec.bucket = bucket
+            if not self._add_locked(s, offset, rec):
+                rec.bucket = None
+                self.profile_alloc.free(rec)
+                raise HeapCorruption(f"setprofilebucket: profile already set at "
+                                     f"{s.base + offset:#x}")
+
+    # --- objects that die ---------------------------------------------------------------
+
+    def free_objects(self, s: MSpan, slots: list[int], explicit: bool = False) -> None:
+        """Free every record of the objects in ``slots`` of span s, which are being freed
+        by sweep or (``explicit``) by Heap.free: Go's freespecial for each. Cheap when s has
+        none."""
+        if not s.specials:
+            return
+        freed: list[Special] = []
+        with self.lock:
+            lst = s.specials
+            if not lst:
+                return
+            elemsize = s.elemsize
+            dead = set(slots)
+            large = s.sizeclass == 0
+            keep = []
+            for rec in lst:
+                (freed if (0 if large else rec.offset // elemsize) in dead else keep).append(rec)
+            if not freed:
+                return
+            if keep:
+                s.specials = keep
+            else:
+                s.specials = None
+                self.spans.discard(s)
+            buckets = []
+            for rec in freed:
+                if rec.kind == KIND_FINALIZER:
+                    self.finalizers -= 1     # dropped without running
+                else:
+                    buckets.append(rec.bucket)
+                self._free_record_locked(rec)
+        # The profiler hears of the frees outside ``lock`` (Go's freespecial calls mProf_Free
+        # without the span's lock).
+        if self.on_profile_free is not None:
+            for b in buckets:
+                self.on_profile_free(b, s.elemsize, explicit)
+
+    def _free_record_locked(self, rec: Special) -> None:
+        if rec.kind == KIND_FINALIZER:
+            rec.fn = None
+            self.finalizer_alloc.free(rec)
+        elif rec.kind == KIND_PROFILE:
+            rec.bucket = None
+            self.profile_alloc.free(rec)
+        else:
+            raise HeapCorruption(f"freespecial: bad special kind {rec.kind}")
+
+    # --- introspection and close --------------------------------------------------------
+
+    def records(self, s: MSpan) -> list[Special]:
+        """A copy of span s's records, in list order."""
+        with self.lock:
+            return list(s.specials or ())
+
+    def live(self, kind: int) -> int:
+        """Records of ``kind`` handed out and not freed."""
+        alloc = self.finalizer_alloc if kind == KIND_FINALIZER else self.profile_alloc
+        return alloc.live
+
+    def verify(self) -> list[str]:
+        """Problems with the invariants above (empty when all hold)."""
+        problems = []
+        with self.lock:
+            nfin = 0
+            for s in self.spans:
+                lst = s.specials
+                if not lst:
+                    problems.append(f"span {s.id} listed with no specials")
+                    continue
+                keys = [r.key() for r in lst]
+                if any(a >= b for a, b in pairwise(keys)):
+                    problems.append(f"span {s.id} specials not sorted: {keys}")
+                nfin += sum(r.kind == KIND_FINALIZER for r in lst)
+            if nfin != self.finalizers:
+                problems.append(f"{nfin} finalizer records, {self.finalizers} counted")
+        return problems
+
+    def close(self) -> None:
+        """Forget every record (the heap is closing)."""
+        with self.lock:
+            for s in self.spans:
+                s.specials = None
+            self.spans.clear()
+            self.finalizers = 0
+            self.finalizer_alloc.clear()
+            self.profile_alloc.clear()
+
+
+def _reset_finalizer(rec: SpecialFinalizer) -> None:
+    rec.offset = 0
+    rec.fn = None
+
+
+def _reset_profile(rec: SpecialProfile) -> None:
+    rec.offset = 0
+    rec.bucket = None
