@@ -141,7 +141,7 @@ def mark_phase_times(h, repeat: int) -> tuple[float, float]:
             marker = h.gc._mark([])
             h.gc._terminate(marker)
             t1 = time.perf_counter()
-            h.gc.sweeper.sweep_survivors(marker.spans, marker.marked_per_span())
+            h.gc.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), True)
             h.gc.sweeper.finish()
             t2 = time.perf_counter()
         finally:

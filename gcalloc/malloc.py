@@ -92,7 +92,7 @@ class Allocator:
         self.stats = HeapStats()
         self.persistent = PersistentAlloc(self.stats.other_sys)
         self.mheap = MHeap(self.stats, self.persistent)
-        self.central = [MCentral(spc, self.mheap, self._sweep_from_central)
+        self.central = [MCentral(spc, self.mheap, _never_swept)
                         for spc in range(NUM_SPAN_CLASSES)]
         self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
                                     self.stats.mcache_sys)
@@ -108,7 +108,7 @@ class Allocator:
         self._stopper = 0
         self.marking = None      # the collector's Marker while it marks (allocate black)
         self.efence = False      # see the module comment
-        # Hooks for the GC layer (see the module comment).
+        # Hooks for the GC layer (see the module comment); set_sweeper sets sweep_span.
         self.sweep_span: Callable[[MSpan, bool], bool] = _never_swept
         self.gc_poll: Callable[[int], None] | None = None
         self.charge_live: Callable[[int], None] | None = None
@@ -649,8 +649,11 @@ class Allocator:
 
     # --- sweeping hook -----------------------------------------------------------------
 
-    def _sweep_from_central(self, s: MSpan, preserve: bool) -> bool:
-        return self.sweep_span(s, preserve)
+    def set_sweeper(self, sweep: Callable[[MSpan, bool], bool]) -> None:
+        """Give every mcentral the collector's sweep(span, preserve) function."""
+        self.sweep_span = sweep
+        for central in self.central:
+            central.sweep = sweep
 
     # --- verify and close --------------------------------------------------------------
 

@@ -99,7 +99,8 @@ class MCentral:
             s = self.grow()
             with self.lock:
                 self._hand_to(owner, s, alloc_count)
-        s.reset_alloc_cache(self.heap.gcbits.bits64)
+        # Every path here leaves allocCache agreeing with allocBits at freeindex (grow, sweep
+        # and uncache keep it so; the full-unswept path below resets it).
         return s
 
     def _hand_to(self, owner: object, s: MSpan, alloc_count: list[int]) -> None:
@@ -132,8 +133,10 @@ class MCentral:
                 s.sweepgen = sg - 1
                 self.sweep(s, True)
                 if s.allocCount < s.nelems:
-                    s.freeindex = s.next_free_index(self.heap.gcbits.bits64)
+                    bits64 = self.heap.gcbits.bits64
+                    s.freeindex = s.next_free_index(bits64)
                     if s.freeindex != s.nelems:
+                        s.reset_alloc_cache(bits64)
                         return s
             self.push(self.full_swept(sg), s)
         return None

@@ -156,11 +156,12 @@ class MSpan:
         return result
 
     def reserve_run(self, bits64: np.ndarray, limit: int) -> range:
-        """Reserve the free slots that follow freeindex in the current allocCache word, at most
-        ``limit``, and return their addresses (empty if none).
+        """Reserve the free slots that follow freeindex, at most ``limit``, and return their
+        addresses (empty if none).
 
-        Go's nextFreeFast takes one slot per call; taking the whole run of set cache bits at
-        once is the same walk, paid once per run instead of once per object.
+        Go's nextFreeFast takes one slot per call from allocCache; this takes the whole run
+        of free slots at once: the trailing ones of allocCache, continued across following
+        allocBits words while they are wholly free (a fresh or fully swept span is one run).
         """
         cache = self.allocCache
         n = ((cache + 1) & ~cache).bit_length() - 1     # trailing ones: free slots in a row
@@ -168,14 +169,32 @@ class MSpan:
         if n <= 0:
             self.run_end = 0
             return range(0)
-        start = self.base + self.freeindex * self.elemsize
-        self.allocCache = cache >> n
-        self.freeindex += n
+        start_index = self.freeindex
+        end = start_index + n
+        if not end & 63 and n < limit:
+            end = self._extend_run(bits64, end, start_index + limit)
+            n = end - start_index
+        self.freeindex = end
         self.allocCount += n
-        if not self.freeindex & 63 and self.freeindex != self.nelems:
-            self.refill_alloc_cache(bits64, self.freeindex >> 3)
+        if end < self.nelems:
+            self.reset_alloc_cache(bits64)
+        else:
+            self.allocCache = 0
+        start = self.base + start_index * self.elemsize
         self.run_end = start + n * self.elemsize
         return range(start, self.run_end, self.elemsize)
+
+    def _extend_run(self, bits64: np.ndarray, end: int, cap: int) -> int:
+        """Carry a run that reached a word boundary through the free slots that follow."""
+        cap = min(cap, self.nelems)
+        word0 = self.allocBits >> 3
+        while end < cap:
+            word = int(bits64[word0 + (end >> 6)])
+            if word:
+                free = (word & -word).bit_length() - 1   # free slots before the first taken
+                return min(end + free, cap)
+            end = min(end + 64, cap)
+        return end
 
     def unreserve(self, bits64: np.ndarray, run) -> int:
         """Take back the slots of ``run`` (this span's run iterator) not handed out yet;

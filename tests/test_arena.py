@@ -267,10 +267,11 @@ def test_span_of_in_heap_and_find_object(heap):
     assert heap.lookup(p + 20) == (p, 48)
     assert heap.find_object(p + 47) == (s, (p - s.base) // 48)
     ls = mh.span_of(big)
-    assert mh.in_heap(big + 99999)
-    assert not mh.in_heap(big + 100000)                       # past limit, inside the span
-    assert mh.span_of(big + 100000) is ls
-    assert heap.lookup(big + 100000) is None
+    whole = ls.npages * PAGE_SIZE                             # a large object owns its span
+    assert whole == 13 * PAGE_SIZE and ls.limit == big + whole
+    assert mh.in_heap(big + 99999) and mh.in_heap(big + 100000)
+    assert heap.lookup(big + whole - 1) == (big, whole)
+    assert mh.span_of(big + whole) is not ls
     manual = mh.alloc_manual(1)
     assert mh.span_of(manual.base) is manual and not mh.in_heap(manual.base)
     assert heap.lookup(manual.base) is None

@@ -92,6 +92,7 @@ def test_sweepgen_rises_by_two_and_collect_sweeps_everything(heap):
 
 
 def test_automatic_cycle_sweeps_lazily(heap):
+    heap.gc.batch_sweep = False             # Go's behaviour: every span swept on demand
     ps = [heap.alloc(64) for _ in range(3000)]
     for p in ps[::10]:
         heap.add_root(p)
@@ -163,7 +164,31 @@ def test_dead_large_spans_are_freed(heap):
         assert s is None or s.state != SPAN_IN_USE or s.base != p
 
 
+def test_automatic_cycle_batch_sweeps_plain_spans(heap):
+    """With batch_sweep (the default) an automatic cycle sweeps spans needing no per-object
+    work at termination; a span it empties waits one cycle in its mcentral, then goes back
+    to the page heap if nothing allocated from it."""
+    kept = [heap.alloc(64) for _ in range(200)]
+    for p in kept:
+        heap.add_root(p)
+    dropped = [heap.alloc(256) for _ in range(64)]   # two whole 8 KiB spans of garbage
+    spans = {heap.mheap.span_of(p) for p in dropped}
+    automatic_cycle(heap)
+    sg = heap.mheap.sweepgen
+    assert all(s.sweepgen == sg for s in in_use(heap))        # nothing left unswept
+    assert all(s.state == SPAN_IN_USE and s.allocCount == 0 for s in spans)
+    assert not any(live(heap, p) for p in dropped)
+    assert all(live(heap, p) for p in kept)
+    heap.verify()
+    spc = next(iter(spans)).spanclass
+    automatic_cycle(heap)                                       # still unused: released
+    assert not [s for s in in_use(heap) if s.spanclass == spc]
+    assert heap.read_memstats().heap_objects == len(kept) + 1  # + the triggering object
+    heap.verify()
+
+
 def test_page_heap_reclaims_before_it_grows(heap):
+    heap.gc.batch_sweep = False        # exercise lazy sweeping and reclaim
     garbage = [heap.alloc(1024) for _ in range(6 * 1024)]   # 6 MiB
     lo, hi = min(garbage), max(garbage)
     automatic_cycle(heap)
@@ -178,6 +203,7 @@ def test_free_after_automatic_cycle_sweeps_the_span_first(heap):
     """Explicit free of an object whose span the last (automatic) cycle left unswept: the
     object was marked, so the span must be swept (ensureSwept) before the slot is freed,
     or the sweep would resurrect it from gcmarkBits."""
+    heap.gc.batch_sweep = False            # leave the span to lazy sweeping
     ps = [heap.alloc(64) for _ in range(10)]
     for p in ps:
         heap.add_root(p)

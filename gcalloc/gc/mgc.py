@@ -3,6 +3,7 @@
     collect ─ stop the world ─ finish the last sweep ─ flush every mcache
             ─ mark from the roots (+ the object a triggering allocation just made)
             ─ specials hooks (finalizers) ─ write gcmarkBits ─ h.sweepgen += 2
+            ─ batch-sweep the spans that need no per-object work
             ─ pacing, statistics ─ [collect(): sweep everything] ─ start the world
 
 Stopping the world: every thread that enters the allocator's slow paths (or free, or the
@@ -61,6 +62,9 @@ class Collector:
         self.after_mark: list = []      # fn(marker): may mark more (finalizer resurrection)
         self.after_cycle: list = []     # fn(): the cycle is over and the world restarted
         self.scalar_frontier: int | None = None   # tests force a mark path with this
+        # Sweep plain spans as one batch at the end of automatic cycles too (see
+        # Sweeper.sweep_batch); False leaves them all to lazy sweeping, as Go does.
+        self.batch_sweep = True
         # Mark workers: Go's GOMAXPROCS-sized pool, here at most two (numpy's parallelism
         # beyond two threads is eaten by the interpreter lock between array operations).
         self.mark_workers = min(2, os.cpu_count() or 1)
@@ -100,8 +104,9 @@ class Collector:
             heap_end = self.pacer.heap_live
             wall2, cpu2 = time.perf_counter(), time.process_time()
             marked_bytes = self._terminate(marker)
+            if forced or self.batch_sweep:
+                self.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), forced)
             if forced:
-                self.sweeper.sweep_survivors(marker.spans, marker.marked_per_span())
                 self.sweeper.finish()
             wall3, cpu3 = time.perf_counter(), time.process_time()
         finally:

@@ -97,42 +97,81 @@ class Sweeper:
         while self.sweep_one() >= 0:
             pass
 
-    def sweep_survivors(self, spans: list[MSpan], marked: np.ndarray) -> None:
-        """Sweep, as one batch, the small uncached spans in which every allocated object was
-        marked (``marked[i]``: objects marked in ``spans[i]``), with the world stopped.
+    def sweep_batch(self, spans: list[MSpan], marked: np.ndarray, forced: bool) -> None:
+        """Sweep, as one batch at mark termination, the uncached spans that need nothing per
+        object (no specials, typed heap bits, tiny blocks or queued frees);
+        ``marked[i]`` is the number of objects marked in ``spans[i]``. The world is stopped.
 
-        Nothing is freed there, so sweeping is only the bookkeeping every sweep does: the
-        mark bits become the alloc bits, fresh mark bits, freeindex 0, allocCache from the
-        first word, sweepgen current, filed as swept. Batching it replaces a Python call
-        chain per span by a few array operations per cycle.
+        For these spans sweeping is bookkeeping only: the mark bits become the alloc bits,
+        fresh mark bits, freeindex 0, allocCache from the first word, the dead counted. Doing
+        it here replaces a Python call chain per span at its first refill by a few array
+        operations per cycle.
+
+        A span left empty goes back to the page heap after a forced cycle (runtime.GC,
+        FreeOSMemory) and when it was already empty when this cycle began (nobody used it for
+        a whole cycle). Otherwise it waits in its mcentral, swept and ready: a program that
+        drops everything between cycles then refills from swept spans instead of freeing and
+        regrowing them every cycle.
         """
         sg = self.mheap.sweepgen
-        batch = [s for s, n in zip(spans, marked.tolist())
-                 if s.sizeclass and n == s.allocCount and s.sweepgen == sg - 2
-                 and s.cached_by is None and not s.pending_frees]
+        batch, empty_before = [], []
+        large_dead = []
+        for s, n in zip(spans, marked.tolist()):
+            if (s.sweepgen != sg - 2 or s.cached_by is not None
+                    or s.specials or s.typed or s.tiny_blocks or s.pending_frees):
+                continue
+            if s.sizeclass == 0:
+                if n:
+                    batch.append((s, n))
+                    empty_before.append(False)
+                else:
+                    large_dead.append(s)
+            else:
+                batch.append((s, n))
+                empty_before.append(s.allocCount == 0)
+        for s in large_dead:
+            s.allocCount = 0
+            s.sweepgen = sg
+            self.alloc.release_large_span(s)
         if not batch:
             return
         gcbits = self.mheap.gcbits
-        fresh = gcbits.new_bits_many([s.nelems for s in batch])
-        marks = np.fromiter((s.gcmarkBits for s in batch), np.int64, len(batch))
+        fresh = gcbits.new_bits_many([s.nelems for s, _ in batch])
+        marks = np.fromiter((s.gcmarkBits for s, _ in batch), np.int64, len(batch))
         first_words = (~gcbits.bits64[marks >> 3]).tolist()
         central = self.alloc.central
-        for s, bits, word in zip(batch, fresh, first_words):
+        freed_counts = self.alloc.stats.small_free_count
+        release = []
+        for (s, nalloc), bits, word, was_empty in zip(batch, fresh, first_words, empty_before):
+            if s.sizeclass == 0:            # a live large object: new mark bits only
+                s.allocBits, s.gcmarkBits, s.sweepgen = s.gcmarkBits, bits, sg
+                continue
             c = central[s.spanclass]
             c.remove(s)
+            nfreed = s.allocCount - nalloc
+            if nfreed < 0:
+                raise HeapCorruption(f"sweep: {nalloc} marked > {s.allocCount} allocated: {s!r}")
+            if nfreed:
+                s.needzero = True
+                freed_counts[s.spanclass] += nfreed
             s.allocBits = s.gcmarkBits
             s.gcmarkBits = bits
+            s.allocCount = nalloc
             s.freeindex = 0
             s.allocCache = word
             s.sweepgen = sg
-            if s.allocCount == s.nelems:
+            if nalloc == 0 and (forced or was_empty):
+                release.append(s)
+            elif nalloc == s.nelems:
                 c.push(c.full_swept(sg), s)
             else:
                 c.push(c.partial_swept(sg), s)
-        ids = np.fromiter((s.id for s in batch), np.int64, len(batch))
+        ids = np.fromiter((s.id for s, _ in batch), np.int64, len(batch))
         table = self.mheap.table
         table.allocbits[ids] = marks
         table.markbits[ids] = fresh
+        for s in release:
+            self.mheap.free_span(s)
         self.swept_spans += len(batch)
 
     def reclaim(self, npages: int) -> None:
