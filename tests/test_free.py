@@ -19,8 +19,15 @@ import pytest
 
 import gcalloc
 from gcalloc.errors import (
-    DoubleFree, GcallocError, InteriorPointer, InvalidArgument, InvalidPointer, InvalidSize,
-    NotHeapPointer, TinyObjectFree,
+    DoubleFree,
+    GcallocError,
+    HeapClosed,
+    InteriorPointer,
+    InvalidArgument,
+    InvalidPointer,
+    InvalidSize,
+    NotHeapPointer,
+    TinyObjectFree,
 )
 from gcalloc.mspan import SPAN_FREE, SPAN_IN_USE
 from gcalloc.sizeclasses import PAGE_SIZE, class_to_size
@@ -123,9 +130,8 @@ def test_interior_pointer_small(h):
 
 def test_interior_pointer_large(h):
     p = h.alloc(40000)
-    for off in (1, 8, PAGE_SIZE, 39999):
+    for off in (1, 8, PAGE_SIZE, 39999, 40000, 5 * PAGE_SIZE - 1):   # usable: 5 pages
         assert_rejected(h, InteriorPointer, h.free, p + off)
-    assert_rejected(h, NotHeapPointer, h.free, p + 40000)   # past limit, before page end
     h.free(p)
 
 
@@ -400,7 +406,8 @@ def test_lookup_large(h):
     p = h.alloc(50000)
     assert h.usable_size(p) == 7 * PAGE_SIZE
     assert h.lookup(p + 49999) == (p, 7 * PAGE_SIZE)
-    assert h.lookup(p + 50000) is None
+    assert h.lookup(p + 50000) == (p, 7 * PAGE_SIZE)      # the whole span is the object's
+    assert h.lookup(p + 7 * PAGE_SIZE - 1) == (p, 7 * PAGE_SIZE)
 
 
 def test_lookup_reserved_run_slot_is_not_an_object(h):
@@ -428,3 +435,17 @@ def test_lookup_outside_the_heap(h):
     assert h.lookup(ctypes.addressof(buf)) is None
     assert h.lookup(0) is None
     assert h.lookup(1 << 47) is None
+
+
+def test_closed_heap_raises_heap_closed():
+    h = gcalloc.Heap(gc_percent=-1, debug="")
+    p = h.alloc(64)
+    h.close()
+    for fn, args in ((h.alloc, (8,)), (h.alloc, (3, None, True)), (h.alloc, (100000,)),
+                     (h.free, (p,)), (h.lookup, (p,)), (h.usable_size, (p,)),
+                     (h.new, (ctypes.c_uint64,)), (h.handle, (p,)), (h.read_memstats, ()),
+                     (h.verify, ())):
+        with pytest.raises(HeapClosed):
+            fn(*args)
+    h.free(0)                              # free(NULL) stays a no-op
+    h.close()                              # close is idempotent

@@ -16,11 +16,21 @@ import gcalloc
 from gcalloc import malloc as malloc_mod
 from gcalloc import mheap as mheap_mod
 from gcalloc.errors import (
-    GcallocError, InteriorPointer, InvalidArgument, InvalidSize, NotHeapPointer, TinyObjectFree,
+    GcallocError,
+    InteriorPointer,
+    InvalidArgument,
+    InvalidSize,
+    NotHeapPointer,
+    TinyObjectFree,
 )
 from gcalloc.malloc import MAX_ALLOC
+from gcalloc.mcache import EMPTY_SPAN
 from gcalloc.sizeclasses import (
-    MAX_SMALL_SIZE, NUM_SIZE_CLASSES, PAGE_SIZE, TINY_SIZE, class_to_size,
+    MAX_SMALL_SIZE,
+    NUM_SIZE_CLASSES,
+    PAGE_SIZE,
+    TINY_SIZE,
+    class_to_size,
 )
 
 PAGE = PAGE_SIZE
@@ -181,6 +191,29 @@ def test_tiny_only_for_noscan_below_16(h):
     assert abs(s2 - s1) >= 8
 
 
+def test_tiny_block_is_recorded_when_its_refill_starts_a_collection():
+    """GC on, with a tiny goal so that refills of the tiny class start collections: a block
+    taken on such a refill must still be recorded as a tiny block (free of an object in it
+    raises TinyObjectFree), and nothing is recorded on the shared empty span."""
+    unrecorded = []
+    try:
+        with gcalloc.Heap(gc_percent=1, debug="") as heap:
+            for _ in range(60_000):
+                p = heap.alloc(8, noscan=True)
+                if p % TINY_SIZE == 0:            # p starts a new block
+                    try:
+                        heap.free(p)
+                        unrecorded.append(p)
+                    except TinyObjectFree:
+                        pass
+            assert heap.read_memstats().num_gc > 5
+            assert unrecorded == []
+            assert EMPTY_SPAN.tiny_blocks is None
+            heap.verify()
+    finally:
+        EMPTY_SPAN.tiny_blocks = None      # the shared sentinel must not leak into other tests
+
+
 # --- size classes -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("noscan", [False, True])
@@ -203,7 +236,7 @@ def test_objects_of_one_class_do_not_overlap(h):
     for size in (8, 24, 48, 112, 1024, 1152, 4096, 27264):
         ps = sorted(h.alloc(size) for _ in range(40))
         step = h.usable_size(ps[0])
-        assert all(b - a >= step for a, b in zip(ps, ps[1:])), size
+        assert all(b - a >= step for a, b in zip(ps[:-1], ps[1:], strict=True)), size
     h.verify()
 
 
@@ -223,16 +256,18 @@ def test_large_object(h, size):
     p = h.alloc(size, noscan=True)
     s = h.mheap.span_of(p)
     assert s.sizeclass == 0 and s.base == p and p % PAGE == 0
-    assert h.usable_size(p) == page_round(size)
-    assert s.limit == p + size
-    assert h.lookup(p) == (p, page_round(size))
-    assert h.lookup(p + size // 2) == (p, page_round(size))
-    assert h.lookup(p + size - 1) == (p, page_round(size))
-    assert h.lookup(p + size) is None     # past limit (Go's findObject)
+    usable = page_round(size)
+    assert h.usable_size(p) == usable
+    assert s.limit == p + usable          # the object owns its whole span
+    assert h.lookup(p) == (p, usable)
+    assert h.lookup(p + size // 2) == (p, usable)
+    assert h.lookup(p + size - 1) == (p, usable)
+    assert h.lookup(p + usable - 1) == (p, usable)
+    assert h.lookup(p + usable) is None or h.lookup(p + usable)[0] != p
     with pytest.raises(InteriorPointer):
         h.usable_size(p + 8)
-    fill(p, size)
-    assert ctypes.string_at(p + size - 4, 4) == b"\xa5" * 4
+    fill(p, usable)                        # every usable byte is the object's
+    assert ctypes.string_at(p + usable - 4, 4) == b"\xa5" * 4
     ms = h.read_memstats()
     assert ms.by_size[0].mallocs == 1
     assert ms.total_alloc == page_round(size)
@@ -243,7 +278,7 @@ def test_large_objects_are_distinct(h):
     ps = [h.alloc(50000 + i * 10000) for i in range(6)]
     spans = [(p, p + h.usable_size(p)) for p in ps]
     spans.sort()
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] <= b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))
     assert h.read_memstats().heap_objects == 6
 
 
@@ -466,6 +501,18 @@ def test_non_int_sizes_raise_invalid_argument(h, size):
         h.alloc(size, noscan=True)
     assert h.read_memstats().mallocs == 0
     h.verify()
+
+
+def test_typed_allocation_errors(h):
+    with pytest.raises(InvalidSize):
+        h.alloc(12, type=ctypes.c_uint64)     # not a multiple of the type's size
+    with pytest.raises(InvalidArgument):
+        h.alloc(16, type=42)
+    with pytest.raises(InvalidArgument):
+        h.alloc(16, type=ctypes.c_uint64(1))  # an instance, not a type
+    assert h.read_memstats().mallocs == 0
+    p = h.alloc(24, type=ctypes.c_uint64)     # an array of three
+    assert h.usable_size(p) == 24
 
 
 def test_errors_are_gcalloc_errors_and_builtins():

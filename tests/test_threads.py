@@ -47,12 +47,13 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
         if u64(p).value != pat or u64(last).value != pat ^ MASK:
             bad.append((tid, p, size))
 
-    h.alloc(16)
+    first = h.alloc(16)                       # attaches this thread's mcache
+    u64(first).value = 0
+    u64(first + 8).value = MASK
+    live[first] = (16, 0)
     start.wait()
     made = 1
-    freed = 1
-    h.free(h.alloc(24))                       # a first free: the pattern below frees many
-    made += 1
+    freed = 0
     while made < PER_THREAD:
         for _ in range(min(BATCH, PER_THREAD - made)):
             seq += 1
@@ -139,6 +140,7 @@ def test_eight_threads_alloc_write_free():
 def test_thread_exit_gives_the_mcache_back():
     with gcalloc.Heap(gc_percent=-1, debug="") as h:
         ready = threading.Barrier(5)
+        leave = threading.Event()
         kept: list[int] = []
         lock = threading.Lock()
 
@@ -147,15 +149,19 @@ def test_thread_exit_gives_the_mcache_back():
             with lock:
                 kept.extend(mine)
             ready.wait()
+            leave.wait()
 
         threads = [threading.Thread(target=work) for _ in range(4)]
         for t in threads:
             t.start()
-        ready.wait()
-        assert len(h.mcaches) == 4
-        assert h.read_memstats().mcache_inuse == 4 * MCACHE_RECORD_BYTES
-        for t in threads:
-            t.join()
+        try:
+            ready.wait()
+            assert len(h.mcaches) == 4        # the four threads are alive, one mcache each
+            assert h.read_memstats().mcache_inuse == 4 * MCACHE_RECORD_BYTES
+        finally:
+            leave.set()
+            for t in threads:
+                t.join()
         gc.collect()
         assert len(h.mcaches) == 0
         ms = h.read_memstats()
