@@ -1,0 +1,121 @@
+"""Every example runs, as a user would run it (``python examples/x.py``), in a few seconds, and
+prints what it promises. The C extension example may skip only when no C compiler exists, and
+the profile example may skip only its ``go tool pprof`` step when Go is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(relpath: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("GCALLOC_DEBUG", None)
+    env.pop("GCALLOC_GOGC", None)
+    result = subprocess.run([sys.executable, str(EXAMPLES / relpath), *args], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{relpath} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_every_example_is_tested():
+    scripts = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")}
+    assert scripts == {"binary_trees.py", "ctypes_structs.py", "rss_observe.py", "profile.py",
+                       "c_extension/run.py"}
+
+
+def test_binary_trees():
+    r = run_example("binary_trees.py")
+    assert "Stretching memory with a binary tree of depth 14" in r.stdout
+    for depth in (4, 6, 8, 10, 12, 14):
+        assert f"trees of depth {depth}\n" in r.stdout
+    m = re.search(r"long-lived tree intact: (\d+) nodes; num_gc=(\d+)", r.stdout)
+    assert m and int(m.group(1)) == (1 << 15) - 1
+    assert int(m.group(2)) >= 2
+    gctrace = [line for line in r.stderr.splitlines() if line.startswith("gc ")]
+    assert len(gctrace) == int(m.group(2))          # gctrace: one line per cycle
+    assert all(re.match(r"gc \d+ @[\d.]+s \d+%: .* MB goal, \d P", line) for line in gctrace)
+    assert "verify ok" in r.stdout
+
+
+def test_ctypes_structs():
+    r = run_example("ctypes_structs.py")
+    assert "list: 1000 nodes, sum 499500" in r.stdout
+    assert "tree: 101 keys in order after a collection" in r.stdout
+    m = re.search(r"finalizers ran: (\d+) \((\d+) tree leaves \+ list head\)", r.stdout)
+    assert m and int(m.group(1)) == int(m.group(2)) + 1 and int(m.group(2)) > 0
+    assert re.search(r"heap_objects: \d+ before the drop, 0 after two collections", r.stdout)
+    assert r.stdout.rstrip().endswith("ok")
+
+
+def test_c_extension():
+    r = run_example("c_extension/run.py", "--records", "3000")
+    compiler = any(shutil.which(c) for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c)
+    if not compiler:
+        assert r.stdout.startswith("skipped: no C compiler found")
+        return
+    assert "C built 3000 records in the heap; Python walked them all" in r.stdout
+    assert "last (8994001, b'item-2999')" in r.stdout
+    assert "root dropped: 3000 C finalizers ran; heap_objects=0" in r.stdout
+    assert r.stdout.rstrip().endswith("ok")
+    assert not r.stderr.strip()            # no callback raised
+
+
+def test_rss_observe():
+    r = run_example("rss_observe.py", "--mib", "64")
+    grew = re.search(r"RSS rose ([\d.]+) MiB for 64 MiB written", r.stdout)
+    fell = re.search(r"RSS fell ([\d.]+) MiB when the scavenger released ([\d.]+) MiB", r.stdout)
+    assert grew and fell, r.stdout
+    assert float(grew.group(1)) >= 0.9 * 64
+    assert float(fell.group(2)) >= 64
+    assert float(fell.group(1)) >= 0.9 * float(fell.group(2))
+    phases = [line.split()[0] for line in r.stdout.splitlines()[1:6]]
+    assert phases == ["start", "grow", "collect", "scavenge", "close"]
+
+
+def test_profile(tmp_path):
+    out = tmp_path / "heap.pb.gz"
+    r = run_example("profile.py", str(out))
+    assert out.stat().st_size > 0
+    assert ("sample types: alloc_objects/count, alloc_space/bytes, inuse_objects/count, "
+            "inuse_space/bytes; period 4096 bytes") in r.stdout
+    rows = {m.group(1).split(".")[1]: int(m.group(3).replace(",", "")) for m in re.finditer(
+        r"^(__main__\.\S+)\s+([\d,]+)\s+([\d,]+)$", r.stdout, re.M)}
+    # make_buffers keeps ~3.2 MiB, make_records ~0.4 MiB, make_garbage nothing: estimates
+    # from samples, so the bounds are loose but the order is not.
+    assert set(rows) == {"make_buffers", "make_records"}, r.stdout
+    assert 2_000_000 < rows["make_buffers"] < 5_000_000
+    assert 150_000 < rows["make_records"] < rows["make_buffers"]
+    if shutil.which("go"):
+        assert "go tool pprof -top (exit 0)" in r.stdout
+        assert "make_buffers" in r.stdout.split("go tool pprof -top")[1]
+    else:
+        assert "go not found: skipping `go tool pprof -top`" in r.stdout
+
+
+def test_readme_quick_start_and_tour(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    assert "python -m pip install . && gcalloc demo\n" in readme
+    assert "python -m pip install '.[test]' && python -m pytest\n" in readme
+    tour = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    assert len(tour.strip().splitlines()) <= 20
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-c", tour], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert re.match(r"finalized 0x[0-9a-f]+\n\d+ 1 \d+\n$", r.stdout), r.stdout
+    assert (tmp_path / "heap.pb.gz").stat().st_size > 0
+    for doc in re.findall(r"\]\((docs/[a-z]+\.md)\)", readme):
+        assert doc.split("/")[1][:-3] in {"os", "sizeclasses", "mheap", "allocation", "gc",
+                                          "finalizers", "profiling", "performance",
+                                          "observation"}
