@@ -13,7 +13,6 @@ new spans (scan spans start with all-pointer heap bits), typed allocation (preci
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import weakref
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from gcalloc.gc.mgc import Collector
 from gcalloc.gc.mprof import MemProfiler, MemProfileRecord
 from gcalloc.gc.roots import Handle, align_range
 from gcalloc.gc.specials import Specials
-from gcalloc.gc.types import Type, check_array, type_of
+from gcalloc.gc.types import check_array, type_of
 from gcalloc.malloc import MAX_ALLOC, Allocator
 from gcalloc.mspan import MSpan
 from gcalloc.scavenge import Scavenger, scavenge

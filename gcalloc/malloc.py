@@ -48,8 +48,14 @@ from collections.abc import Callable
 from gcalloc import os as gos
 from gcalloc import verify as checks
 from gcalloc.errors import (
-    DoubleFree, HeapClosed, HeapCorruption, InteriorPointer, InvalidArgument, InvalidSize,
-    NotHeapPointer, TinyObjectFree,
+    DoubleFree,
+    HeapClosed,
+    HeapCorruption,
+    InteriorPointer,
+    InvalidArgument,
+    InvalidSize,
+    NotHeapPointer,
+    TinyObjectFree,
 )
 from gcalloc.fixalloc import FixAlloc
 from gcalloc.mcache import EMPTY_RUN, EMPTY_SPAN, MCACHE_RECORD_BYTES, MCache
@@ -59,8 +65,16 @@ from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.mstats import HeapStats, MemStats, by_size_rows
 from gcalloc.persistent import PersistentAlloc
 from gcalloc.sizeclasses import (
-    MAX_SMALL_SIZE, NUM_SIZE_CLASSES, NUM_SPAN_CLASSES, PAGE_SHIFT, PAGE_SIZE, TINY_SIZE,
-    TINY_SIZE_CLASS, class_to_size, make_span_class, size_to_class8, size_to_class128,
+    MAX_SMALL_SIZE,
+    NUM_SIZE_CLASSES,
+    NUM_SPAN_CLASSES,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    TINY_SIZE_CLASS,
+    class_to_size,
+    make_span_class,
+    size_to_class8,
+    size_to_class128,
 )
 
 # Go's maxAlloc on 64-bit: the largest allocation the address space could hold.
@@ -169,19 +183,23 @@ class Allocator:
         _alloc_small, at a safepoint. The caller polls the pacer afterwards."""
         self._safepoint(c)
         try:
-            p, s, refilled = self._next_free(c, spc)
-            if zero and s.needzero:
-                _memset(p, 0, s.elemsize)
-            elemsize = s.elemsize
-            c.next_sample -= elemsize
-            if c.next_sample < 0:
-                self._sampled(c, p, elemsize)
-            if self.marking is None:
-                self._reserve_run(c, s, spc)
-            else:
-                self.marking.allocated_black(p)
+            return self._take_slot_at_safepoint(c, spc, zero)
         finally:
             c.mallocing = False
+
+    def _take_slot_at_safepoint(self, c: MCache, spc: int,
+                                zero: bool) -> tuple[int, MSpan, bool]:
+        p, s, refilled = self._next_free(c, spc)
+        if zero and s.needzero:
+            _memset(p, 0, s.elemsize)
+        elemsize = s.elemsize
+        c.next_sample -= elemsize
+        if c.next_sample < 0:
+            self._sampled(c, p, elemsize)
+        if self.marking is None:
+            self._reserve_run(c, s, spc)
+        else:
+            self.marking.allocated_black(p)
         return p, s, refilled
 
     def _reserve_run(self, c: MCache, s: MSpan, spc: int) -> None:
@@ -217,21 +235,28 @@ class Allocator:
 
     def _alloc_tiny_block(self, c: MCache, size: int) -> int:
         """Start a new 16-byte tiny block and hand out its first ``size`` bytes. The block is
-        a 16-byte noscan object, taken as any other: from the run, else the slow path."""
+        a 16-byte noscan object, taken as any other: from the run, else the slow path.
+
+        This is a safepoint: until ``c.tiny`` holds the block, nothing roots it, so no
+        collection may start in between."""
         if self.efence:
             return self._alloc_large(c, size, True, True)
-        p = next(c.runs[TINY_SPAN_CLASS], 0)
-        if p:
-            s, refilled = c.alloc[TINY_SPAN_CLASS], False
-        else:
-            p, s, refilled = self._take_slot(c, TINY_SPAN_CLASS, True)
-        if s.tiny_blocks is None:
-            s.tiny_blocks = set()
-        s.tiny_blocks.add((p - s.base) >> 4)
-        # Keep whichever block has more room left (Go's replacement rule).
-        if size < c.tinyoffset or not c.tiny:
-            c.tiny = p
-            c.tinyoffset = size
+        self._safepoint(c)
+        try:
+            s = c.alloc[TINY_SPAN_CLASS]      # read before the run: the run is this span's
+            p = next(c.runs[TINY_SPAN_CLASS], 0)
+            refilled = False
+            if not p:
+                p, s, refilled = self._take_slot_at_safepoint(c, TINY_SPAN_CLASS, True)
+            if s.tiny_blocks is None:
+                s.tiny_blocks = set()
+            s.tiny_blocks.add((p - s.base) >> 4)
+            # Keep whichever block has more room left (Go's replacement rule).
+            if size < c.tinyoffset or not c.tiny:
+                c.tiny = p
+                c.tinyoffset = size
+        finally:
+            c.mallocing = False
         # Only now may a cycle start: the block is recorded and, as c.tiny, a root.
         if refilled and self.gc_poll is not None:
             self.gc_poll(p)
@@ -410,9 +435,9 @@ class Allocator:
             self.mcaches.discard(c)
             self._cachealloc.free(c)
 
-    def _release_mcache(self, c: MCache) -> None:
+    def _release_mcache(self, c: MCache, keep_tiny: bool = False) -> None:
         unused = sum(n * class_to_size[spc >> 1] for spc, n in c.uncounted_slots())
-        c.release_all(self.central, self.stats)
+        c.release_all(self.central, self.stats, keep_tiny)
         if unused and self.charge_live is not None:
             self.charge_live(-unused)
         with self.mheap.lock:
@@ -424,7 +449,7 @@ class Allocator:
         flushallmcaches at the start of a collection). Tiny blocks stay: a parked thread may
         be halfway through handing one out, so the collector treats them as roots."""
         for c in list(self.mcaches):
-            self._release_mcache(c)
+            self._release_mcache(c, keep_tiny=True)
 
     # --- explicit free -----------------------------------------------------------------
 

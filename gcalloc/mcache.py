@@ -68,8 +68,13 @@ class MCache:
         self.alloc[spc] = s
         return s
 
-    def release_all(self, centrals: list[MCentral], stats: HeapStats) -> None:
-        """Give every cached span back and flush local counters (Go's releaseAll)."""
+    def release_all(self, centrals: list[MCentral], stats: HeapStats,
+                    keep_tiny: bool = False) -> None:
+        """Give every cached span back and flush local counters (Go's releaseAll).
+
+        ``keep_tiny``: leave the tiny block in place (a collection's flush: the owning thread
+        may be parked between its check of ``tiny`` and its use, so the block stays, as a
+        root). Thread exit and close drop it."""
         bits64 = centrals[0].heap.gcbits.bits64
         for spc, s in enumerate(self.alloc):
             if s is EMPTY_SPAN:
@@ -80,8 +85,9 @@ class MCache:
             with central.lock:
                 stats.small_alloc_count[spc] -= s.nelems - s.allocCount
             central.uncache_span(s)
-        self.tiny = 0
-        self.tinyoffset = 0
+        if not keep_tiny:
+            self.tiny = 0
+            self.tinyoffset = 0
 
     def give_back_run(self, spc: int, bits64) -> None:
         """Return the unused part of alloc[spc]'s run to the span and its bytes to the

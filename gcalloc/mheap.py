@@ -33,7 +33,14 @@ from gcalloc.errors import HeapCorruption, OutOfMemory
 from gcalloc.fixalloc import FixAlloc
 from gcalloc.gcbits import GCBits
 from gcalloc.mspan import (
-    MASK64, SPAN_DEAD, SPAN_FREE, SPAN_IN_USE, SPAN_MANUAL, STATE_NAMES, MSpan, SpanTable,
+    MASK64,
+    SPAN_DEAD,
+    SPAN_FREE,
+    SPAN_IN_USE,
+    SPAN_MANUAL,
+    STATE_NAMES,
+    MSpan,
+    SpanTable,
 )
 from gcalloc.mstats import HeapStats
 from gcalloc.persistent import PersistentAlloc

@@ -28,7 +28,10 @@ from __future__ import annotations
 import numpy as np
 
 from gcalloc.sizeclasses import (
-    PAGE_SHIFT, class_to_size, span_class_noscan, span_class_sizeclass,
+    PAGE_SHIFT,
+    class_to_size,
+    span_class_noscan,
+    span_class_sizeclass,
 )
 
 # Span states (seed 001's mSpanState; Manual is Go's mSpanManual / old mSpanStack).

@@ -573,3 +573,18 @@ def test_memstats_do_not_count_reserved_run_slots(h):
     h.alloc(8)                             # reserves a run of up to 63 more slots
     ms = h.read_memstats()
     assert ms.mallocs == 1 and ms.by_size[1].mallocs == 1 and ms.heap_alloc == 8
+
+
+def test_collection_keeps_the_threads_tiny_block():
+    """A flush at the start of a cycle leaves each mcache's tiny block in place, as a root:
+    a thread parked between its check of c.tiny and its use must find the same block. The
+    next tiny allocation continues inside it, and the block's earlier objects stay live."""
+    with gcalloc.Heap(gc_percent=-1, debug="") as heap:
+        first = heap.alloc(4, noscan=True)
+        c = heap._tls.mcache
+        block, used = c.tiny, c.tinyoffset
+        heap.collect()
+        assert (c.tiny, c.tinyoffset) == (block, used)
+        assert heap.lookup(first) == (block, TINY_SIZE)
+        assert heap.alloc(4, noscan=True) == block + used
+        heap.verify()

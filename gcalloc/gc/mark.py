@@ -28,10 +28,15 @@ import struct
 import numpy as np
 
 from gcalloc.arena import (
-    ARENA_BASE_OFFSET, ARENA_L2_BITS, LOG_HEAP_ARENA_BYTES, PAGES_PER_ARENA, arena_index,
+    ARENA_BASE_OFFSET,
+    ARENA_L2_BITS,
+    LOG_HEAP_ARENA_BYTES,
+    PAGES_PER_ARENA,
+    arena_index,
 )
 from gcalloc.gc.roots import _ADDRESS_SPACE_BASE as _MEM_BASE
-from gcalloc.gc.roots import MEM64, MEM_RAW as _MEM_RAW, word_index
+from gcalloc.gc.roots import MEM64, word_index
+from gcalloc.gc.roots import MEM_RAW as _MEM_RAW
 from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.sizeclasses import PAGE_SHIFT
 

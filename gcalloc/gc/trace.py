@@ -1,13 +1,15 @@
 """gctrace: one line per cycle on stderr in Go's shape (GODEBUG=gctrace=1), when
 GCALLOC_DEBUG=gctrace=1:
 
-    gc 3 @1.234s 2%: 0.012+4.2+0.31 ms clock, 0.012+4.2/4.2/0+0.31 ms cpu, 12->12->6 MB, 13 MB goal, 1 P
+    gc 3 @1.234s 2%: 0.012+4.2+0.31 ms clock, 0.012+0/4.2/0+0.31 ms cpu,
+        12->12->6 MB, 13 MB goal, 2 P      (one line on stderr)
 
 Fields: cycle number, seconds since the heap was made, percent of time spent in GC since
-then; wall time of sweep termination + mark + mark termination (gcalloc stops the world for all
-three); CPU time of the same phases (mark split as assist/background/idle, which for a
-stop-the-world collector is all "background"); heap_live at start -> at end of mark -> marked;
-the goal; P is the number of mark workers (1, or 2 on machines with two cores or more). ``(forced)`` ends lines of ``collect()`` cycles.
+then; wall time of sweep termination + mark + mark termination (gcalloc stops the world for
+all three); CPU time of the same phases (mark split as assist/background/idle, which for a
+stop-the-world collector is all "background"); heap_live at start -> at end of mark ->
+marked; the goal; P is the number of mark workers (1, or 2 on machines with two cores or
+more). ``(forced)`` ends lines of ``collect()`` cycles.
 """
 
 from __future__ import annotations
