@@ -24,6 +24,7 @@ import tempfile
 from collections import defaultdict
 
 import gcalloc
+from gcalloc.gc.pprof import read_fields, read_packed
 
 KIB = 1024
 
@@ -45,65 +46,27 @@ def make_garbage(heap: gcalloc.Heap, n: int) -> None:
 
 # --- reading profile.proto (just enough of the protobuf wire format) ---------------------------
 
-def varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return value, i
-
-
-def fields(buf: bytes) -> list[tuple[int, int | bytes]]:
-    """(field number, value) pairs of one message: varints as ints, the rest as bytes."""
-    out, i = [], 0
-    while i < len(buf):
-        key, i = varint(buf, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = varint(buf, i)
-        elif wire == 2:
-            n, i = varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-        out.append((number, value))
-    return out
-
-
-def packed(value: int | bytes) -> list[int]:
-    if isinstance(value, int):
-        return [value]
-    out, i = [], 0
-    while i < len(value):
-        v, i = varint(value, i)
-        out.append(v)
-    return out
-
-
 def read_profile(path: str) -> dict:
     """The parts of a pprof Profile the summary needs."""
     with open(path, "rb") as f:
-        top = fields(gzip.decompress(f.read()))
+        top = read_fields(gzip.decompress(f.read()))
     strings = [v.decode() for n, v in top if n == 6]
-    types = [[strings[v] for _, v in fields(m)] for n, m in top if n == 1]
+    types = [[strings[v] for _, v in read_fields(m)] for n, m in top if n == 1]
     functions = {}
     for _, m in (f for f in top if f[0] == 5):
-        d = dict(fields(m))
+        d = dict(read_fields(m))
         functions[d[1]] = strings[d.get(2, 0)]
     locations = {}
     for _, m in (f for f in top if f[0] == 4):
-        d = fields(m)
+        d = read_fields(m)
         lid = dict(d)[1]
-        line = dict(fields(next(v for n, v in d if n == 4)))
+        line = dict(read_fields(next(v for n, v in d if n == 4)))
         locations[lid] = functions[line[1]]
     samples = []
     for _, m in (f for f in top if f[0] == 2):
-        d = fields(m)
-        locs = [x for n, v in d if n == 1 for x in packed(v)]
-        values = [x for n, v in d if n == 2 for x in packed(v)]
+        d = read_fields(m)
+        locs = [x for n, v in d if n == 1 for x in read_packed(v)]
+        values = [x for n, v in d if n == 2 for x in read_packed(v)]
         samples.append(([locations[x] for x in locs], values))
     period = dict((n, v) for n, v in top if n == 12).get(12, 0)
     return {"types": types, "samples": samples, "period": period}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from heaputil import peek, poke
 
 import gcalloc
 from gcalloc.gc.mark import OBLET_WORDS, PARALLEL_FRONTIER, Marker
@@ -47,14 +48,6 @@ def mode(request):
 
 def force(heap: gcalloc.Heap, mode: str) -> None:
     heap.gc.scalar_frontier = MODES[mode]
-
-
-def poke(addr: int, value: int) -> None:
-    U64.from_address(addr).value = value
-
-
-def peek(addr: int) -> int:
-    return U64.from_address(addr).value
 
 
 def live(heap: gcalloc.Heap, p: int) -> bool:

@@ -13,6 +13,7 @@ import gc as pygc
 import threading
 
 import pytest
+from heaputil import peek, poke
 
 import gcalloc
 from gcalloc.errors import (
@@ -26,23 +27,6 @@ from gcalloc.gc.roots import Handle, NotARoot
 from gcalloc.gc.types import InvalidType, Type
 
 U64 = ctypes.c_uint64
-
-
-@pytest.fixture
-def heap():
-    h = gcalloc.Heap(-1, scavenger=False, debug="")
-    try:
-        yield h
-    finally:
-        h.close()
-
-
-def poke(addr: int, value: int) -> None:
-    U64.from_address(addr).value = value
-
-
-def peek(addr: int) -> int:
-    return U64.from_address(addr).value
 
 
 def live(heap: gcalloc.Heap, p: int) -> bool:

@@ -15,6 +15,7 @@ import ctypes
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+from heaputil import peek, poke
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -37,14 +38,6 @@ class Obj:
     edges: dict[int, tuple[int, int]] = field(default_factory=dict)   # slot -> (id, offset)
     roots: int = 0
     handles: list = field(default_factory=list)
-
-
-def peek(addr: int) -> int:
-    return U64.from_address(addr).value
-
-
-def poke(addr: int, value: int) -> None:
-    U64.from_address(addr).value = value
 
 
 class GCMachine(RuleBasedStateMachine):

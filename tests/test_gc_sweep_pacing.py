@@ -32,15 +32,6 @@ TRACE = re.compile(
 
 
 @pytest.fixture
-def heap():
-    h = gcalloc.Heap(-1, scavenger=False, debug="")
-    try:
-        yield h
-    finally:
-        h.close()
-
-
-@pytest.fixture
 def paced():
     """A heap with GOGC=100."""
     h = gcalloc.Heap(100, scavenger=False, debug="")
@@ -48,10 +39,6 @@ def paced():
         yield h
     finally:
         h.close()
-
-
-def poke(addr: int, value: int) -> None:
-    U64.from_address(addr).value = value
 
 
 def in_use(heap: gcalloc.Heap) -> list:

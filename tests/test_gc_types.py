@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 
 import pytest
+from heaputil import peek, poke
 
 import gcalloc
 from gcalloc.errors import GcallocError, InvalidArgument, InvalidSize
@@ -18,23 +19,6 @@ from gcalloc.gc import bitmap
 from gcalloc.gc.types import InvalidType, Pointer, Type, type_of
 
 U64 = ctypes.c_uint64
-
-
-@pytest.fixture
-def heap():
-    h = gcalloc.Heap(-1, scavenger=False, debug="")
-    try:
-        yield h
-    finally:
-        h.close()
-
-
-def poke(addr: int, value: int) -> None:
-    U64.from_address(addr).value = value
-
-
-def peek(addr: int) -> int:
-    return U64.from_address(addr).value
 
 
 def bits(heap: gcalloc.Heap, p: int, nwords: int) -> tuple[int, int]:

@@ -16,73 +16,45 @@ import pytest
 
 import gcalloc
 from gcalloc.gc.mprof import Frame, MemProfileRecord
-from gcalloc.gc.pprof import SAMPLE_TYPES, encode_heap_profile, scale_heap_sample, varint
+from gcalloc.gc.pprof import (
+    SAMPLE_TYPES,
+    encode_heap_profile,
+    read_fields,
+    read_packed,
+    scale_heap_sample,
+    varint,
+)
 
 # --- a minimal protobuf reader (the test's own, to check the encoder independently) --------
 
 
-def read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, i
-
-
-def fields(buf: bytes) -> list[tuple[int, int | bytes]]:
-    out, i = [], 0
-    while i < len(buf):
-        key, i = read_varint(buf, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = read_varint(buf, i)
-        elif wire == 2:
-            n, i = read_varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        else:
-            raise AssertionError(f"unexpected wire type {wire}")
-        out.append((number, value))
-    return out
-
-
-def packed(data: bytes) -> list[int]:
-    out, i = [], 0
-    while i < len(data):
-        v, i = read_varint(data, i)
-        out.append(v)
-    return out
-
-
 def decode(profile: bytes) -> dict:
-    top = fields(profile)
+    top = read_fields(profile)
     strings = [v.decode() for n, v in top if n == 6]
 
     def vt(data: bytes) -> tuple[str, str]:
-        d = dict(fields(data))
+        d = dict(read_fields(data))
         return strings[d.get(1, 0)], strings[d.get(2, 0)]
 
     functions = {}
     for n, v in top:
         if n == 5:
-            d = dict(fields(v))
+            d = dict(read_fields(v))
             functions[d[1]] = (strings[d[2]], strings[d[4]], d.get(5, 0))
     locations = {}
     for n, v in top:
         if n == 4:
-            d = fields(v)
+            d = read_fields(v)
             lid = dict(d)[1]
-            line = dict(fields(dict(d)[4]))
+            line = dict(read_fields(dict(d)[4]))
             locations[lid] = (functions[line[1]][0], line.get(2, 0))
     samples = []
     for n, v in top:
         if n == 2:
-            d = fields(v)
-            locs = packed(next(x for k, x in d if k == 1))
-            values = packed(next(x for k, x in d if k == 2))
-            labels = [dict(fields(x)) for k, x in d if k == 3]
+            d = read_fields(v)
+            locs = read_packed(next(x for k, x in d if k == 1))
+            values = read_packed(next(x for k, x in d if k == 2))
+            labels = [dict(read_fields(x)) for k, x in d if k == 3]
             samples.append(([locations[i] for i in locs], values,
                              {strings[lb[1]]: lb[3] for lb in labels}))
     period_type = next(vt(v) for n, v in top if n == 11)

@@ -210,3 +210,47 @@ def write_heap_profile(path: str | os.PathLike, records: Iterable[MemProfileReco
     data = encode_heap_profile(records, rate)
     with open(path, "wb") as f:
         f.write(gzip.compress(data))
+
+
+# --- reading (for summaries and round-trip tests) -------------------------------------
+
+def read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    """(value, next offset) of the varint at buf[i]."""
+    shift = value = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def read_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """(field number, value) pairs of one message: varints as ints, length-delimited fields
+    as bytes (the only wire types profile.proto uses). Raises ValueError on others."""
+    out, i = [], 0
+    while i < len(buf):
+        key, i = read_varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = read_varint(buf, i)
+        elif wire == 2:
+            n, i = read_varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        out.append((number, value))
+    return out
+
+
+def read_packed(value: int | bytes) -> list[int]:
+    """A repeated varint field: packed (bytes) or a single unpacked value."""
+    if isinstance(value, int):
+        return [value]
+    out, i = [], 0
+    while i < len(value):
+        v, i = read_varint(value, i)
+        out.append(v)
+    return out
+
