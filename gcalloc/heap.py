@@ -33,7 +33,7 @@ from gcalloc.gc.roots import Handle, align_range
 from gcalloc.gc.specials import Specials
 from gcalloc.gc.types import check_array, type_of
 from gcalloc.malloc import MAX_ALLOC, Allocator
-from gcalloc.mspan import MSpan
+from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.scavenge import Scavenger, scavenge
 from gcalloc.sizeclasses import PAGE_SHIFT
 
@@ -282,9 +282,36 @@ class Heap(Allocator):
         """Raise HeapCorruption if any invariant of any layer is broken. Call it with no
         other thread allocating. Raises HeapClosed."""
         super().verify()
-        problems = self.specials.verify()
+        problems = self.specials.verify() + self._bitmap_problems() + self._root_problems()
         if problems:
-            raise HeapCorruption("specials: " + "; ".join(problems[:20]))
+            raise HeapCorruption("collector: " + "; ".join(problems[:20]))
+
+    def _bitmap_problems(self) -> list[str]:
+        """The heap-bitmap invariant: every scan span holding no typed object has all-ones
+        bits (gc/bitmap.py)."""
+        out = []
+        with self.mheap.lock:
+            spans = [s for s in self.mheap.live_spans()
+                     if s.state == SPAN_IN_USE and not s.noscan and not s.typed
+                     and not s.faulted]
+        for s in spans:
+            if not bitmap.span_all_ones(self.mheap.arenas, s.base, s.npages << PAGE_SHIFT):
+                out.append(f"untyped scan span without all-ones heap bits: {s!r}")
+        return out
+
+    def _root_problems(self) -> list[str]:
+        """The root table's bookkeeping agrees with itself."""
+        roots = self.gc.roots
+        with roots.lock:
+            live = int((roots.handle_addrs != 0).sum())
+            counts_ok = all(n > 0 for n in roots.counted.values())
+            handles_live = roots.handles_live
+        out = []
+        if live != handles_live:
+            out.append(f"{live} handle slots in use, {handles_live} Handles live")
+        if not counts_ok:
+            out.append("a counted root has a count <= 0")
+        return out
 
     def close(self) -> None:
         """Stop background threads and return every mapping to the OS. Idempotent."""

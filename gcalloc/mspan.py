@@ -188,16 +188,16 @@ class MSpan:
         return range(start, self.run_end, self.elemsize)
 
     def _extend_run(self, bits64: np.ndarray, end: int, cap: int) -> int:
-        """Carry a run that reached a word boundary through the free slots that follow."""
+        """Carry a run that reached a word boundary through the free slots that follow
+        (``end`` is a multiple of 64): all the words up to ``cap`` are read as one int."""
         cap = min(cap, self.nelems)
-        word0 = self.allocBits >> 3
-        while end < cap:
-            word = int(bits64[word0 + (end >> 6)])
-            if word:
-                free = (word & -word).bit_length() - 1   # free slots before the first taken
-                return min(end + free, cap)
-            end = min(end + 64, cap)
-        return end
+        if end >= cap:
+            return end
+        w0 = (self.allocBits >> 3) + (end >> 6)
+        taken = int.from_bytes(bits64[w0:w0 + ((cap - end + 63) >> 6)].tobytes(), "little")
+        if not taken:
+            return cap
+        return min(end + (taken & -taken).bit_length() - 1, cap)
 
     def unreserve(self, bits64: np.ndarray, run) -> int:
         """Take back the slots of ``run`` (this span's run iterator) not handed out yet;

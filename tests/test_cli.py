@@ -75,7 +75,7 @@ def test_demo_json_samples_and_phases(demo_json):
     assert "finalizers ran" in " ".join(phases["finalizers"]["notes"])
     after = phases["release"]["after"]
     assert after["heap_released"] == after["heap_idle"] > 0     # every free page returned
-    assert after["heap_alloc"] == 0
+    assert after["heap_alloc"] <= 16    # at most the thread's tiny block: a root (docs/gc.md)
     assert phases["release"]["after"]["rss"] < phases["release"]["before"]["rss"]
     assert all(phases["close"]["after"][k] is None for k in ("heap_inuse", "num_gc"))
     assert data["profile"].endswith("heap.pb.gz") and Path(data["profile"]).stat().st_size > 0

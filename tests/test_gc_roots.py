@@ -19,6 +19,7 @@ import gcalloc
 from gcalloc.errors import (
     GcallocError,
     HeapClosed,
+    HeapCorruption,
     InvalidArgument,
     InvalidSize,
     NotHeapPointer,
@@ -509,3 +510,16 @@ def test_threads_building_lists_while_another_collects():
     finally:
         heads.clear()
         heap.close()
+
+
+def test_verify_checks_the_root_table(heap):
+    handles = [heap.new(ctypes.c_uint64) for _ in range(3)]
+    heap.verify()
+    heap.gc.roots.handles_live += 1            # bookkeeping no longer matches the table
+    try:
+        with pytest.raises(HeapCorruption, match="Handles live"):
+            heap.verify()
+    finally:
+        heap.gc.roots.handles_live -= 1
+    heap.verify()
+    del handles

@@ -14,7 +14,7 @@ import pytest
 from heaputil import peek, poke
 
 import gcalloc
-from gcalloc.errors import GcallocError, InvalidArgument, InvalidSize
+from gcalloc.errors import GcallocError, HeapCorruption, InvalidArgument, InvalidSize
 from gcalloc.gc import bitmap
 from gcalloc.gc.types import InvalidType, Pointer, Type, type_of
 
@@ -384,3 +384,19 @@ def test_typed_slot_reused_conservatively_is_scanned_in_full(heap, path):
     heap.add_root(reused)
     heap.collect()
     assert heap.lookup(target) is not None
+
+
+def test_verify_finds_a_broken_heap_bitmap(heap):
+    """verify() covers the collector's layer: an untyped scan span must have all-ones bits."""
+    p = heap.alloc(64)
+    heap.verify()
+    arena = heap.mheap.arenas.arena_of(p)
+    byte = arena.bitmap_off + ((p - arena.base) >> 5)
+    saved = int(heap.mheap.arenas.bitmap[byte])
+    heap.mheap.arenas.bitmap[byte] = 0
+    try:
+        with pytest.raises(HeapCorruption, match="heap bits"):
+            heap.verify()
+    finally:
+        heap.mheap.arenas.bitmap[byte] = saved
+    heap.verify()

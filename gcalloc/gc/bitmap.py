@@ -64,6 +64,13 @@ def fill_span(arenas: Arenas, base: int, nbytes: int, value: int) -> None:
         bitmap[off + (w0 >> 2): off + ((w0 + n) >> 2)] = value
 
 
+def span_all_ones(arenas: Arenas, base: int, nbytes: int) -> bool:
+    """Whether every bitmap byte of the span [base, base + nbytes) is ALL_ONES (verify)."""
+    bitmap = arenas.bitmap
+    return all((bitmap[off + (w0 >> 2): off + ((w0 + n) >> 2)] == ALL_ONES).all()
+               for off, w0, _, n in _arena_pieces(arenas, base, nbytes))
+
+
 def object_bits(typ: Type, data_bytes: int, elemsize: int) -> tuple[int, int]:
     """(pointer bits, scan bits) over the object's words, as ints (bit i: word i).
 
