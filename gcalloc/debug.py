@@ -9,11 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from gcalloc.errors import GcallocError
-
-
-class ConfigError(GcallocError, ValueError):
-    """A GCALLOC_DEBUG or GCALLOC_GOGC value cannot be parsed."""
+from gcalloc.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,25 @@ class HeapCorruption(GcallocError, RuntimeError):
 
 class HeapClosed(GcallocError, RuntimeError):
     """The heap was closed; its memory has been returned to the OS."""
+
+
+# --- collector and configuration ---------------------------------------------------------
+
+class NotARoot(GcallocError, ValueError):
+    """remove_root / remove_root_range of something that is not a root."""
+
+
+class InvalidType(GcallocError, TypeError):
+    """A type cannot be described to the collector (unaligned pointer, bad mask, ...)."""
+
+
+class FinalizerAlreadySet(GcallocError, ValueError):
+    """set_finalizer on an object that already has one (clear it with None first)."""
+
+
+class FinalizerNotCallable(InvalidArgument):
+    """The finalizer given to set_finalizer is neither callable nor None."""
+
+
+class ConfigError(GcallocError, ValueError):
+    """A GCALLOC_DEBUG or GCALLOC_GOGC value cannot be parsed."""

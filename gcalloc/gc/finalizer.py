@@ -35,10 +35,10 @@ from collections.abc import Callable
 import numpy as np
 
 from gcalloc.errors import (
-    GcallocError,
+    FinalizerAlreadySet,
+    FinalizerNotCallable,
     HeapClosed,
     InteriorPointer,
-    InvalidArgument,
     NotHeapPointer,
 )
 
@@ -46,14 +46,6 @@ __all__ = ["FinalizerAlreadySet", "FinalizerNotCallable", "NotHeapPointer", "Int
            "FinalizerQueue", "Finalizers"]
 
 _log = logging.getLogger("gcalloc.finalizer")
-
-
-class FinalizerAlreadySet(GcallocError, ValueError):
-    """set_finalizer on an object that already has one (clear it with None first)."""
-
-
-class FinalizerNotCallable(InvalidArgument):
-    """The finalizer given to set_finalizer is neither callable nor None."""
 
 
 class FinalizerQueue:

@@ -24,15 +24,11 @@ import weakref
 
 import numpy as np
 
-from gcalloc.errors import GcallocError
+from gcalloc.errors import GcallocError, NotARoot
 from gcalloc.gc.types import PTR_SIZE, Type
 
 _ADDRESS_SPACE_BASE = 0x1000
 _ADDRESS_SPACE_END = 1 << 47
-
-
-class NotARoot(GcallocError, ValueError):
-    """remove_root / remove_root_range of something that is not a root."""
 
 
 MEM_RAW = (ctypes.c_uint8 * (_ADDRESS_SPACE_END - _ADDRESS_SPACE_BASE)).from_address(

@@ -21,13 +21,9 @@ import ctypes
 import threading
 from collections.abc import Iterable
 
-from gcalloc.errors import GcallocError, InvalidArgument
+from gcalloc.errors import InvalidArgument, InvalidType
 
 PTR_SIZE = 8
-
-
-class InvalidType(GcallocError, TypeError):
-    """A type cannot be described to the collector (unaligned pointer, bad mask, ...)."""
 
 
 class Type:
