@@ -36,15 +36,6 @@ ERRORS = (NotHeapPointer, InteriorPointer, DoubleFree, TinyObjectFree, InvalidSi
           InvalidArgument)
 
 
-@pytest.fixture
-def h():
-    heap = gcalloc.Heap(gc_percent=-1, scavenger=False, debug="")
-    try:
-        yield heap
-    finally:
-        heap.close()
-
-
 def live_objects(h) -> list[tuple[int, int]]:
     """(base, size) of every allocated object, found slot by slot."""
     out = []

@@ -36,15 +36,6 @@ from gcalloc.sizeclasses import (
 PAGE = PAGE_SIZE
 
 
-@pytest.fixture
-def h():
-    heap = gcalloc.Heap(gc_percent=-1, scavenger=False, debug="")
-    try:
-        yield heap
-    finally:
-        heap.close()
-
-
 def fill(p: int, size: int, byte: int = 0xA5) -> None:
     ctypes.memset(p, byte, size)
 
