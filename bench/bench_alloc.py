@@ -125,11 +125,71 @@ def run_empty(work: list[tuple[int, bool]]) -> float:
     return (t1 - t0) / len(work)
 
 
+SLOW_PATHS = ("_alloc_small", "_alloc_tiny_block", "_alloc_other")
+
+
+def breakdown(work: list[tuple[int, bool]], gc_percent: int) -> tuple[float, float, float, float]:
+    """(total ns/op, fast-path ns/op, slow-path us per call, calls per slow path): the slow
+    paths are timed from inside (perf_counter_ns around each), the fast path is the rest of
+    the loop spread over the calls that did not enter one. Nested slow paths count once."""
+    spent = [0, 0]                     # ns inside slow paths, slow-path entries
+    depth = [0]
+    cls = gcalloc.malloc.Allocator
+    originals = {name: getattr(cls, name) for name in SLOW_PATHS}
+
+    def timed(fn):
+        def wrapper(*a, **k):
+            depth[0] += 1
+            t = time.perf_counter_ns()
+            try:
+                return fn(*a, **k)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    spent[0] += time.perf_counter_ns() - t
+                    spent[1] += 1
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(cls, name, timed(fn))
+    try:
+        with gcalloc.Heap(gc_percent=gc_percent) as h:
+            alloc = h.alloc
+            t = time.perf_counter_ns()
+            for size, noscan in work:
+                alloc(size, noscan=noscan)
+            total = time.perf_counter_ns() - t
+    finally:
+        for name, fn in originals.items():
+            setattr(cls, name, fn)
+    n, slow_ns, slow_calls = len(work), spent[0], max(spent[1], 1)
+    return (total / n, (total - slow_ns) / max(n - slow_calls, 1), slow_ns / slow_calls / 1000,
+            n / slow_calls)
+
+
+def print_breakdown(n: int, repeat: int) -> None:
+    rows = [("benchmark mix, GC off", workload(n), -1),
+            ("benchmark mix, GC on (GOGC=100)", workload(n), 100),
+            ("alloc(48) only, GC off", [(48, False)] * n, -1),
+            ("alloc(48) only, GC on", [(48, False)] * n, 100)]
+    print(f"where the time goes: n={n}, median of {repeat}")
+    print(f"{'workload':34}{'total ns/op':>12}{'fast ns':>9}{'slow us':>9}{'calls/slow':>11}")
+    for label, work, gogc in rows:
+        runs = [breakdown(work, gogc) for _ in range(repeat)]
+        med = [statistics.median(r[i] for r in runs) for i in range(4)]
+        print(f"{label:34}{med[0]:12.0f}{med[1]:9.0f}{med[2]:9.1f}{med[3]:11.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=200_000, help="calls per repetition")
     ap.add_argument("-r", "--repeat", type=int, default=5, help="repetitions")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="time the slow paths from inside instead (docs/performance.md)")
     args = ap.parse_args(argv)
+    if args.breakdown:
+        print_breakdown(args.n, args.repeat)
+        return 0
     work = workload(args.n)
     boehm = load_boehm()
     if boehm is None:

@@ -43,7 +43,7 @@ class FixAlloc(Generic[T]):
     """Free-list allocator of fixed-size records of one type. The caller holds the lock."""
 
     __slots__ = (
-        "size", "_factory", "_first", "_zero", "_reset", "_inuse_stat", "_sys_stat",
+        "size", "_factory", "_first", "_reset", "_inuse_stat", "_sys_stat",
         "_free", "_nchunk", "_inuse", "_sys", "_live", "_debug", "_free_ids",
     )
 
@@ -62,7 +62,6 @@ class FixAlloc(Generic[T]):
         self.size = size
         self._factory = factory
         self._first = first
-        self._zero = zero
         self._reset = reset if zero else None  # zero=False: fields survive reuse
         self._inuse_stat = inuse
         self._sys_stat = sys

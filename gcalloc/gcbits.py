@@ -110,9 +110,6 @@ class GCBits:
             self._current = self._next
             self._next = []
 
-    def chunks_in_use(self) -> int:
-        return len(self._next) + len(self._current) + len(self._previous)
-
     def release(self) -> None:
         """Return the whole region to the OS (heap close)."""
         self._linear.release(self._stat)

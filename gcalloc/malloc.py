@@ -109,7 +109,7 @@ class Allocator:
         self.central = [MCentral(spc, self.mheap, _never_swept)
                         for spc in range(NUM_SPAN_CLASSES)]
         self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
-                                    self.stats.mcache_sys)
+                                    self.stats.mcache_sys, reset=MCache.__init__)
         self.mcaches: set[MCache] = set()        # every attached mcache; under mheap.lock
         self._tls = threading.local()
         self.zerobase = self.persistent.alloc(8, 8, None)   # what every size-0 alloc returns
@@ -412,8 +412,6 @@ class Allocator:
             raise HeapClosed("heap is closed")
         with self.mheap.lock:
             c = self._cachealloc.alloc()
-            MCache.__init__(c)
-            c.thread_name = threading.current_thread().name
             c.next_sample = self.next_sample()
             self.mcaches.add(c)
         guard = _ThreadGuard()

@@ -39,7 +39,7 @@ class MCache:
     """One thread's span cache."""
 
     __slots__ = ("alloc", "runs", "tiny", "tinyoffset", "tiny_allocs", "next_sample",
-                 "mallocing", "thread_name")
+                 "mallocing")
 
     def __init__(self) -> None:
         self.alloc: list[MSpan] = [EMPTY_SPAN] * NUM_SPAN_CLASSES
@@ -50,7 +50,6 @@ class MCache:
         self.tiny_allocs = 0      # tiny allocations not yet flushed into HeapStats
         self.next_sample = 0      # bytes to allocate before the next heap-profile sample
         self.mallocing = False    # inside the allocator (the collector waits for False)
-        self.thread_name = ""
 
     def refill(self, spc: int, central: MCentral, stats: HeapStats) -> MSpan:
         """Replace the full span of class spc by one with a free slot (Go's refill)."""

@@ -38,13 +38,12 @@ from gcalloc.mspan import (
     SPAN_FREE,
     SPAN_IN_USE,
     SPAN_MANUAL,
-    STATE_NAMES,
     MSpan,
     SpanTable,
 )
 from gcalloc.mstats import HeapStats
 from gcalloc.persistent import PersistentAlloc
-from gcalloc.sizeclasses import PAGE_SHIFT, PAGE_SIZE
+from gcalloc.sizeclasses import PAGE_SHIFT
 
 # What one span record costs in Go 1.16 on 64-bit (unsafe.Sizeof(mspan{})); fixalloc charges
 # it to mspan_inuse/mspan_sys so MemStats reads as Go's would.
@@ -318,7 +317,6 @@ class MHeap:
         s.cached_by = None
         s.central_set = None
         s.pending_frees = None
-        s.large_type = None
         s.tiny_blocks = None
         self._coalesce_and_insert(s)
 
@@ -441,11 +439,6 @@ class MHeap:
             base += n << PAGE_SHIFT
             npages -= n
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
-
-    def describe(self, s: MSpan) -> str:
-        return f"{STATE_NAMES[s.state]} span {s.id} at {s.base:#x}+{s.npages * PAGE_SIZE:#x}"
-
-    # --- teardown ----------------------------------------------------------------------
 
     def release(self) -> None:
         """Return every mapping to the OS. The heap is unusable afterwards."""

@@ -52,7 +52,7 @@ class MSpan:
         "id", "base", "npages", "limit", "state", "spanclass", "sizeclass", "noscan",
         "elemsize", "nelems", "freeindex", "allocCache", "allocBits", "gcmarkBits",
         "allocCount", "sweepgen", "needzero", "specials", "unusedsince", "npreleased",
-        "central_set", "cached_by", "pending_frees", "large_type", "tiny_blocks",
+        "central_set", "cached_by", "pending_frees", "tiny_blocks",
         "run_end", "typed", "faulted",
     )
 
@@ -80,7 +80,6 @@ class MSpan:
         self.central_set = None    # the mcentral set (dict) holding this span, if any
         self.cached_by = None      # the mcache allocating from this span, if any
         self.pending_frees = None  # slots freed by other threads while cached (list)
-        self.large_type = None     # large objects: the type record for the GC layer
         self.tiny_blocks = None    # slots holding 16-byte tiny blocks (set), tiny class only
         self.run_end = 0           # end of the reserved run (see above), or 0
         self.typed = False         # a typed object lives here: heap bits not all ones (gc/)
@@ -106,7 +105,6 @@ class MSpan:
         self.central_set = None
         self.cached_by = None
         self.pending_frees = None
-        self.large_type = None
         self.tiny_blocks = None
         self.run_end = 0
         self.typed = False
@@ -311,7 +309,3 @@ class SpanTable:
         self.noscan[i] = s.noscan
         self.allocbits[i] = s.allocBits
         self.markbits[i] = s.gcmarkBits
-
-    def store_bits(self, s: MSpan) -> None:
-        self.allocbits[s.id] = s.allocBits
-        self.markbits[s.id] = s.gcmarkBits

@@ -222,10 +222,18 @@ def test_remove_root_range_twice_or_unknown_raises(heap):
 
 
 def test_empty_root_range_is_allowed(heap):
+    """A zero-length range is registered (it roots nothing) and removed like any other."""
     arr = (U64 * 1)()
+    p = heap.alloc(24)
+    arr[0] = p                                  # outside the zero-length range: no root
     token = heap.add_root_range(ctypes.addressof(arr), 0)
+    assert token in heap.gc.roots.ranges
     heap.collect()
+    assert heap.lookup(p) is None
     heap.remove_root_range(token)
+    assert token not in heap.gc.roots.ranges
+    with pytest.raises(NotARoot):
+        heap.remove_root_range(token)
 
 
 # --- Handles --------------------------------------------------------------------------------

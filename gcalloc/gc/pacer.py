@@ -18,18 +18,15 @@ GOGC < 0 ("off") disables automatic collections; ``collect()`` still works.
 
 from __future__ import annotations
 
-import threading
-
 from gcalloc.errors import InvalidArgument
 
 HEAP_MINIMUM = 4 << 20
 
 
 class Pacer:
-    __slots__ = ("gc_percent", "heap_marked", "next_gc", "heap_live", "lock")
+    __slots__ = ("gc_percent", "heap_marked", "next_gc", "heap_live")
 
     def __init__(self, gc_percent: int) -> None:
-        self.lock = threading.Lock()
         self.gc_percent = check_gc_percent(gc_percent)
         self.heap_marked = 0     # bytes marked by the last cycle
         self.heap_live = 0       # bytes allocated since + marked (approximate between cycles)
@@ -59,9 +56,8 @@ class Pacer:
         return self.gc_percent >= 0 and self.heap_live >= self.next_gc
 
     def cycle_done(self, marked_bytes: int) -> None:
-        with self.lock:
-            self.heap_marked = marked_bytes
-            self.heap_live = marked_bytes
+        self.heap_marked = marked_bytes     # the world is stopped: no charge runs now
+        self.heap_live = marked_bytes
         self.commit()
 
 
