@@ -60,6 +60,7 @@ from gcalloc.errors import (
 from gcalloc.fixalloc import FixAlloc
 from gcalloc.mcache import EMPTY_RUN, EMPTY_SPAN, MCACHE_RECORD_BYTES, MCache
 from gcalloc.mcentral import MCentral
+from gcalloc.memclr import memclr
 from gcalloc.mheap import MHeap
 from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.mstats import HeapStats, MemStats, by_size_rows
@@ -90,8 +91,6 @@ DEFAULT_MEM_PROFILE_RATE = 512 * 1024
 # Sampling disabled: a countdown no allocation can exhaust.
 NEVER_SAMPLE = 1 << 62
 
-_memset = ctypes.memset
-
 
 def _never_swept(s: MSpan, preserve: bool) -> bool:
     raise HeapCorruption(f"span needs sweeping but no collector is attached: {s!r}")
@@ -106,6 +105,7 @@ class Allocator:
         self.stats = HeapStats()
         self.persistent = PersistentAlloc(self.stats.other_sys)
         self.mheap = MHeap(self.stats, self.persistent)
+        self._bits64 = self.mheap.gcbits.bits64   # every span's alloc bits, as words
         self.central = [MCentral(spc, self.mheap, _never_swept)
                         for spc in range(NUM_SPAN_CLASSES)]
         self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
@@ -169,69 +169,53 @@ class Allocator:
     # --- allocation: slow paths --------------------------------------------------------
 
     def _alloc_small(self, c: MCache, spc: int, zero: bool) -> int:
-        """The run is used up: take the next free slot (refilling the span if it is full),
-        reserve the run of free slots after it for the fast path, maybe start a cycle."""
+        """The run is used up: reserve the next one (refilling the mcache if the span is
+        full), hand out its first slot, maybe start a cycle."""
         if self.efence:
             return self._alloc_large(c, class_to_size[spc >> 1], bool(spc & 1), True)
-        p, _, refilled = self._take_slot(c, spc, zero)
+        self._safepoint(c)
+        try:
+            p, refilled = self._take_run(c, spc, zero)
+        finally:
+            c.mallocing = False
         if refilled and self.gc_poll is not None:
             self.gc_poll(p)
         return p
 
-    def _take_slot(self, c: MCache, spc: int, zero: bool) -> tuple[int, MSpan, bool]:
-        """(address, its span, whether the mcache refilled): the allocation part of
-        _alloc_small, at a safepoint. The caller polls the pacer afterwards."""
-        self._safepoint(c)
-        try:
-            return self._take_slot_at_safepoint(c, spc, zero)
-        finally:
-            c.mallocing = False
+    def _take_run(self, c: MCache, spc: int, zero: bool) -> tuple[int, bool]:
+        """At a safepoint: reserve the next run of free slots of class spc, zero it if the
+        span may be dirty, charge it to the sampling countdown and keep all but its first
+        slot as the mcache's run. Returns (first slot, whether the mcache refilled).
 
-    def _take_slot_at_safepoint(self, c: MCache, spc: int,
-                                zero: bool) -> tuple[int, MSpan, bool]:
-        p, s, refilled = self._next_free(c, spc)
-        if zero and s.needzero:
-            _memset(p, 0, s.elemsize)
-        elemsize = s.elemsize
-        c.next_sample -= elemsize
-        if c.next_sample < 0:
-            self._sampled(c, p, elemsize)
-        if self.marking is None:
-            self._reserve_run(c, s, spc)
-        else:
-            self.marking.allocated_black(p)
-        return p, s, refilled
-
-    def _reserve_run(self, c: MCache, s: MSpan, spc: int) -> None:
-        # The run stops short of the next sample so that the sampled object comes through
-        # the slow path; its bytes are charged to the countdown now and refunded if unused.
-        elemsize = s.elemsize
-        run = s.reserve_run(self.mheap.gcbits.bits64, c.next_sample // elemsize)
-        if run:
-            c.next_sample -= len(run) * elemsize
-            if s.needzero:
-                _memset(run.start, 0, len(run) * elemsize)
-            c.runs[spc] = iter(run)
-
-    def _next_free(self, c: MCache, spc: int) -> tuple[int, MSpan, bool]:
-        """(address, span, refilled): the next free slot of the cached span of class spc,
-        refilling the mcache when the span is full (Go's nextFree)."""
+        The run stops short of the next heap-profile sample, so the sampled object is always
+        the first slot of a run, here. While a collection marks, runs are one slot long and
+        each is allocated black."""
+        elemsize = class_to_size[spc >> 1]
+        limit = c.next_sample // elemsize if self.marking is None else 1
         s = c.alloc[spc]
-        bits64 = self.mheap.gcbits.bits64
-        idx = s.next_free_index(bits64)
-        refilled = idx == s.nelems
+        run = s.take_run(self._bits64, limit or 1)
+        refilled = not run
         if refilled:
             if self._closed:
                 raise HeapClosed("heap is closed")
-            c.runs[spc] = EMPTY_RUN
             s = c.refill(spc, self.central[spc], self.stats)
             if self.charge_live is not None:
-                self.charge_live((s.nelems - s.allocCount) * s.elemsize)
-            idx = s.next_free_index(bits64)
-        if idx >= s.nelems:
-            raise HeapCorruption(f"nextFree: no free slot after refill: {s!r}")
-        s.allocCount += 1
-        return s.base + idx * s.elemsize, s, refilled
+                self.charge_live((s.nelems - s.allocCount) * elemsize)
+            run = s.take_run(self._bits64, limit or 1)
+            if not run:
+                raise HeapCorruption(f"no free slot after refill: {s!r}")
+        p = run.start
+        end = s.run_end
+        if s.needzero:
+            start = p if zero else p + elemsize
+            memclr(start, end - start)
+        c.next_sample -= end - p
+        if c.next_sample < 0:
+            self._sampled(c, p, elemsize)
+        c.runs[spc] = iter(range(p + elemsize, end, elemsize))
+        if self.marking is not None:
+            self.marking.allocated_black(p)
+        return p, refilled
 
     def _alloc_tiny_block(self, c: MCache, size: int) -> int:
         """Start a new 16-byte tiny block and hand out its first ``size`` bytes. The block is
@@ -243,11 +227,11 @@ class Allocator:
             return self._alloc_large(c, size, True, True)
         self._safepoint(c)
         try:
-            s = c.alloc[TINY_SPAN_CLASS]      # read before the run: the run is this span's
             p = next(c.runs[TINY_SPAN_CLASS], 0)
             refilled = False
             if not p:
-                p, s, refilled = self._take_slot_at_safepoint(c, TINY_SPAN_CLASS, True)
+                p, refilled = self._take_run(c, TINY_SPAN_CLASS, True)
+            s = c.alloc[TINY_SPAN_CLASS]      # the span p came from (no refill since)
             if s.tiny_blocks is None:
                 s.tiny_blocks = set()
             s.tiny_blocks.add((p - s.base) >> 4)

@@ -8,11 +8,12 @@ from ``base``. Which slots are taken is recorded the way Go 1.16 records it:
 - ``allocCache`` holds the complement of allocBits from ``freeindex`` to the end of its 64-bit
   word, shifted so bit 0 is slot ``freeindex`` (a Python int; ctz by ``(x & -x).bit_length()-1``).
 - a span cached by an mcache may have a *run*: consecutive free slots the mcache reserved in
-  one step of nextFreeFast (counted in allocCount, below freeindex, already zeroed), ending at
-  ``run_end``. The mcache holds the run as a ``range`` iterator; the fast path takes the next
-  address with ``next(it, 0)``, a single atomic step under the GIL, and ``unreserve`` takes the
-  rest back (``list(it)``, also atomic) when the span leaves the mcache. The slots not yet
-  handed out are the last ``length_hint(it)`` before ``run_end``.
+  one step (``take_run``: nextFreeIndex continued over the free slots that follow), counted
+  in allocCount, below freeindex, already zeroed, ending at ``run_end``. The mcache holds the
+  run as a ``range`` iterator; the fast path takes the next address with ``next(it, 0)``, a
+  single atomic step under the GIL, and ``unreserve`` takes the rest back (``list(it)``,
+  also atomic) when the span leaves the mcache. The slots not yet handed out are the last
+  ``length_hint(it)`` before ``run_end``.
 
 So the allocator never writes allocBits: it advances freeindex. allocBits are only rewritten by
 sweep (allocBits <- gcmarkBits) and by explicit free, which first writes the bits of the slots
@@ -156,34 +157,51 @@ class MSpan:
         self.freeindex = sfreeindex
         return result
 
-    def reserve_run(self, bits64: np.ndarray, limit: int) -> range:
-        """Reserve the free slots that follow freeindex, at most ``limit``, and return their
-        addresses (empty if none).
+    def take_run(self, bits64: np.ndarray, limit: int) -> range:
+        """Reserve the next free slot and the free slots that directly follow it, at most
+        ``limit`` (>= 1) in all; return their addresses, or an empty range when the span is
+        full.
 
-        Go's nextFreeFast takes one slot per call from allocCache; this takes the whole run
-        of free slots at once: the trailing ones of allocCache, continued across following
-        allocBits words while they are wholly free (a fresh or fully swept span is one run).
+        Go's nextFreeFast/nextFree take one slot per call; this is nextFreeIndex that keeps
+        going: it finds the first free slot from allocCache (loading the following allocBits
+        words while they are full), then takes the trailing ones after it, carried across the
+        following words while they are wholly free (a fresh or fully swept span is one run).
         """
+        nelems = self.nelems
+        i = self.freeindex
         cache = self.allocCache
-        n = ((cache + 1) & ~cache).bit_length() - 1     # trailing ones: free slots in a row
-        n = min(n, self.nelems - self.freeindex, limit)
-        if n <= 0:
-            self.run_end = 0
-            return range(0)
-        start_index = self.freeindex
-        end = start_index + n
+        while not cache:
+            i = (i + 64) & ~63
+            if i >= nelems:
+                return self._exhausted()
+            cache = ~int(bits64[(self.allocBits >> 3) + (i >> 6)]) & MASK64
+        skip = (cache & -cache).bit_length() - 1
+        i += skip
+        if i >= nelems:
+            return self._exhausted()
+        cache >>= skip
+        n = min(((cache + 1) & ~cache).bit_length() - 1, nelems - i, limit)
+        end = i + n
         if not end & 63 and n < limit:
-            end = self._extend_run(bits64, end, start_index + limit)
-            n = end - start_index
+            end = self._extend_run(bits64, end, i + limit)
+            n = end - i
         self.freeindex = end
         self.allocCount += n
-        if end < self.nelems:
-            self.reset_alloc_cache(bits64)
-        else:
+        if end >= nelems:
             self.allocCache = 0
-        start = self.base + start_index * self.elemsize
-        self.run_end = start + n * self.elemsize
-        return range(start, self.run_end, self.elemsize)
+        elif i >> 6 == end >> 6:     # still inside the word the cache was loaded from
+            self.allocCache = cache >> n
+        else:
+            self.reset_alloc_cache(bits64)
+        elemsize = self.elemsize
+        start = self.base + i * elemsize
+        self.run_end = start + n * elemsize
+        return range(start, self.run_end, elemsize)
+
+    def _exhausted(self) -> range:
+        self.freeindex = self.nelems
+        self.allocCache = 0
+        return range(0)
 
     def _extend_run(self, bits64: np.ndarray, end: int, cap: int) -> int:
         """Carry a run that reached a word boundary through the free slots that follow

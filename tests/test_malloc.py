@@ -329,16 +329,17 @@ def test_zero_false_leaves_the_run_valid(h):
     h.verify()
 
 
-class _MemsetLog:
-    """Stands in for ctypes.memset and records every clear."""
+class _ClearLog:
+    """Stands in for a clearing function (memclr(p, n) or memset(p, 0, n)) and records
+    every clear as (address, bytes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, real) -> None:
         self.calls: list[tuple[int, int]] = []
-        self._real = ctypes.memset
+        self._real = real
 
-    def __call__(self, p, value, n):
-        self.calls.append((p, n))
-        return self._real(p, value, n)
+    def __call__(self, p, *args):
+        self.calls.append((p, args[-1]))
+        return self._real(p, *args)
 
     def covers(self, p: int) -> bool:
         return any(a <= p < a + n for a, n in self.calls)
@@ -347,9 +348,9 @@ class _MemsetLog:
 @pytest.fixture
 def memset_log(monkeypatch):
     """(malloc's clears, the page heap's clears): every place heap memory is zeroed."""
-    small = _MemsetLog()
-    pages = _MemsetLog()
-    monkeypatch.setattr(malloc_mod, "_memset", small)
+    small = _ClearLog(malloc_mod.memclr)
+    pages = _ClearLog(ctypes.memset)
+    monkeypatch.setattr(malloc_mod, "memclr", small)
     monkeypatch.setattr(mheap_mod, "ctypes", types.SimpleNamespace(memset=pages))
     return small, pages
 

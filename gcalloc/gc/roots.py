@@ -17,7 +17,6 @@ Mutations happen under ``lock``, which the collector also holds while it reads t
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import threading
 import weakref
@@ -26,22 +25,10 @@ import numpy as np
 
 from gcalloc.errors import GcallocError, NotARoot
 from gcalloc.gc.types import PTR_SIZE, Type
+from gcalloc.memclr import ADDRESS_SPACE_BASE, MEM64, MEM_RAW, word_index  # noqa: F401
 
-_ADDRESS_SPACE_BASE = 0x1000
-_ADDRESS_SPACE_END = 1 << 47
-
-
-MEM_RAW = (ctypes.c_uint8 * (_ADDRESS_SPACE_END - _ADDRESS_SPACE_BASE)).from_address(
-    _ADDRESS_SPACE_BASE)
-"""The user address space [0x1000, 2**47) as one ctypes buffer: never touched except where
-the collector knows memory is mapped (heap objects, declared root ranges)."""
-
-MEM64 = np.frombuffer(MEM_RAW, dtype=np.uint8).view(np.uint64)
-"""The same as uint64 words: the word at address a is ``MEM64[(a - 0x1000) >> 3]``."""
-
-
-def word_index(addr: int) -> int:
-    return (addr - _ADDRESS_SPACE_BASE) >> 3
+# The address-space views are the allocator's (gcalloc.memclr); re-exported for the marker.
+_ADDRESS_SPACE_BASE = ADDRESS_SPACE_BASE
 
 
 class RootRange:
