@@ -169,6 +169,8 @@ class MSpan:
         """
         nelems = self.nelems
         i = self.freeindex
+        if not self.allocCount and not i and nelems:
+            return self._take_empty(min(nelems, limit))
         cache = self.allocCache
         while not cache:
             i = (i + 64) & ~63
@@ -197,6 +199,16 @@ class MSpan:
         start = self.base + i * elemsize
         self.run_end = start + n * elemsize
         return range(start, self.run_end, elemsize)
+
+    def _take_empty(self, n: int) -> range:
+        """take_run on a span with no object: every alloc bit is clear (allocCount counts
+        them), so the first n slots are the run and allocCache is all ones from slot n."""
+        self.freeindex = n
+        self.allocCount = n
+        self.allocCache = MASK64 >> (n & 63) if n < self.nelems else 0
+        elemsize = self.elemsize
+        self.run_end = self.base + n * elemsize
+        return range(self.base, self.run_end, elemsize)
 
     def _exhausted(self) -> range:
         self.freeindex = self.nelems
