@@ -56,14 +56,15 @@ class MCache:
         s = self.alloc[spc]
         if s.allocCount != s.nelems:
             raise HeapCorruption(f"refill of span with free space remaining: {s!r}")
+        old = None
         if s is not EMPTY_SPAN:
             if s.sweepgen != central.heap.sweepgen + 3:
                 raise HeapCorruption(f"bad sweepgen in refill: {s!r}")
             self.alloc[spc] = EMPTY_SPAN
             s.run_end = 0   # its run is used up: that is why we are here
-            central.uncache_span(s)
+            old = s
         # Every free slot is counted as allocated now; release_all takes back what was not.
-        s = central.cache_span(self, stats.small_alloc_count)
+        s = central.exchange(old, self, stats.small_alloc_count)
         self.alloc[spc] = s
         return s
 

@@ -87,18 +87,22 @@ class MCentral:
 
     # --- handing spans to mcaches ------------------------------------------------------
 
-    def cache_span(self, owner: object, alloc_count: list[int]) -> MSpan:
-        """A span with a free slot for mcache ``owner`` (Go's cacheSpan). Its free slots are
-        counted in ``alloc_count[spanclass]`` as if allocated (the mcache's refill accounting).
-        Raises OutOfMemory."""
+    def exchange(self, old: MSpan | None, owner: object, alloc_count: list[int]) -> MSpan:
+        """mcache refill in one visit: take back ``old`` (the mcache's full span, or None)
+        as uncacheSpan does and hand out a span with a free slot as cacheSpan does, under
+        one acquisition of the lock. The new span's free slots are counted in
+        ``alloc_count[spanclass]`` as if allocated (the mcache's refill accounting).
+        Raises OutOfMemory (``old`` is back in this mcentral by then)."""
         with self.lock:
+            if old is not None:
+                self._uncache_locked(old)
             s = self._find_span_locked()
             if s is not None:
                 self._hand_to(owner, s, alloc_count)
-        if s is None:
-            s = self.grow()
-            with self.lock:
-                self._hand_to(owner, s, alloc_count)
+                return s
+        s = self.grow()
+        with self.lock:
+            self._hand_to(owner, s, alloc_count)
         # Every path here leaves allocCache agreeing with allocBits at freeindex (grow, sweep
         # and uncache keep it so; the full-unswept path below resets it).
         return s
@@ -110,8 +114,10 @@ class MCentral:
 
     def _find_span_locked(self) -> MSpan | None:
         sg = self.heap.sweepgen
-        s = self.pop(self.partial_swept(sg))
-        if s is not None:
+        swept = self.partial[(sg >> 1) & 1]       # partial_swept(sg), on the refill path
+        if swept:
+            _, s = swept.popitem()
+            s.central_set = None
             return s
         budget = SPAN_BUDGET
         while budget > 0:
@@ -150,25 +156,25 @@ class MCentral:
         """Take back a span from an mcache (Go's uncacheSpan), applying frees other threads
         made while it was cached."""
         with self.lock:
-            if s.allocCount == 0 and s.nelems == 0:
-                raise HeapCorruption(f"uncache of the empty span: {s!r}")
-            sg = self.heap.sweepgen
-            stale = s.sweepgen == sg + 1
-            s.sweepgen = sg - 1 if stale else sg
-            s.cached_by = None
-            if s.pending_frees:
-                self.apply_pending_frees(s)
-            if stale:
-                # A collection started while the span was cached: sweep it now. Sweep
-                # puts it back in the right set (or frees it).
-                self.sweep(s, False)
-                return
-            if s.allocCount == 0 and self.release_if_empty(s):
-                return
-            if s.allocCount < s.nelems:
-                self.push(self.partial_swept(sg), s)
-            else:
-                self.push(self.full_swept(sg), s)
+            self._uncache_locked(s)
+
+    def _uncache_locked(self, s: MSpan) -> None:
+        if s.nelems == 0:
+            raise HeapCorruption(f"uncache of the empty span: {s!r}")
+        sg = self.heap.sweepgen
+        s.cached_by = None
+        if s.pending_frees:
+            self.apply_pending_frees(s)
+        if s.sweepgen == sg + 1:
+            # A collection started while the span was cached: sweep it now. Sweep puts it
+            # back in the right set (or frees it).
+            s.sweepgen = sg - 1
+            self.sweep(s, False)
+            return
+        s.sweepgen = sg
+        if s.allocCount == 0 and self.release_if_empty(s):
+            return
+        self.push((self.partial if s.allocCount < s.nelems else self.full)[(sg >> 1) & 1], s)
 
     def apply_pending_frees(self, s: MSpan) -> int:
         """Apply the frees other threads queued on s; returns how many."""
