@@ -90,6 +90,7 @@ _NOSCAN_SPC = tuple(int(make_span_class(size_to_class8[(n + 7) >> 3], True))
 DEFAULT_MEM_PROFILE_RATE = 512 * 1024
 # Sampling disabled: a countdown no allocation can exhaust.
 NEVER_SAMPLE = 1 << 62
+_NO_RUN = range(0)
 
 
 def _never_swept(s: MSpan, preserve: bool) -> bool:
@@ -193,7 +194,8 @@ class Allocator:
         elemsize = class_to_size[spc >> 1]
         limit = c.next_sample // elemsize if self.marking is None else 1
         s = c.alloc[spc]
-        run = s.take_run(self._bits64, limit or 1)
+        # freeindex == nelems: the span is full (the usual reason to be here)
+        run = s.take_run(self._bits64, limit or 1) if s.freeindex < s.nelems else _NO_RUN
         refilled = not run
         if refilled:
             if self._closed:
@@ -418,8 +420,7 @@ class Allocator:
             self._cachealloc.free(c)
 
     def _release_mcache(self, c: MCache, keep_tiny: bool = False) -> None:
-        unused = sum(n * class_to_size[spc >> 1] for spc, n in c.uncounted_slots())
-        c.release_all(self.central, self.stats, keep_tiny)
+        unused = c.release_all(self.central, self.stats, keep_tiny)
         if unused and self.charge_live is not None:
             self.charge_live(-unused)
         with self.mheap.lock:

@@ -69,25 +69,30 @@ class MCache:
         return s
 
     def release_all(self, centrals: list[MCentral], stats: HeapStats,
-                    keep_tiny: bool = False) -> None:
-        """Give every cached span back and flush local counters (Go's releaseAll).
+                    keep_tiny: bool = False) -> int:
+        """Give every cached span back and flush local counters (Go's releaseAll). Returns
+        the bytes of the slots given back, which refill had counted as allocated.
 
         ``keep_tiny``: leave the tiny block in place (a collection's flush: the owning thread
         may be parked between its check of ``tiny`` and its use, so the block stays, as a
         root). Thread exit and close drop it."""
         bits64 = centrals[0].heap.gcbits.bits64
+        unused = 0
         for spc, s in enumerate(self.alloc):
             if s is EMPTY_SPAN:
                 continue
             self.give_back_run(spc, bits64)
             self.alloc[spc] = EMPTY_SPAN
+            free = s.nelems - s.allocCount
+            unused += free * s.elemsize
             central = centrals[spc]
             with central.lock:
-                stats.small_alloc_count[spc] -= s.nelems - s.allocCount
-            central.uncache_span(s)
+                stats.small_alloc_count[spc] -= free
+                central.uncache_locked(s)
         if not keep_tiny:
             self.tiny = 0
             self.tinyoffset = 0
+        return unused
 
     def give_back_run(self, spc: int, bits64) -> None:
         """Return the unused part of alloc[spc]'s run to the span and its bytes to the

@@ -95,7 +95,7 @@ class MCentral:
         Raises OutOfMemory (``old`` is back in this mcentral by then)."""
         with self.lock:
             if old is not None:
-                self._uncache_locked(old)
+                self.uncache_locked(old)
             s = self._find_span_locked()
             if s is not None:
                 self._hand_to(owner, s, alloc_count)
@@ -152,13 +152,9 @@ class MCentral:
         self.sweep(s, True)
         return True
 
-    def uncache_span(self, s: MSpan) -> None:
+    def uncache_locked(self, s: MSpan) -> None:
         """Take back a span from an mcache (Go's uncacheSpan), applying frees other threads
-        made while it was cached."""
-        with self.lock:
-            self._uncache_locked(s)
-
-    def _uncache_locked(self, s: MSpan) -> None:
+        made while it was cached. The caller holds ``lock``."""
         if s.nelems == 0:
             raise HeapCorruption(f"uncache of the empty span: {s!r}")
         sg = self.heap.sweepgen

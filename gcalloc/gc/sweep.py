@@ -32,7 +32,7 @@ import numpy as np
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.gc import bitmap
-from gcalloc.mspan import SPAN_IN_USE, MSpan
+from gcalloc.mspan import MASK64, SPAN_IN_USE, MSpan
 
 
 class Sweeper:
@@ -114,43 +114,58 @@ class Sweeper:
         regrowing them every cycle.
         """
         sg = self.mheap.sweepgen
-        batch, empty_before = [], []
-        large_dead = []
+        small, small_marked, large_live, large_dead = [], [], [], []
         for s, n in zip(spans, marked.tolist()):
             if (s.sweepgen != sg - 2 or s.cached_by is not None
                     or s.specials or s.typed or s.tiny_blocks or s.pending_frees):
                 continue
-            if s.sizeclass == 0:
-                if n:
-                    batch.append((s, n))
-                    empty_before.append(False)
-                else:
-                    large_dead.append(s)
+            if s.sizeclass:
+                small.append(s)
+                small_marked.append(n)
+            elif n:
+                large_live.append(s)
             else:
-                batch.append((s, n))
-                empty_before.append(s.allocCount == 0)
+                large_dead.append(s)
         for s in large_dead:
             s.allocCount = 0
             s.sweepgen = sg
             self.alloc.release_large_span(s)
+        batch = small + large_live
         if not batch:
             return
-        gcbits = self.mheap.gcbits
-        fresh = gcbits.new_bits_many([s.nelems for s, _ in batch])
-        marks = np.fromiter((s.gcmarkBits for s, _ in batch), np.int64, len(batch))
-        first_words = (~gcbits.bits64[marks >> 3]).tolist()
+        fresh = self.mheap.gcbits.new_bits_many([s.nelems for s in batch])
+        marks = np.fromiter((s.gcmarkBits for s in batch), np.int64, len(batch))
+        ids = np.fromiter((s.id for s in batch), np.int64, len(batch))
+        for s, bits in zip(large_live, fresh[len(small):]):     # new mark bits only
+            s.allocBits, s.gcmarkBits, s.sweepgen = s.gcmarkBits, bits, sg
+        release = self._sweep_small_batch(small, small_marked, fresh, marks, forced)
+        table = self.mheap.table
+        table.allocbits[ids] = marks
+        table.markbits[ids] = fresh
+        for s in release:
+            self.mheap.free_span(s)
+        self.swept_spans += len(batch)
+
+    def _sweep_small_batch(self, spans: list[MSpan], marked: list[int], fresh: list[int],
+                           marks: np.ndarray, forced: bool) -> list[MSpan]:
+        """sweep_batch for small spans: file each in its mcentral's swept sets; returns the
+        empty ones to give back to the page heap."""
+        sg = self.mheap.sweepgen
+        parity = (sg >> 1) & 1
+        bits64 = self.mheap.gcbits.bits64
+        # allocCache comes from the first mark word, read only for spans with survivors
+        # (an unmarked span's first word is zero: every slot free).
+        live = [i for i, n in enumerate(marked) if n]
+        first_words = dict(zip(live, (~bits64[marks[live] >> 3]).tolist()))
         central = self.alloc.central
         freed_counts = self.alloc.stats.small_free_count
         release = []
-        for (s, nalloc), bits, word, was_empty in zip(batch, fresh, first_words, empty_before):
-            if s.sizeclass == 0:            # a live large object: new mark bits only
-                s.allocBits, s.gcmarkBits, s.sweepgen = s.gcmarkBits, bits, sg
-                continue
-            c = central[s.spanclass]
-            c.remove(s)
+        for i, (s, nalloc, bits) in enumerate(zip(spans, marked, fresh)):
             nfreed = s.allocCount - nalloc
             if nfreed < 0:
                 raise HeapCorruption(f"sweep: {nalloc} marked > {s.allocCount} allocated: {s!r}")
+            del s.central_set[s.id]
+            was_empty = not s.allocCount
             if nfreed:
                 s.needzero = True
                 freed_counts[s.spanclass] += nfreed
@@ -158,21 +173,17 @@ class Sweeper:
             s.gcmarkBits = bits
             s.allocCount = nalloc
             s.freeindex = 0
-            s.allocCache = word
+            s.allocCache = first_words[i] if nalloc else MASK64
             s.sweepgen = sg
             if nalloc == 0 and (forced or was_empty):
+                s.central_set = None
                 release.append(s)
-            elif nalloc == s.nelems:
-                c.push(c.full_swept(sg), s)
             else:
-                c.push(c.partial_swept(sg), s)
-        ids = np.fromiter((s.id for s, _ in batch), np.int64, len(batch))
-        table = self.mheap.table
-        table.allocbits[ids] = marks
-        table.markbits[ids] = fresh
-        for s in release:
-            self.mheap.free_span(s)
-        self.swept_spans += len(batch)
+                c = central[s.spanclass]
+                sets = c.full if nalloc == s.nelems else c.partial
+                sets[parity][s.id] = s
+                s.central_set = sets[parity]
+        return release
 
     def reclaim(self, npages: int) -> None:
         """Sweep until npages pages went back to the heap or nothing is left (seed 001's
