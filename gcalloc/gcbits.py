@@ -77,17 +77,25 @@ class GCBits:
             return off
 
     def new_bits_many(self, counts: list[int]) -> list[int]:
-        """new_bits for each count in one locked pass (sweeping many spans at once)."""
-        out = []
+        """new_bits for each count in one locked pass (sweeping many spans at once): the
+        bitmaps are laid end to end, a chunk at a time."""
+        nbytes = ((np.asarray(counts, dtype=np.int64) + 63) >> 6) << 3
+        ends = np.cumsum(nbytes)                  # end of bitmap i if all went in one chunk
+        out = np.empty(len(nbytes), np.int64)
+        i = 0
         with self._lock:
             chunk = self._next[-1] if self._next else None
-            for nelems in counts:
-                nbytes = ((nelems + 63) >> 6) << 3
-                if chunk is None or chunk.free + nbytes > GC_BITS_CHUNK_BYTES:
+            while i < len(nbytes):
+                if chunk is None or chunk.free + nbytes[i] > GC_BITS_CHUNK_BYTES:
                     chunk = self._new_chunk()
-                out.append(chunk.off + chunk.free)
-                chunk.free += nbytes
-        return out
+                # bitmaps i..k-1 fit in what is left of the chunk
+                done = ends[i - 1] if i else 0
+                k = int(np.searchsorted(ends, done + GC_BITS_CHUNK_BYTES - chunk.free,
+                                        side="right"))
+                out[i:k] = chunk.off + chunk.free + (ends[i:k] - nbytes[i:k] - done)
+                chunk.free += int(ends[k - 1] - done)
+                i = k
+        return out.tolist()
 
     def _new_chunk(self) -> _Chunk:
         if self._free:
