@@ -33,7 +33,7 @@ from gcalloc.gc.roots import Handle, align_range
 from gcalloc.gc.specials import Specials
 from gcalloc.gc.types import check_array, type_of
 from gcalloc.malloc import MAX_ALLOC, Allocator
-from gcalloc.mspan import SPAN_IN_USE, MSpan
+from gcalloc.mspan import MSpan
 from gcalloc.scavenge import Scavenger, scavenge
 from gcalloc.sizeclasses import PAGE_SHIFT
 
@@ -291,9 +291,8 @@ class Heap(Allocator):
         bits (gc/bitmap.py)."""
         out = []
         with self.mheap.lock:
-            spans = [s for s in self.mheap.live_spans()
-                     if s.state == SPAN_IN_USE and not s.noscan and not s.typed
-                     and not s.faulted]
+            spans = [s for s in self.mheap.in_use_spans()
+                     if not s.noscan and not s.typed and not s.faulted]
         for s in spans:
             if not bitmap.span_all_ones(self.mheap.arenas, s.base, s.npages << PAGE_SHIFT):
                 out.append(f"untyped scan span without all-ones heap bits: {s!r}")

@@ -673,7 +673,7 @@ class Allocator:
         self.mheap.verify()
         problems: list[str] = []
         with self.mheap.lock:
-            spans = [s for s in self.mheap.live_spans() if s.state == SPAN_IN_USE]
+            spans = self.mheap.in_use_spans()
             caches = list(self.mcaches)
         for s in spans:
             problems.extend(checks.span_problems(self, s))

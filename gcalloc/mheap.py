@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 from sortedcontainers import SortedList
 
 from gcalloc import os as gos
@@ -348,6 +349,14 @@ class MHeap:
     def live_spans(self) -> Iterator[MSpan]:
         """Every span not dead, in id order. Caller holds lock or the world is stopped."""
         return (s for s in self.spans[1:] if s is not None and s.state != SPAN_DEAD)
+
+    def in_use_spans(self) -> list[MSpan]:
+        """Every span holding heap objects (state InUse), in id order, found through the span
+        table's state column rather than a walk over every span record ever made. Caller
+        holds lock or the world is stopped."""
+        self.table.sync()
+        spans = self.spans
+        return [spans[i] for i in np.flatnonzero(self.table.state == SPAN_IN_USE).tolist()]
 
     def free_spans(self) -> Iterator[MSpan]:
         return (self.free_by_base[base] for _, base in self.free)

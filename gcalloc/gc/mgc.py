@@ -34,7 +34,6 @@ from gcalloc.gc.mark import Marker
 from gcalloc.gc.pacer import Pacer
 from gcalloc.gc.roots import RootSet
 from gcalloc.gc.sweep import Sweeper
-from gcalloc.mspan import SPAN_IN_USE
 
 
 class Collector:
@@ -124,8 +123,9 @@ class Collector:
         heap = self.heap
         with heap.mheap.lock:
             # Faulted (efence) spans hold no object and must not be read.
-            spans = [s for s in heap.mheap.live_spans()
-                     if s.state == SPAN_IN_USE and not s.faulted]
+            spans = heap.mheap.in_use_spans()
+            if heap.efence:
+                spans = [s for s in spans if not s.faulted]
         kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
                                                           self.scalar_frontier}
         marker = Marker(heap.mheap, spans, pool=self._mark_pool(), **kwargs)

@@ -113,54 +113,37 @@ class Sweeper:
         drops everything between cycles then refills from swept spans instead of freeing and
         regrowing them every cycle.
         """
-        sg = self.mheap.sweepgen
-        small, small_marked, large_live, large_dead = [], [], [], []
-        for s, n in zip(spans, marked.tolist()):
+        if not len(spans):
+            return
+        mheap = self.mheap
+        sg = mheap.sweepgen
+        table = mheap.table
+        table.sync()
+        ids = np.fromiter((s.id for s in spans), np.int64, len(spans))
+        old_marks = table.markbits[ids]
+        # Fresh mark bits for every span in one carve; a span skipped below leaves its
+        # bitmap unused, and the chunk is recycled two epochs on like any other.
+        fresh = mheap.gcbits.new_bits_many(table.nelems[ids])
+        # allocCache from the first mark word; an unmarked span's is all ones (all free).
+        caches = np.full(len(spans), MASK64, np.uint64)
+        live = np.flatnonzero(marked)
+        caches[live] = ~np.take(mheap.gcbits.bits64, old_marks[live] >> 3)
+        parity = (sg >> 1) & 1
+        central = self.alloc.central
+        freed_counts = self.alloc.stats.small_free_count
+        swept, release, large_dead = [], [], []
+        for i, (s, nalloc, bits, cache) in enumerate(zip(spans, marked.tolist(), fresh,
+                                                         caches.tolist())):
             if (s.sweepgen != sg - 2 or s.cached_by is not None
                     or s.specials or s.typed or s.tiny_blocks or s.pending_frees):
                 continue
-            if s.sizeclass:
-                small.append(s)
-                small_marked.append(n)
-            elif n:
-                large_live.append(s)
-            else:
-                large_dead.append(s)
-        for s in large_dead:
-            s.allocCount = 0
-            s.sweepgen = sg
-            self.alloc.release_large_span(s)
-        batch = small + large_live
-        if not batch:
-            return
-        fresh = self.mheap.gcbits.new_bits_many([s.nelems for s in batch])
-        marks = np.fromiter((s.gcmarkBits for s in batch), np.int64, len(batch))
-        ids = np.fromiter((s.id for s in batch), np.int64, len(batch))
-        for s, bits in zip(large_live, fresh[len(small):]):     # new mark bits only
-            s.allocBits, s.gcmarkBits, s.sweepgen = s.gcmarkBits, bits, sg
-        release = self._sweep_small_batch(small, small_marked, fresh, marks, forced)
-        table = self.mheap.table
-        table.allocbits[ids] = marks
-        table.markbits[ids] = fresh
-        for s in release:
-            self.mheap.free_span(s)
-        self.swept_spans += len(batch)
-
-    def _sweep_small_batch(self, spans: list[MSpan], marked: list[int], fresh: list[int],
-                           marks: np.ndarray, forced: bool) -> list[MSpan]:
-        """sweep_batch for small spans: file each in its mcentral's swept sets; returns the
-        empty ones to give back to the page heap."""
-        sg = self.mheap.sweepgen
-        parity = (sg >> 1) & 1
-        bits64 = self.mheap.gcbits.bits64
-        # allocCache comes from the first mark word, read only for spans with survivors
-        # (an unmarked span's first word is zero: every slot free).
-        live = [i for i, n in enumerate(marked) if n]
-        first_words = dict(zip(live, (~bits64[marks[live] >> 3]).tolist()))
-        central = self.alloc.central
-        freed_counts = self.alloc.stats.small_free_count
-        release = []
-        for i, (s, nalloc, bits) in enumerate(zip(spans, marked, fresh)):
+            if not s.sizeclass:
+                if nalloc:      # a live large object: new mark bits only
+                    s.allocBits, s.gcmarkBits, s.sweepgen = s.gcmarkBits, bits, sg
+                    swept.append(i)
+                else:
+                    large_dead.append(s)
+                continue
             nfreed = s.allocCount - nalloc
             if nfreed < 0:
                 raise HeapCorruption(f"sweep: {nalloc} marked > {s.allocCount} allocated: {s!r}")
@@ -173,17 +156,28 @@ class Sweeper:
             s.gcmarkBits = bits
             s.allocCount = nalloc
             s.freeindex = 0
-            s.allocCache = first_words[i] if nalloc else MASK64
+            s.allocCache = cache
             s.sweepgen = sg
+            swept.append(i)
             if nalloc == 0 and (forced or was_empty):
                 s.central_set = None
                 release.append(s)
             else:
                 c = central[s.spanclass]
-                sets = c.full if nalloc == s.nelems else c.partial
-                sets[parity][s.id] = s
-                s.central_set = sets[parity]
-        return release
+                sets = (c.full if nalloc == s.nelems else c.partial)[parity]
+                sets[s.id] = s
+                s.central_set = sets
+        for s in large_dead:
+            s.allocCount = 0
+            s.sweepgen = sg
+            self.alloc.release_large_span(s)
+        if swept:
+            done = np.array(swept, np.int64)
+            table.allocbits[ids[done]] = old_marks[done]
+            table.markbits[ids[done]] = np.take(fresh, done)
+        for s in release:
+            mheap.free_span(s)
+        self.swept_spans += len(swept)
 
     def reclaim(self, npages: int) -> None:
         """Sweep until npages pages went back to the heap or nothing is left (seed 001's
