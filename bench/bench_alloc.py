@@ -5,7 +5,11 @@ every other allocation is noscan (pointer-free), so noscan requests below 16 byt
 tiny allocator and the rest spread over 26 size classes, scan and noscan. Each variant makes
 the same sequence of calls from a Python ``for`` loop:
 
-- ``gcalloc Heap.alloc``      ``alloc(size, noscan=flag)`` on a fresh Heap (closed after);
+- ``gcalloc Heap.alloc``      ``alloc(size, noscan=flag)`` on one Heap kept for every
+  repetition, as Boehm keeps its one heap: from the second repetition on, both allocate
+  into a heap grown by the runs before (the medians compare these warm runs);
+- ``gcalloc, new Heap``       the same on a Heap created for the repetition and closed after
+  (each run pays the growth of a fresh heap: arenas, first-touch page faults);
 - ``Boehm GC_malloc/_atomic`` libgc's ``GC_malloc`` (scan) / ``GC_malloc_atomic`` (noscan)
   through ctypes with argtypes/restype set (skipped, with a message, where libgc is missing);
 - ``libc malloc+free``        ``free(malloc(size))`` through ctypes;
@@ -69,17 +73,18 @@ def load_libc() -> ctypes.CDLL:
     return libc
 
 
-def run_gcalloc(work: list[tuple[int, bool]]) -> float:
-    h = gcalloc.Heap()
-    try:
-        alloc = h.alloc
-        t0 = time.perf_counter_ns()
-        for size, noscan in work:
-            alloc(size, noscan=noscan)
-        t1 = time.perf_counter_ns()
-    finally:
-        h.close()
+def run_gcalloc(work: list[tuple[int, bool]], h: gcalloc.Heap) -> float:
+    alloc = h.alloc
+    t0 = time.perf_counter_ns()
+    for size, noscan in work:
+        alloc(size, noscan=noscan)
+    t1 = time.perf_counter_ns()
     return (t1 - t0) / len(work)
+
+
+def run_gcalloc_new_heap(work: list[tuple[int, bool]]) -> float:
+    with gcalloc.Heap() as h:
+        return run_gcalloc(work, h)
 
 
 def run_boehm(work: list[tuple[int, bool]], lib: ctypes.CDLL) -> float:
@@ -197,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
               "(on Debian/Ubuntu: apt-get install libgc1)")
     libc = load_libc()
 
-    variants = [("gcalloc Heap.alloc", lambda: run_gcalloc(work))]
+    heap = gcalloc.Heap()
+    variants = [("gcalloc Heap.alloc", lambda: run_gcalloc(work, heap))]
     if boehm is not None:
         variants.append(("Boehm GC_malloc/_atomic", lambda: run_boehm(work, boehm)))
     variants += [
+        ("gcalloc, new Heap", lambda: run_gcalloc_new_heap(work)),
         ("libc malloc+free", lambda: run_libc_pair(work, libc)),
         ("libc malloc", lambda: run_libc_malloc(work, libc)),
         ("empty Python call", lambda: run_empty(work)),
@@ -214,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
     finally:
         gc.enable()
+        heap.close()
 
     print(f"mixed 8..512 B, half noscan: n={args.n}, {args.repeat} repetitions, median ns/op")
     print(f"Python {platform.python_version()} ({platform.python_implementation()}), "
