@@ -1,24 +1,31 @@
-"""Mark: stop-the-world tri-colour marking into a per-cycle mark array, then into each
-span's gcmarkBits (Go's mgcmark.go, done as whole-frontier array operations).
+"""Mark: stop-the-world tri-colour marking into a per-cycle array of mark words, then into
+each span's gcmarkBits (Go's mgcmark.go, done as whole-frontier array operations).
 
-Colours: an object is white until its mark byte is set (grey), and black once its words have
+Colours: an object is white until its mark word is set (grey), and black once its words have
 been scanned. The grey set is a *frontier* of (span id, slot) pairs. Two paths drain it and
 must agree (tests compare them on random graphs):
 
 - **vectorised**, for wide frontiers: every word of every grey object is gathered with one
-  numpy index into a view of the whole address space, typed objects' words are filtered by
-  their heap-bitmap pointer bits, and all candidate pointers are resolved at once by
-  ``find_objects`` (findObject over arrays: arena index -> page -> span id -> span mirror);
+  numpy index into a view of the whole address space (word k of every object together, so
+  the broadcast runs along the long axis), typed objects' words are filtered by their
+  heap-bitmap pointer bits, and all candidate pointers are resolved at once by
+  ``find_objects`` (findObject over arrays: heap offset -> page -> span id -> span mirror ->
+  slot and object number). ``shade`` then keeps the white objects, deduplicates them with
+  one scatter of tickets into their mark words (which marks them too), and only then checks
+  that the survivors are allocated: each object is checked once per cycle, not once per
+  pointer to it;
 - **scalar**, for narrow frontiers (a long linked list has a frontier of one object): a loop
   in Python over the same structures, one frontier (breadth-first level) at a time.
 
 Objects are numbered for the cycle: span ``sid``'s slot ``i`` is ``gbase[sid] + i``, with each
-span's range rounded up to 64 so that packing the mark bytes gives, span by span, exactly the
-bytes of its gcmarkBits. ``finish`` writes them.
+span's range rounded up to 64 so that packing the marks gives, span by span, exactly the
+bytes of its gcmarkBits. Mark words (int32): 0 white, > 0 marked (a shade ticket, or 1), -1 a
+free slot a candidate pointed at. ``finish`` packs ``> 0`` into gcmarkBits.
 
-Invariants: only allocated objects are ever marked (pointers into free slots, free spans or
-outside the heap are dropped); a grey object is in exactly one frontier; noscan objects are
-marked but never scanned.
+Invariants: only allocated objects end the cycle marked (pointers into free slots, free
+spans or outside the heap are dropped); a grey object is in exactly one frontier, except
+that two mark workers racing on one object may both scan it; noscan objects are marked but
+never scanned.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from gcalloc.sizeclasses import PAGE_SHIFT
 SCALAR_FRONTIER = 48        # frontiers at most this wide drain in Python
 PARALLEL_FRONTIER = 16384   # frontiers at least this wide are split between two workers
 OBLET_WORDS = 16384         # Go's maxObletBytes (128 KiB): big objects scan in pieces
+MAX_TICKETS = 1 << 30       # shade's tickets: worker w's are w * MAX_TICKETS + 1, ...
 _SPACE_BASE = np.uint64(0x1000)
 _WORDS = {}
 
@@ -68,50 +76,42 @@ class Marker:
         self.table.sync()
         cap = self.table.capacity
         self.spans = spans
-        ids = np.fromiter((s.id for s in spans), dtype=np.int64, count=len(spans))
-        nelems = np.fromiter((s.nelems for s in spans), dtype=np.int64, count=len(spans))
+        self.ids = ids = np.array([s.id for s in spans], dtype=np.int64)
+        t = self.table
+        nelems = t.nelems[ids]
         padded = (nelems + 63) & ~63
-        starts = np.cumsum(padded) - padded
-        self.ids = ids
         self.padded = padded
         self.total = int(padded.sum())
         self.gbase = np.zeros(cap, np.int64)
-        self.gbase[ids] = starts
+        self.gbase[ids] = np.cumsum(padded) - padded
         self.freeidx = np.zeros(cap, np.int64)
-        self.freeidx[ids] = np.fromiter((s.freeindex for s in spans), np.int64, len(spans))
+        self.freeidx[ids] = [s.freeindex for s in spans]
         self.typed = np.zeros(cap, np.bool_)
-        self.typed[ids] = np.fromiter((s.typed for s in spans), np.bool_, len(spans))
-        self.objsize = self.table.elemsize.copy()
-        large = [s for s in spans if s.sizeclass == 0]
-        for s in large:
-            self.objsize[s.id] = s.limit - s.base
+        self.typed[ids] = [s.typed for s in spans]
+        # Spans of one object (large objects, and the biggest size classes): the object is
+        # the span's [base, limit) and every offset in it is slot 0 (divmul 0). For a small
+        # span of one object limit - base is its elemsize anyway.
+        single = t.nelems == 1
+        self.objsize = np.where(single, t.limit - t.base, t.elemsize)
         self.in_snapshot = np.zeros(cap, np.bool_)
         self.in_snapshot[ids] = True
-        # limit[sid]: end of the span's objects for spans this cycle marks in, else 0, so
-        # "P < limit[sid]" alone says the pointer is inside a marked-in span.
-        self.limit = np.zeros(cap, np.uint64)
-        self.limit[ids] = self.table.limit[ids]
-        # Go 1.17's divMul: off * divmul >> 32 == off // elemsize for every offset in a span
-        # (0 for large spans, whose only object is slot 0).
-        es = self.table.elemsize[ids]
-        small = np.fromiter((s.sizeclass != 0 for s in spans), np.bool_, len(spans))
-        self.divmul = np.zeros(cap, np.uint64)
-        self.divmul[ids] = np.where(small, (np.uint64(0xFFFFFFFF) // np.maximum(es, 1))
-                                    + np.uint64(1), 0)
+        # Go 1.17's divMul: off * divmul >> 32 == off // elemsize for every offset in a span.
+        self.divmul = np.where(single, np.uint64(0),
+                               np.uint64(0xFFFFFFFF) // np.maximum(t.elemsize, 1) + np.uint64(1))
         self.gbase_list = self.gbase.tolist()
         # In words from the start of the address-space view: span base, element size,
         # object size (large objects: their requested size).
-        self.wbase = ((self.table.base - _SPACE_BASE) >> np.uint64(3)).astype(np.int64)
-        self.welem = (self.table.elemsize >> np.uint64(3)).astype(np.int64)
+        self.wbase = ((t.base - _SPACE_BASE) >> np.uint64(3)).astype(np.int64)
+        self.welem = (t.elemsize >> np.uint64(3)).astype(np.int64)
         self.wsize = (self.objsize >> np.uint64(3)).astype(np.int64)
-        self.scannable = self.table.noscan == 0
-        self.marks_buf = bytearray(self.total)
-        self.marks = np.frombuffer(self.marks_buf, dtype=np.uint8) if self.total else \
-            np.zeros(0, np.uint8)
-        # One dedupe scratch array per mark worker (see shade); pool: a one-thread executor
-        # for the second worker, or None to mark on this thread only.
+        self.scannable = t.noscan == 0
+        # The per-object mark word (see the module comment): 0 white, > 0 marked, -1 a free
+        # slot some candidate pointed at.
+        self.state = np.zeros(self.total, np.int32)
+        # pool: a one-thread executor for the second mark worker, or None to mark on this
+        # thread only.
         self.pool = pool
-        self._stamps = [np.zeros(self.total, np.int32) for _ in range(2 if pool else 1)]
+        self._packed: np.ndarray | None = None   # finish's packed marks
         arenas = self.arenas.all
         self.arena_base = np.array([a.base for a in arenas], dtype=np.uint64)
         self.arena_bitmap = np.array([a.bitmap_off for a in arenas], dtype=np.int64)
@@ -163,7 +163,7 @@ class Marker:
     def _parallel_step(self, sids: np.ndarray, idxs: np.ndarray):
         """One vector step with the frontier split between two workers (numpy releases the
         interpreter lock inside array operations). Both may mark the same object at once and
-        both then scan it: a repeat, never a loss."""
+        both then scan it: a repeat, never a loss (see shade)."""
         half = len(sids) // 2
         other = self.pool.submit(self._vector_step, sids[half:], idxs[half:], 1)
         a_sids, a_idxs = self._vector_step(sids[:half], idxs[:half], 0)
@@ -176,15 +176,15 @@ class Marker:
     # --- vectorised path ---------------------------------------------------------------
 
     def find_objects(self, P: np.ndarray):
-        """findObject over an array: (span ids, slots) of the allocated objects holding the
-        candidate pointers, in order, dropping pointers that hold none.
+        """findObject over an array, without the allocated check: (span ids, slots, object
+        numbers) of the slots holding the candidate pointers, in order, dropping pointers
+        outside every span this cycle marks in. ``shade`` checks allocation, on the few
+        objects still white.
 
         Written with np.compress and np.take, several times faster than boolean-mask and
         fancy indexing for 1-D arrays; span ids stay int32 (the page map's type)."""
         d = P - np.uint64(self.heap_lo)             # below heap_lo wraps to a huge value
-        d = np.compress(d < np.uint64(self.heap_hi - self.heap_lo), d).astype(np.int64)
-        if not len(d):
-            return d.astype(np.int32), d
+        d = np.compress(d < np.uint64(self.heap_hi - self.heap_lo), d).view(np.int64)
         if self.contiguous:
             sid = np.take(self.arenas.page_span, d >> PAGE_SHIFT)
         else:
@@ -194,18 +194,11 @@ class Marker:
         keep = d < np.take(self.rlimit, sid)
         if not keep.all():
             d, sid = np.compress(keep, d), np.compress(keep, sid)
-        off = (d - np.take(self.rbase, sid)).astype(np.uint64)
-        idx = ((off * np.take(self.divmul, sid)) >> np.uint64(32)).astype(np.int64)
-        maybe_free = idx >= np.take(self.freeidx, sid)
-        if maybe_free.any():
-            t = self.table
-            fs, fi = np.compress(maybe_free, sid), np.compress(maybe_free, idx)
-            byte = np.take(self.bits8, np.take(t.allocbits, fs) + (fi >> 3))
-            allocated = ((byte >> (fi & 7).astype(np.uint8)) & 1).astype(np.bool_)
-            keep = ~maybe_free
-            keep[maybe_free] = allocated
-            sid, idx = np.compress(keep, sid), np.compress(keep, idx)
-        return sid, idx
+        off = np.subtract(d, np.take(self.rbase, sid), out=d).view(np.uint64)
+        off *= np.take(self.divmul, sid)
+        off >>= np.uint64(32)
+        idx = off.view(np.int64)
+        return sid, idx, np.take(self.gbase, sid) + idx
 
     def _page_index_general(self, d: np.ndarray) -> np.ndarray:
         """Page-map index of heap offsets d when arenas are not laid out in slot order."""
@@ -222,46 +215,81 @@ class Marker:
         return np.where(inside, page, -1)
 
     def shade(self, P: np.ndarray, worker: int = 0):
-        """Mark the objects the candidates point at; return the newly grey scan objects."""
-        sid, idx = self.find_objects(P)
-        if not len(sid):
+        """Mark the objects the candidates point at; return the newly grey scan objects.
+
+        Deduplication: every white candidate scatters a ticket (its position, offset per
+        worker) into its object's mark word, and keeps the object only if it reads its own
+        ticket back, so of several candidates for one object exactly the last writer keeps
+        it. Two workers racing on one object may both keep it (a repeat scan), never neither:
+        the last writer reads its own ticket."""
+        if len(P) > MAX_TICKETS:   # tickets are int32
+            parts = [self.shade(P[i:i + MAX_TICKETS], worker)
+                     for i in range(0, len(P), MAX_TICKETS)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        sid, idx, g = self.find_objects(P)
+        if not len(g):
             return sid, idx
-        g = np.take(self.gbase, sid) + idx
-        new = np.take(self.marks, g) == 0
-        if not new.all():
-            g, sid, idx = np.compress(new, g), np.compress(new, sid), np.compress(new, idx)
-        if len(g) > 1:  # keep one copy of each object: the last writer of its stamp wins
-            tickets = np.arange(1, len(g) + 1, dtype=np.int32)
-            stamp = self._stamps[worker]
-            stamp[g] = tickets
-            first = np.take(stamp, g) == tickets
+        state = self.state
+        white = np.take(state, g) == 0
+        if not white.all():
+            g, sid, idx = np.compress(white, g), np.compress(white, sid), np.compress(white, idx)
+        base = worker * MAX_TICKETS + 1
+        tickets = np.arange(base, base + len(g), dtype=np.int32)
+        state[g] = tickets
+        if len(g) > 1:
+            first = np.take(state, g) == tickets
             if not first.all():
                 g, sid, idx = (np.compress(first, g), np.compress(first, sid),
                                np.compress(first, idx))
-        self.marks[g] = 1
-        self._marked[worker] += len(g)
+        sid, idx = self._drop_free(g, sid, idx)
+        self._marked[worker] += len(sid)
         scan = np.take(self.scannable, sid)
         if not scan.all():
             sid, idx = np.compress(scan, sid), np.compress(scan, idx)
         return sid, idx
 
+    def _drop_free(self, g: np.ndarray, sid: np.ndarray, idx: np.ndarray):
+        """Unmark and drop the slots that hold no allocated object (Go's isFree check: at or
+        past freeindex and clear in allocBits); their mark word becomes -1."""
+        maybe_free = idx >= np.take(self.freeidx, sid)
+        if not maybe_free.any():
+            return sid, idx
+        fs, fi = np.compress(maybe_free, sid), np.compress(maybe_free, idx)
+        byte = np.take(self.bits8, np.take(self.table.allocbits, fs) + (fi >> 3))
+        allocated = ((byte >> (fi & 7).astype(np.uint8)) & 1).astype(np.bool_)
+        if allocated.all():
+            return sid, idx
+        keep = ~maybe_free
+        keep[maybe_free] = allocated
+        self.state[np.compress(~keep, g)] = -1
+        return np.compress(keep, sid), np.compress(keep, idx)
+
     def scan_vector(self, sids: np.ndarray, idxs: np.ndarray, worker: int = 0) -> np.ndarray:
-        """The pointer-candidate words of every grey object, as one uint64 array."""
+        """The pointer-candidate words of every grey object, as one uint64 array (in no
+        particular order)."""
         first = np.take(self.wbase, sids) + idxs * np.take(self.welem, sids)  # word indexes
         nwords = np.take(self.wsize, sids)
         typed = np.take(self.typed, sids)
         if nwords.max(initial=0) > OBLET_WORDS:
             first, nwords, typed = _split_oblets(first, nwords, typed)
         n0 = int(nwords[0])
-        if (nwords == n0).all():   # one object size (the usual frontier): broadcast
-            widx = (first[:, None] + np.arange(n0, dtype=np.int64)).ravel()
+        if (nwords == n0).all():
+            # One object size (the usual frontier): broadcast, with the longer axis inner,
+            # where numpy's loops are fast. Word k of every object first when there are more
+            # objects than words.
+            if len(first) >= n0:
+                widx = np.add.outer(np.arange(n0, dtype=np.int64), first).ravel()
+                word_typed = np.tile(typed, n0) if typed.any() else None
+            else:
+                widx = np.add.outer(first, np.arange(n0, dtype=np.int64)).ravel()
+                word_typed = np.repeat(typed, n0) if typed.any() else None
         else:
             starts = np.cumsum(nwords) - nwords
             widx = np.repeat(first - starts, nwords) + np.arange(int(nwords.sum()))
+            word_typed = np.repeat(typed, nwords) if typed.any() else None
         self._scanned[worker] += len(widx)
         vals = np.take(MEM64, widx)
-        if typed.any():
-            word_typed = np.repeat(typed, nwords)
+        if word_typed is not None:
             addrs = (np.compress(word_typed, widx).astype(np.uint64) << np.uint64(3)) \
                 + _SPACE_BASE
             keep = ~word_typed
@@ -306,7 +334,7 @@ class Marker:
             return self._drain_scalar_general(sids, idxs)
         pages, rlimit, rbase, divmul, freeidx, gbase, scannable, sbase, selem, ssize, \
             typed = self._scalar_tables()
-        marks = self.marks_buf
+        marks = self._marks_view()
         lo, span = self.heap_lo, self.heap_hi - self.heap_lo
         mv, unpack = self._mem_view, _unpack_words
         limit = self.scalar_frontier
@@ -331,10 +359,11 @@ class Marker:
                     if d >= rlimit[vs]:
                         continue
                     vi = ((d - rbase[vs]) * divmul[vs]) >> 32
-                    if vi >= freeidx[vs] and not self._alloc_bit(vs, vi):
-                        continue
                     g = gbase[vs] + vi
-                    if marks[g]:
+                    if marks[g]:      # marked, or a free slot seen before
+                        continue
+                    if vi >= freeidx[vs] and not self._alloc_bit(vs, vi):
+                        marks[g] = -1
                         continue
                     marks[g] = 1
                     marked += 1
@@ -361,6 +390,10 @@ class Marker:
             self._mem_view = memoryview(_MEM_RAW)
         return self._tables
 
+    def _marks_view(self) -> memoryview:
+        """The mark words as a memoryview: indexing one element is cheaper than in numpy."""
+        return memoryview(self.state)
+
     def _alloc_bit(self, sid: int, idx: int) -> bool:
         off = int(self.table.allocbits[sid])
         return bool((int(self.bits8[off + (idx >> 3)]) >> (idx & 7)) & 1)
@@ -373,7 +406,7 @@ class Marker:
 
     def _drain_scalar_general(self, sids: list[int], idxs: list[int]):
         """The scalar step for a heap whose arenas are not in slot order."""
-        marks = self.marks_buf
+        marks = self._marks_view()
         gbase = self.gbase_list
         spans = self.mheap.spans
         next_sids: list[int] = []
@@ -415,9 +448,9 @@ class Marker:
         self.black.append(p)
 
     def finish(self) -> None:
-        """Write every span's gcmarkBits from the mark array (and the black allocations)."""
+        """Write every span's gcmarkBits from the mark words (and the black allocations)."""
         if self.total:
-            packed = np.packbits(self.marks, bitorder="little")
+            packed = self._packed_marks()
             nbytes = self.padded >> 3
             starts = np.cumsum(nbytes) - nbytes
             dest = np.repeat(self.table.markbits[self.ids] - starts, nbytes) + \
@@ -431,16 +464,31 @@ class Marker:
             byte = s.gcmarkBits + (idx >> 3)
             self.bits8[byte] = int(self.bits8[byte]) | (1 << (idx & 7))
 
+    @property
+    def marks(self) -> np.ndarray:
+        """1 for each marked object number, else 0 (uint8; tests compare markers with it)."""
+        return (self.state > 0).view(np.uint8)
+
+    def _packed_marks(self) -> np.ndarray:
+        """The marks packed 8 to a byte, span by span exactly the bytes of its gcmarkBits
+        (computed once, after marking is over)."""
+        if self._packed is None:
+            self._packed = np.packbits(self.state > 0, bitorder="little")
+        return self._packed
+
     def marked_per_span(self) -> np.ndarray:
-        """Objects marked in each span of ``spans`` (in order)."""
+        """Objects marked in each span of ``spans`` (in order), after marking is over:
+        popcounts of the packed marks, 64 slots at a time (each span's range is a multiple
+        of 64), summed per span."""
         if not self.total:
             return np.zeros(0, np.int64)
-        starts = np.cumsum(self.padded) - self.padded
-        return np.add.reduceat(self.marks, starts, dtype=np.int64)
+        counts = np.bitwise_count(self._packed_marks().view(np.uint64))
+        chunks = self.padded >> 6
+        return np.add.reduceat(counts, np.cumsum(chunks) - chunks, dtype=np.int64)
 
     def is_marked(self, s: MSpan, idx: int) -> bool:
         """Whether slot idx of snapshot span s is marked (before finish)."""
-        return bool(self.marks_buf[self.gbase_list[s.id] + idx])
+        return bool(self.state[self.gbase_list[s.id] + idx] > 0)
 
     # --- specials (gc/finalizer.py) ----------------------------------------------------
 
@@ -457,9 +505,9 @@ class Marker:
         """Mark slot idx of snapshot span s without scanning it (its referents are marked
         already); True if it was white."""
         g = self.gbase_list[s.id] + idx
-        if self.marks_buf[g]:
+        if self.state[g]:
             return False
-        self.marks_buf[g] = 1
+        self.state[g] = 1
         self._marked[0] += 1
         return True
 
