@@ -84,8 +84,11 @@ class Marker:
         self.total = int(padded.sum())
         self.gbase = np.zeros(cap, np.int64)
         self.gbase[ids] = np.cumsum(padded) - padded
+        # freeidx[sid]: slots below it are allocated, so shade checks allocBits only for
+        # slots at or past it (Go's isFree test) - nelems for spans with no free slot.
         self.freeidx = np.zeros(cap, np.int64)
-        self.freeidx[ids] = [s.freeindex for s in spans]
+        freeindex = np.array([s.freeindex for s in spans], dtype=np.int64)
+        self.freeidx[ids] = np.where(self._no_free_slot(ids, nelems, padded), nelems, freeindex)
         self.typed = np.zeros(cap, np.bool_)
         self.typed[ids] = [s.typed for s in spans]
         # Spans of one object (large objects, and the biggest size classes): the object is
@@ -133,6 +136,21 @@ class Marker:
         self.vector_steps = 0
         self.scalar_objects = 0
         self.black: list[int] = []   # objects allocated during marking (allocate black)
+
+    def _no_free_slot(self, ids: np.ndarray, nelems: np.ndarray, padded: np.ndarray):
+        """Per span: every slot's allocBit is set (after a sweep that kept every object, say),
+        counted with popcounts of each span's allocBits words, padding bits masked off."""
+        if not len(ids):
+            return np.zeros(0, np.bool_)
+        chunks = padded >> 6
+        starts = np.cumsum(chunks) - chunks
+        words = np.take(self.mheap.gcbits.bits64, np.repeat(
+            (self.table.allocbits[ids] >> 3) - starts, chunks) + np.arange(int(chunks.sum())))
+        ones = np.add.reduceat(np.bitwise_count(words), starts, dtype=np.int64)
+        last = words[starts + chunks - 1]
+        rem = (nelems & 63).astype(np.uint64)
+        pad = np.where(rem > 0, last >> rem, np.uint64(0))   # bits past nelems
+        return ones - np.bitwise_count(pad) == nelems
 
     # --- entry points ------------------------------------------------------------------
 
