@@ -50,8 +50,10 @@ from gcalloc.sizeclasses import PAGE_SHIFT
 SCALAR_FRONTIER = 48        # frontiers at most this wide drain in Python
 PARALLEL_FRONTIER = 16384   # frontiers at least this wide are split between two workers
 OBLET_WORDS = 16384         # Go's maxObletBytes (128 KiB): big objects scan in pieces
-MAX_TICKETS = 1 << 30       # shade's tickets: worker w's are w * MAX_TICKETS + 1, ...
-_SPACE_BASE = np.uint64(0x1000)
+BLOCK_WORDS = 1 << 15       # candidate words per block of a vector step (see Workspace)
+BUF_WORDS = BLOCK_WORDS + OBLET_WORDS
+CHUNK = 8192                # frontier chunks: at least this many objects, but small arrays
+_EMPTY = np.zeros(0, np.int64)
 _WORDS = {}
 
 
@@ -63,11 +65,31 @@ def _unpack_words(n: int, view: memoryview, offset: int) -> tuple[int, ...]:
     return st.unpack_from(view, offset)
 
 
+class Workspace:
+    """One mark worker's scratch arrays, reused by every block of every vector step and (the
+    Collector keeps them) by every cycle: numpy temporaries of this size are otherwise fresh
+    memory each time, and faulting it in costs more than the arithmetic. About 3 MiB."""
+
+    def __init__(self, worker: int) -> None:
+        n = BUF_WORDS
+        self.widx = np.empty(n, np.int64)      # word indexes; freeidx
+        self.vals = np.empty(n, np.uint64)     # candidate words; divmul
+        self.off = np.empty(n, np.uint64)      # heap offsets of candidates inside the heap
+        self.sid = np.empty(n, np.int64)
+        self.t1 = np.empty(n, np.int64)        # page, limit, then slot
+        self.g = np.empty(n, np.int64)         # object numbers
+        self.st = np.empty(n, np.int32)        # mark words read back
+        self.mask = np.empty(n, np.bool_)
+        base = worker * BUF_WORDS + 1          # workers' tickets never collide
+        self.tickets = np.arange(base, base + n, dtype=np.int32)
+        self.iota = np.arange(n, dtype=np.int64)
+
+
 class Marker:
     """One cycle's marking state over the in-use spans of an allocator."""
 
     def __init__(self, mheap, spans: list[MSpan], scalar_frontier: int = SCALAR_FRONTIER,
-                 pool=None):
+                 pool=None, workspaces: list[Workspace] | None = None):
         self.mheap = mheap
         self.arenas = mheap.arenas
         self.table = mheap.table
@@ -102,9 +124,7 @@ class Marker:
         self.divmul = np.where(single, np.uint64(0),
                                np.uint64(0xFFFFFFFF) // np.maximum(t.elemsize, 1) + np.uint64(1))
         self.gbase_list = self.gbase.tolist()
-        # In words from the start of the address-space view: span base, element size,
-        # object size (large objects: their requested size).
-        self.wbase = ((t.base - _SPACE_BASE) >> np.uint64(3)).astype(np.int64)
+        # In words: element size, object size (large objects: their requested size).
         self.welem = (t.elemsize >> np.uint64(3)).astype(np.int64)
         self.wsize = (self.objsize >> np.uint64(3)).astype(np.int64)
         self.scannable = t.noscan == 0
@@ -114,6 +134,8 @@ class Marker:
         # pool: a one-thread executor for the second mark worker, or None to mark on this
         # thread only.
         self.pool = pool
+        self.workspaces = [] if workspaces is None else workspaces   # one per worker
+        self._page_sid: np.ndarray | None = None
         self._packed: np.ndarray | None = None   # finish's packed marks
         arenas = self.arenas.all
         self.arena_base = np.array([a.base for a in arenas], dtype=np.uint64)
@@ -126,6 +148,12 @@ class Marker:
         arena_bytes = PAGES_PER_ARENA << PAGE_SHIFT
         self.contiguous = all(a.base == self.heap_lo + a.slot * arena_bytes for a in arenas)
         lo = np.uint64(self.heap_lo)
+        # The heap's words, and each span's base as an index into them. A view of just the
+        # heap, not the whole address space: np.take(..., out=buf) copies through a fresh
+        # temporary when its source may overlap buf, and every buffer is in the address space.
+        start = word_index(self.heap_lo) if arenas else 0
+        self.heap_words = MEM64[start:start + ((self.heap_hi - self.heap_lo) >> 3)]
+        self.wbase = (t.base.astype(np.int64) - self.heap_lo) >> 3
         self.rbase = (self.table.base - lo).astype(np.int64)    # span base - heap_lo
         self.rlimit = np.zeros(cap, np.int64)                   # 0: not a span to mark in
         self.rlimit[ids] = (self.table.limit[ids] - lo).astype(np.int64)
@@ -156,8 +184,7 @@ class Marker:
 
     def mark_from(self, candidates: np.ndarray) -> None:
         """Mark everything reachable from the candidate pointers."""
-        sids, idxs = self.shade(np.asarray(candidates, dtype=np.uint64))
-        self.drain(sids, idxs)
+        self._drain(self._shade_chunks(np.asarray(candidates, dtype=np.uint64)))
 
     @property
     def marked_objects(self) -> int:
@@ -168,55 +195,182 @@ class Marker:
         return sum(self._scanned)
 
     def drain(self, sids: np.ndarray, idxs: np.ndarray) -> None:
-        while len(sids):
-            if len(sids) <= self.scalar_frontier:
-                sids, idxs = self._drain_scalar(sids.tolist(), idxs.tolist())
+        """Mark everything reachable from the grey objects (span ids, slots)."""
+        self._drain([(sids, idxs)] if len(sids) else [])
+
+    def _drain(self, frontier: list) -> None:
+        """Drain a frontier kept as a list of (span ids, slots) chunks of at most about
+        CHUNK objects: one array per frontier would be fresh memory at every step."""
+        while frontier:
+            n = sum(len(s) for s, _ in frontier)
+            if n <= self.scalar_frontier:
+                sids = [x for s, _ in frontier for x in s.tolist()]
+                idxs = [x for _, i in frontier for x in i.tolist()]
+                s, i = self._drain_scalar(sids, idxs)
+                frontier = [(s, i)] if len(s) else []
                 continue
             self.vector_steps += 1
-            if self.pool is not None and len(sids) >= PARALLEL_FRONTIER:
-                sids, idxs = self._parallel_step(sids, idxs)
+            if self.pool is not None and n >= PARALLEL_FRONTIER:
+                frontier = self._parallel_step(frontier, n)
             else:
-                sids, idxs = self.shade(self.scan_vector(sids, idxs))
+                frontier = self._vector_step(frontier)
 
-    def _parallel_step(self, sids: np.ndarray, idxs: np.ndarray):
+    def _parallel_step(self, frontier: list, n: int) -> list:
         """One vector step with the frontier split between two workers (numpy releases the
         interpreter lock inside array operations). Both may mark the same object at once and
-        both then scan it: a repeat, never a loss (see shade)."""
-        half = len(sids) // 2
-        other = self.pool.submit(self._vector_step, sids[half:], idxs[half:], 1)
-        a_sids, a_idxs = self._vector_step(sids[:half], idxs[:half], 0)
-        b_sids, b_idxs = other.result()
-        return np.concatenate([a_sids, b_sids]), np.concatenate([a_idxs, b_idxs])
-
-    def _vector_step(self, sids: np.ndarray, idxs: np.ndarray, worker: int):
-        return self.shade(self.scan_vector(sids, idxs, worker), worker)
+        both then scan it: a repeat, never a loss (see _shade_block)."""
+        mine, theirs = _split(frontier, n // 2)
+        other = self.pool.submit(self._vector_step, theirs, 1)
+        return self._vector_step(mine, 0) + other.result()
 
     # --- vectorised path ---------------------------------------------------------------
 
-    def find_objects(self, P: np.ndarray):
-        """findObject over an array, without the allocated check: (span ids, slots, object
-        numbers) of the slots holding the candidate pointers, in order, dropping pointers
-        outside every span this cycle marks in. ``shade`` checks allocation, on the few
-        objects still white.
+    def _vector_step(self, frontier: list, worker: int = 0) -> list:
+        """Scan the grey objects and shade what their words point at, one block of at most
+        BLOCK_WORDS words (plus one oblet) at a time; return the next frontier."""
+        ws = self._workspace(worker)
+        out = _Chunks()
+        for sids, idxs in frontier:
+            first = np.take(self.wbase, sids) + idxs * np.take(self.welem, sids)  # word indexes
+            nwords = np.take(self.wsize, sids)
+            typed = np.take(self.typed, sids)
+            if nwords.max(initial=0) > OBLET_WORDS:
+                first, nwords, typed = _split_oblets(first, nwords, typed)
+            any_typed = bool(typed.any())
+            for lo, hi, n0 in _blocks(nwords):
+                vals = self._gather(ws, first[lo:hi], nwords[lo:hi], n0, worker)
+                if any_typed:
+                    vals = self._typed_filter(ws, vals, typed[lo:hi], nwords[lo:hi], n0)
+                out.add(*self._shade_block(ws, vals, worker))
+        return out.done()
 
-        Written with np.compress and np.take, several times faster than boolean-mask and
-        fancy indexing for 1-D arrays; span ids stay int32 (the page map's type)."""
-        d = P - np.uint64(self.heap_lo)             # below heap_lo wraps to a huge value
-        d = np.compress(d < np.uint64(self.heap_hi - self.heap_lo), d).view(np.int64)
-        if self.contiguous:
-            sid = np.take(self.arenas.page_span, d >> PAGE_SHIFT)
+    def shade(self, P: np.ndarray, worker: int = 0):
+        """Mark the objects the candidate pointers P point at; return the newly grey scan
+        objects (span ids, slots)."""
+        chunks = self._shade_chunks(P, worker)
+        return (_concat([s for s, _ in chunks]), _concat([i for _, i in chunks]))
+
+    def _shade_chunks(self, P: np.ndarray, worker: int = 0) -> list:
+        ws = self._workspace(worker)
+        out = _Chunks()
+        for i in range(0, len(P), BLOCK_WORDS):
+            part = P[i:i + BLOCK_WORDS]
+            vals = ws.vals[:len(part)]
+            vals[:] = part
+            out.add(*self._shade_block(ws, vals, worker))
+        return out.done()
+
+    def _gather(self, ws: Workspace, first: np.ndarray, nwords: np.ndarray, n0: int,
+                worker: int) -> np.ndarray:
+        """The words of the objects starting at word indexes ``first``, into ws.vals (in no
+        particular order; ws.widx keeps each one's word index). n0: the objects' common
+        size in words, or 0 if sizes differ."""
+        if n0:
+            # One object size (the usual frontier): broadcast with the longer axis inner,
+            # where numpy's loops are fast (word k of every object together, for a block of
+            # many small objects).
+            m = len(first)
+            nw = m * n0
+            if m >= n0:
+                np.add(ws.iota[:n0, None], first, out=ws.widx[:nw].reshape(n0, m))
+            else:
+                np.add(first[:, None], ws.iota[:n0], out=ws.widx[:nw].reshape(m, n0))
         else:
-            page = self._page_index_general(d)
-            sid = np.where(page >= 0, np.take(self.arenas.page_span, np.maximum(page, 0)),
-                           0).astype(np.int32)
-        keep = d < np.take(self.rlimit, sid)
+            starts = np.cumsum(nwords) - nwords
+            run = np.repeat(first - starts, nwords)
+            nw = len(run)
+            np.add(run, ws.iota[:nw], out=ws.widx[:nw])
+        self._scanned[worker] += nw
+        return np.take(self.heap_words, ws.widx[:nw], out=ws.vals[:nw], mode="clip")
+
+    def _typed_filter(self, ws: Workspace, vals: np.ndarray, typed: np.ndarray,
+                      nwords: np.ndarray, n0: int) -> np.ndarray:
+        """Drop the words of typed objects whose heap-bitmap pointer bit is clear (word order
+        as _gather left it)."""
+        if not typed.any():
+            return vals
+        if not n0:
+            word_typed = np.repeat(typed, nwords)
+        elif len(typed) >= n0:
+            word_typed = np.tile(typed, n0)
+        else:
+            word_typed = np.repeat(typed, n0)
+        widx = ws.widx[:len(vals)]
+        addrs = (np.compress(word_typed, widx).astype(np.uint64) << np.uint64(3)) \
+            + np.uint64(self.heap_lo)
+        keep = ~word_typed
+        keep[word_typed] = self._pointer_bits(addrs)
+        return np.compress(keep, vals)
+
+    def _shade_block(self, ws: Workspace, v: np.ndarray, worker: int):
+        """shade for one block of candidates v (overwritten), in ws's buffers.
+
+        findObject first, over arrays (heap offset -> page -> span id -> span mirror -> slot
+        and object number), dropping pointers outside every span this cycle marks in. Then
+        deduplication: every white candidate scatters a ticket (its position, offset per
+        worker) into its object's mark word, which marks the object, and keeps the object
+        only if it reads its own ticket back, so of several candidates for one object
+        exactly the last writer keeps it. Two workers racing on one object may both keep it
+        (a repeat scan), never neither: the last writer reads its own ticket. Only then is
+        each kept object checked to be allocated (once per cycle, not per pointer).
+
+        np.take/np.compress with out= buffers: several times faster than fancy indexing and
+        boolean masks, and no fresh memory (mode="clip" because "raise" buffers its output;
+        every index here is in range by construction)."""
+        np.subtract(v, np.uint64(self.heap_lo), out=v)   # below heap_lo wraps to huge
+        inside = np.less(v, np.uint64(self.heap_hi - self.heap_lo), out=ws.mask[:len(v)])
+        k = int(np.count_nonzero(inside))
+        if not k:
+            return _EMPTY, _EMPTY
+        d = np.compress(inside, v, out=ws.off[:k]).view(np.int64)
+        sid = self._span_ids(ws, d)
+        keep = np.less(d, np.take(self.rlimit, sid, out=ws.t1[:k], mode="clip"),
+                       out=ws.mask[:k])
         if not keep.all():
             d, sid = np.compress(keep, d), np.compress(keep, sid)
-        off = np.subtract(d, np.take(self.rbase, sid), out=d).view(np.uint64)
-        off *= np.take(self.divmul, sid)
-        off >>= np.uint64(32)
-        idx = off.view(np.int64)
-        return sid, idx, np.take(self.gbase, sid) + idx
+            k = len(d)
+        idx = np.take(self.rbase, sid, out=ws.t1[:k], mode="clip")
+        np.subtract(d, idx, out=idx)                     # offset in the span
+        u = idx.view(np.uint64)
+        u *= np.take(self.divmul, sid, out=ws.vals[:k], mode="clip")
+        u >>= np.uint64(32)                              # slot
+        g = np.take(self.gbase, sid, out=ws.g[:k], mode="clip")
+        g += idx                                         # object number
+        state = self.state
+        white = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), 0, out=ws.mask[:k])
+        if not white.all():
+            g, sid, idx = np.compress(white, g), np.compress(white, sid), np.compress(white, idx)
+            k = len(g)
+        tickets = ws.tickets[:k]
+        state[g] = tickets
+        if k > 1:
+            mine = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), tickets,
+                            out=ws.mask[:k])
+            if not mine.all():
+                g, sid, idx = np.compress(mine, g), np.compress(mine, sid), np.compress(mine, idx)
+        sid, idx = self._drop_free(ws, g, sid, idx)
+        self._marked[worker] += len(sid)
+        scan = np.take(self.scannable, sid, out=ws.mask[:len(sid)], mode="clip")
+        return np.compress(scan, sid), np.compress(scan, idx)   # copies out of ws
+
+    def _span_ids(self, ws: Workspace, d: np.ndarray) -> np.ndarray:
+        """Span id (0: none) of each heap offset d, into ws.sid."""
+        page_sid = self._page_sids()
+        out = ws.sid[:len(d)]
+        if self.contiguous:
+            return np.take(page_sid, np.right_shift(d, PAGE_SHIFT, out=ws.t1[:len(d)]), out=out,
+                           mode="clip")
+        page = self._page_index_general(d)
+        out[:] = np.where(page >= 0, np.take(page_sid, np.maximum(page, 0)), 0)
+        return out
+
+    def _page_sids(self) -> np.ndarray:
+        """The page map of this heap's arenas as int64 (numpy converts narrower index arrays
+        on every take), made on the first vector step of a cycle."""
+        if self._page_sid is None:
+            npages = len(self.arenas.all) * PAGES_PER_ARENA
+            self._page_sid = self.arenas.page_span[:npages].astype(np.int64)
+        return self._page_sid
 
     def _page_index_general(self, d: np.ndarray) -> np.ndarray:
         """Page-map index of heap offsets d when arenas are not laid out in slot order."""
@@ -232,44 +386,11 @@ class Marker:
                                          & (PAGES_PER_ARENA - 1))
         return np.where(inside, page, -1)
 
-    def shade(self, P: np.ndarray, worker: int = 0):
-        """Mark the objects the candidates point at; return the newly grey scan objects.
-
-        Deduplication: every white candidate scatters a ticket (its position, offset per
-        worker) into its object's mark word, and keeps the object only if it reads its own
-        ticket back, so of several candidates for one object exactly the last writer keeps
-        it. Two workers racing on one object may both keep it (a repeat scan), never neither:
-        the last writer reads its own ticket."""
-        if len(P) > MAX_TICKETS:   # tickets are int32
-            parts = [self.shade(P[i:i + MAX_TICKETS], worker)
-                     for i in range(0, len(P), MAX_TICKETS)]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        sid, idx, g = self.find_objects(P)
-        if not len(g):
-            return sid, idx
-        state = self.state
-        white = np.take(state, g) == 0
-        if not white.all():
-            g, sid, idx = np.compress(white, g), np.compress(white, sid), np.compress(white, idx)
-        base = worker * MAX_TICKETS + 1
-        tickets = np.arange(base, base + len(g), dtype=np.int32)
-        state[g] = tickets
-        if len(g) > 1:
-            first = np.take(state, g) == tickets
-            if not first.all():
-                g, sid, idx = (np.compress(first, g), np.compress(first, sid),
-                               np.compress(first, idx))
-        sid, idx = self._drop_free(g, sid, idx)
-        self._marked[worker] += len(sid)
-        scan = np.take(self.scannable, sid)
-        if not scan.all():
-            sid, idx = np.compress(scan, sid), np.compress(scan, idx)
-        return sid, idx
-
-    def _drop_free(self, g: np.ndarray, sid: np.ndarray, idx: np.ndarray):
+    def _drop_free(self, ws: Workspace, g: np.ndarray, sid: np.ndarray, idx: np.ndarray):
         """Unmark and drop the slots that hold no allocated object (Go's isFree check: at or
         past freeindex and clear in allocBits); their mark word becomes -1."""
-        maybe_free = idx >= np.take(self.freeidx, sid)
+        fi = np.take(self.freeidx, sid, out=ws.widx[:len(sid)], mode="clip")
+        maybe_free = np.greater_equal(idx, fi, out=ws.mask[:len(sid)])
         if not maybe_free.any():
             return sid, idx
         fs, fi = np.compress(maybe_free, sid), np.compress(maybe_free, idx)
@@ -282,38 +403,10 @@ class Marker:
         self.state[np.compress(~keep, g)] = -1
         return np.compress(keep, sid), np.compress(keep, idx)
 
-    def scan_vector(self, sids: np.ndarray, idxs: np.ndarray, worker: int = 0) -> np.ndarray:
-        """The pointer-candidate words of every grey object, as one uint64 array (in no
-        particular order)."""
-        first = np.take(self.wbase, sids) + idxs * np.take(self.welem, sids)  # word indexes
-        nwords = np.take(self.wsize, sids)
-        typed = np.take(self.typed, sids)
-        if nwords.max(initial=0) > OBLET_WORDS:
-            first, nwords, typed = _split_oblets(first, nwords, typed)
-        n0 = int(nwords[0])
-        if (nwords == n0).all():
-            # One object size (the usual frontier): broadcast, with the longer axis inner,
-            # where numpy's loops are fast. Word k of every object first when there are more
-            # objects than words.
-            if len(first) >= n0:
-                widx = np.add.outer(np.arange(n0, dtype=np.int64), first).ravel()
-                word_typed = np.tile(typed, n0) if typed.any() else None
-            else:
-                widx = np.add.outer(first, np.arange(n0, dtype=np.int64)).ravel()
-                word_typed = np.repeat(typed, n0) if typed.any() else None
-        else:
-            starts = np.cumsum(nwords) - nwords
-            widx = np.repeat(first - starts, nwords) + np.arange(int(nwords.sum()))
-            word_typed = np.repeat(typed, nwords) if typed.any() else None
-        self._scanned[worker] += len(widx)
-        vals = np.take(MEM64, widx)
-        if word_typed is not None:
-            addrs = (np.compress(word_typed, widx).astype(np.uint64) << np.uint64(3)) \
-                + _SPACE_BASE
-            keep = ~word_typed
-            keep[word_typed] = self._pointer_bits(addrs)
-            vals = np.compress(keep, vals)
-        return vals
+    def _workspace(self, worker: int) -> Workspace:
+        while len(self.workspaces) <= worker:
+            self.workspaces.append(Workspace(len(self.workspaces)))
+        return self.workspaces[worker]
 
     def _pointer_bits(self, addrs: np.ndarray) -> np.ndarray:
         slot = self.arenas.slots_of(addrs) - 1
@@ -517,7 +610,7 @@ class Marker:
         scan = self.scannable[sids]
         sids, idxs = sids[scan], idxs[scan]
         if len(sids):
-            self.drain(*self.shade(self.scan_vector(sids, idxs)))
+            self._drain(self._vector_step([(sids, idxs)]))
 
     def mark_object(self, s: MSpan, idx: int) -> bool:
         """Mark slot idx of snapshot span s without scanning it (its referents are marked
@@ -539,3 +632,70 @@ def _split_oblets(first: np.ndarray, nwords: np.ndarray, typed: np.ndarray):
     new_base = first[obj] + k * OBLET_WORDS
     new_words = np.minimum(nwords[obj] - k * OBLET_WORDS, OBLET_WORDS)
     return new_base, new_words, typed[obj]
+
+
+def _blocks(nwords: np.ndarray):
+    """(start, end, common size or 0) of consecutive runs of objects with at most BUF_WORDS
+    words in all."""
+    n = len(nwords)
+    if not n:
+        return
+    n0 = int(nwords[0])
+    if n0 and (nwords == n0).all():
+        step = max(1, BLOCK_WORDS // n0)
+        for i in range(0, n, step):
+            yield i, min(n, i + step), n0
+        return
+    cum = np.cumsum(nwords)
+    cuts = np.searchsorted(cum, np.arange(BLOCK_WORDS, int(cum[-1]), BLOCK_WORDS), "right")
+    bounds = np.unique(np.concatenate([[0], cuts, [n]])).tolist()
+    for lo, hi in zip(bounds, bounds[1:]):
+        yield lo, hi, 0
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return _EMPTY
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _Chunks:
+    """The next frontier, as shade's outputs joined into chunks of about CHUNK objects."""
+
+    def __init__(self) -> None:
+        self.chunks: list = []
+        self.pending: list = []
+        self.count = 0
+
+    def add(self, sids: np.ndarray, idxs: np.ndarray) -> None:
+        if not len(sids):
+            return
+        self.pending.append((sids, idxs))
+        self.count += len(sids)
+        if self.count >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.chunks.append((_concat([s for s, _ in self.pending]),
+                                _concat([i for _, i in self.pending])))
+            self.pending, self.count = [], 0
+
+    def done(self) -> list:
+        self._flush()
+        return self.chunks
+
+
+def _split(frontier: list, n: int) -> tuple[list, list]:
+    """The frontier split into one part of about n objects and the rest."""
+    first: list = []
+    count = 0
+    for k, (s, i) in enumerate(frontier):
+        if count + len(s) > n:
+            cut = n - count
+            if cut:
+                first.append((s[:cut], i[:cut]))
+            return first, [(s[cut:], i[cut:])] + frontier[k + 1:]
+        first.append((s, i))
+        count += len(s)
+    return first, []

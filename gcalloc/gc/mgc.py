@@ -69,6 +69,8 @@ class Collector:
         # beyond two threads is eaten by the interpreter lock between array operations).
         self.mark_workers = min(2, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        # The mark workers' scratch arrays (mark.Workspace), kept from cycle to cycle.
+        self.mark_workspaces: list = []
 
     # --- triggering --------------------------------------------------------------------
 
@@ -128,7 +130,8 @@ class Collector:
                      if s.state == SPAN_IN_USE and not s.faulted]
         kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
                                                           self.scalar_frontier}
-        marker = Marker(heap.mheap, spans, pool=self._mark_pool(), **kwargs)
+        marker = Marker(heap.mheap, spans, pool=self._mark_pool(),
+                        workspaces=self.mark_workspaces, **kwargs)
         heap.marking = marker
         tiny = [c.tiny for c in heap.mcaches if c.tiny]
         with self.roots.lock:
@@ -174,6 +177,7 @@ class Collector:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.mark_workspaces.clear()
 
     def gc_cpu_fraction(self) -> float:
         elapsed = time.monotonic() - self.created
