@@ -52,8 +52,9 @@ PARALLEL_FRONTIER = 16384   # frontiers at least this wide are split between two
 OBLET_WORDS = 16384         # Go's maxObletBytes (128 KiB): big objects scan in pieces
 BLOCK_WORDS = 1 << 15       # candidate words per block of a vector step (see Workspace)
 BUF_WORDS = BLOCK_WORDS + OBLET_WORDS
-CHUNK = 8192                # frontier chunks: at least this many objects, but small arrays
-_EMPTY = np.zeros(0, np.int64)
+CHUNK_CAP = 1 << 16         # objects per frontier chunk (at least one block's output)
+KEEP_CHUNKS = 16            # frontier chunk buffers kept between cycles (1 MiB each)
+KEEP_MARK_WORDS = 1 << 24   # mark-word arrays up to this many words (64 MiB) are kept
 _WORDS = {}
 
 
@@ -68,33 +69,87 @@ def _unpack_words(n: int, view: memoryview, offset: int) -> tuple[int, ...]:
 class Workspace:
     """One mark worker's scratch arrays, reused by every block of every vector step and (the
     Collector keeps them) by every cycle: numpy temporaries of this size are otherwise fresh
-    memory each time, and faulting it in costs more than the arithmetic. About 3 MiB."""
+    memory each time, and faulting it in costs more than the arithmetic. About 6 MiB.
+    Arrays come in pairs where a selection copies from one to the other."""
 
     def __init__(self, worker: int) -> None:
         n = BUF_WORDS
         self.widx = np.empty(n, np.int64)      # word indexes; freeidx
         self.vals = np.empty(n, np.uint64)     # candidate words; divmul
-        self.off = np.empty(n, np.uint64)      # heap offsets of candidates inside the heap
+        self.off = np.empty(n, np.int64)       # heap offsets of candidates inside the heap
+        self.off2 = np.empty(n, np.int64)
         self.sid = np.empty(n, np.int64)
+        self.sid2 = np.empty(n, np.int64)
         self.t1 = np.empty(n, np.int64)        # page, limit, then slot
+        self.t2 = np.empty(n, np.int64)
         self.g = np.empty(n, np.int64)         # object numbers
+        self.g2 = np.empty(n, np.int64)
         self.st = np.empty(n, np.int32)        # mark words read back
         self.mask = np.empty(n, np.bool_)
         base = worker * BUF_WORDS + 1          # workers' tickets never collide
         self.tickets = np.arange(base, base + n, dtype=np.int32)
         self.iota = np.arange(n, dtype=np.int64)
+        c = CHUNK_CAP                          # the largest frontier chunk
+        self.first = np.empty(c, np.int64)     # a chunk's objects: first word, words, typed
+        self.nwords = np.empty(c, np.int64)
+        self.typed = np.empty(c, np.bool_)
+
+    def spare(self, g: np.ndarray, sid: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
+        """The buffers of the (object number, span id, slot) pairs that do not hold these."""
+        return [_other(g, self.g, self.g2), _other(sid, self.sid, self.sid2),
+                _other(idx, self.t1, self.t2)]
+
+
+class MarkScratch:
+    """What a Collector keeps from cycle to cycle for its Markers: the mark workers'
+    Workspaces and the mark-word array (up to KEEP_MARK_WORDS words; a bigger heap gets a
+    fresh one each cycle). So a Marker's mark words are valid until the next cycle starts."""
+
+    def __init__(self) -> None:
+        self.workspaces: list[Workspace] = []
+        self._words = np.zeros(0, np.int32)
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []   # free frontier buffers
+
+    def workspace(self, worker: int) -> Workspace:
+        while len(self.workspaces) <= worker:
+            self.workspaces.append(Workspace(len(self.workspaces)))
+        return self.workspaces[worker]
+
+    def chunk_buffer(self) -> tuple[np.ndarray, np.ndarray]:
+        """A (span ids, slots) pair of CHUNK_CAP-long arrays for a frontier chunk (list pop
+        and append are atomic: the two workers share the pool without a lock)."""
+        try:
+            return self._chunks.pop()
+        except IndexError:
+            return np.empty(CHUNK_CAP, np.int64), np.empty(CHUNK_CAP, np.int64)
+
+    def release(self, buffers: list) -> None:
+        """Return frontier buffers to the pool, keeping at most KEEP_CHUNKS."""
+        room = KEEP_CHUNKS - len(self._chunks)
+        self._chunks.extend(buffers[:max(room, 0)])
+
+    def mark_words(self, n: int) -> np.ndarray:
+        """n zeroed mark words."""
+        if n > KEEP_MARK_WORDS:
+            return np.zeros(n, np.int32)
+        if len(self._words) < n:
+            self._words = np.zeros(n + (n >> 3), np.int32)
+        words = self._words[:n]
+        words.fill(0)
+        return words
 
 
 class Marker:
     """One cycle's marking state over the in-use spans of an allocator."""
 
     def __init__(self, mheap, spans: list[MSpan], scalar_frontier: int = SCALAR_FRONTIER,
-                 pool=None, workspaces: list[Workspace] | None = None):
+                 pool=None, scratch: MarkScratch | None = None):
         self.mheap = mheap
         self.arenas = mheap.arenas
         self.table = mheap.table
         self.bits8 = mheap.gcbits.bits8
         self.scalar_frontier = scalar_frontier
+        self.scratch = MarkScratch() if scratch is None else scratch
         self.table.sync()
         cap = self.table.capacity
         self.spans = spans
@@ -130,11 +185,10 @@ class Marker:
         self.scannable = t.noscan == 0
         # The per-object mark word (see the module comment): 0 white, > 0 marked, -1 a free
         # slot some candidate pointed at.
-        self.state = np.zeros(self.total, np.int32)
+        self.state = self.scratch.mark_words(self.total)
         # pool: a one-thread executor for the second mark worker, or None to mark on this
         # thread only.
         self.pool = pool
-        self.workspaces = [] if workspaces is None else workspaces   # one per worker
         self._page_sid: np.ndarray | None = None
         self._packed: np.ndarray | None = None   # finish's packed marks
         arenas = self.arenas.all
@@ -184,7 +238,7 @@ class Marker:
 
     def mark_from(self, candidates: np.ndarray) -> None:
         """Mark everything reachable from the candidate pointers."""
-        self._drain(self._shade_chunks(np.asarray(candidates, dtype=np.uint64)))
+        self._drain(self.shade(np.asarray(candidates, dtype=np.uint64)))
 
     @property
     def marked_objects(self) -> int:
@@ -196,44 +250,45 @@ class Marker:
 
     def drain(self, sids: np.ndarray, idxs: np.ndarray) -> None:
         """Mark everything reachable from the grey objects (span ids, slots)."""
-        self._drain([(sids, idxs)] if len(sids) else [])
+        self._drain(_Frontier.of(sids, idxs))
 
-    def _drain(self, frontier: list) -> None:
-        """Drain a frontier kept as a list of (span ids, slots) chunks of at most about
-        CHUNK objects: one array per frontier would be fresh memory at every step."""
-        while frontier:
-            n = sum(len(s) for s, _ in frontier)
-            if n <= self.scalar_frontier:
-                sids = [x for s, _ in frontier for x in s.tolist()]
-                idxs = [x for _, i in frontier for x in i.tolist()]
-                s, i = self._drain_scalar(sids, idxs)
-                frontier = [(s, i)] if len(s) else []
+    def _drain(self, frontier: _Frontier) -> None:
+        while frontier.count:
+            if frontier.count <= self.scalar_frontier:
+                sids, idxs = frontier.lists()
+                self.scratch.release(frontier.buffers)
+                frontier = _Frontier.of(*self._drain_scalar(sids, idxs))
                 continue
             self.vector_steps += 1
-            if self.pool is not None and n >= PARALLEL_FRONTIER:
-                frontier = self._parallel_step(frontier, n)
+            if self.pool is not None and frontier.count >= PARALLEL_FRONTIER:
+                nxt = self._parallel_step(frontier)
             else:
-                frontier = self._vector_step(frontier)
+                nxt = self._vector_step(frontier.chunks)
+            self.scratch.release(frontier.buffers)
+            frontier = nxt
 
-    def _parallel_step(self, frontier: list, n: int) -> list:
+    def _parallel_step(self, frontier: _Frontier) -> _Frontier:
         """One vector step with the frontier split between two workers (numpy releases the
         interpreter lock inside array operations). Both may mark the same object at once and
         both then scan it: a repeat, never a loss (see _shade_block)."""
-        mine, theirs = _split(frontier, n // 2)
+        mine, theirs = frontier.split()
         other = self.pool.submit(self._vector_step, theirs, 1)
-        return self._vector_step(mine, 0) + other.result()
+        return self._vector_step(mine, 0).join(other.result())
 
     # --- vectorised path ---------------------------------------------------------------
 
-    def _vector_step(self, frontier: list, worker: int = 0) -> list:
+    def _vector_step(self, chunks: list, worker: int = 0) -> _Frontier:
         """Scan the grey objects and shade what their words point at, one block of at most
         BLOCK_WORDS words (plus one oblet) at a time; return the next frontier."""
         ws = self._workspace(worker)
-        out = _Chunks()
-        for sids, idxs in frontier:
-            first = np.take(self.wbase, sids) + idxs * np.take(self.welem, sids)  # word indexes
-            nwords = np.take(self.wsize, sids)
-            typed = np.take(self.typed, sids)
+        out = _Frontier(self.scratch)
+        for sids, idxs in chunks:
+            n = len(sids)
+            first = np.take(self.welem, sids, out=ws.first[:n], mode="clip")
+            first *= idxs
+            first += np.take(self.wbase, sids, out=ws.nwords[:n], mode="clip")  # word index
+            nwords = np.take(self.wsize, sids, out=ws.nwords[:n], mode="clip")
+            typed = np.take(self.typed, sids, out=ws.typed[:n], mode="clip")
             if nwords.max(initial=0) > OBLET_WORDS:
                 first, nwords, typed = _split_oblets(first, nwords, typed)
             any_typed = bool(typed.any())
@@ -241,23 +296,19 @@ class Marker:
                 vals = self._gather(ws, first[lo:hi], nwords[lo:hi], n0, worker)
                 if any_typed:
                     vals = self._typed_filter(ws, vals, typed[lo:hi], nwords[lo:hi], n0)
-                out.add(*self._shade_block(ws, vals, worker))
+                self._shade_block(ws, vals, worker, out)
         return out.done()
 
-    def shade(self, P: np.ndarray, worker: int = 0):
+    def shade(self, P: np.ndarray, worker: int = 0) -> _Frontier:
         """Mark the objects the candidate pointers P point at; return the newly grey scan
-        objects (span ids, slots)."""
-        chunks = self._shade_chunks(P, worker)
-        return (_concat([s for s, _ in chunks]), _concat([i for _, i in chunks]))
-
-    def _shade_chunks(self, P: np.ndarray, worker: int = 0) -> list:
+        objects."""
         ws = self._workspace(worker)
-        out = _Chunks()
+        out = _Frontier(self.scratch)
         for i in range(0, len(P), BLOCK_WORDS):
             part = P[i:i + BLOCK_WORDS]
             vals = ws.vals[:len(part)]
             vals[:] = part
-            out.add(*self._shade_block(ws, vals, worker))
+            self._shade_block(ws, vals, worker, out)
         return out.done()
 
     def _gather(self, ws: Workspace, first: np.ndarray, nwords: np.ndarray, n0: int,
@@ -302,8 +353,9 @@ class Marker:
         keep[word_typed] = self._pointer_bits(addrs)
         return np.compress(keep, vals)
 
-    def _shade_block(self, ws: Workspace, v: np.ndarray, worker: int):
-        """shade for one block of candidates v (overwritten), in ws's buffers.
+    def _shade_block(self, ws: Workspace, v: np.ndarray, worker: int, out: _Frontier):
+        """shade for one block of candidates v (overwritten), in ws's buffers; the new grey
+        scan objects go to out.
 
         findObject first, over arrays (heap offset -> page -> span id -> span mirror -> slot
         and object number), dropping pointers outside every span this cycle marks in. Then
@@ -314,20 +366,20 @@ class Marker:
         (a repeat scan), never neither: the last writer reads its own ticket. Only then is
         each kept object checked to be allocated (once per cycle, not per pointer).
 
-        np.take/np.compress with out= buffers: several times faster than fancy indexing and
+        np.take and ufuncs with out= buffers: several times faster than fancy indexing and
         boolean masks, and no fresh memory (mode="clip" because "raise" buffers its output;
-        every index here is in range by construction)."""
+        every index here is in range by construction); selections by _select."""
         np.subtract(v, np.uint64(self.heap_lo), out=v)   # below heap_lo wraps to huge
         inside = np.less(v, np.uint64(self.heap_hi - self.heap_lo), out=ws.mask[:len(v)])
         k = int(np.count_nonzero(inside))
         if not k:
-            return _EMPTY, _EMPTY
-        d = np.compress(inside, v, out=ws.off[:k]).view(np.int64)
+            return
+        d = _select(inside, [v.view(np.int64)], [ws.off])[0]
         sid = self._span_ids(ws, d)
         keep = np.less(d, np.take(self.rlimit, sid, out=ws.t1[:k], mode="clip"),
                        out=ws.mask[:k])
         if not keep.all():
-            d, sid = np.compress(keep, d), np.compress(keep, sid)
+            d, sid = _select(keep, [d, sid], [ws.off2, ws.sid2])
             k = len(d)
         idx = np.take(self.rbase, sid, out=ws.t1[:k], mode="clip")
         np.subtract(d, idx, out=idx)                     # offset in the span
@@ -339,7 +391,7 @@ class Marker:
         state = self.state
         white = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), 0, out=ws.mask[:k])
         if not white.all():
-            g, sid, idx = np.compress(white, g), np.compress(white, sid), np.compress(white, idx)
+            g, sid, idx = _select(white, [g, sid, idx], ws.spare(g, sid, idx))
             k = len(g)
         tickets = ws.tickets[:k]
         state[g] = tickets
@@ -347,11 +399,11 @@ class Marker:
             mine = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), tickets,
                             out=ws.mask[:k])
             if not mine.all():
-                g, sid, idx = np.compress(mine, g), np.compress(mine, sid), np.compress(mine, idx)
+                g, sid, idx = _select(mine, [g, sid, idx], ws.spare(g, sid, idx))
         sid, idx = self._drop_free(ws, g, sid, idx)
         self._marked[worker] += len(sid)
         scan = np.take(self.scannable, sid, out=ws.mask[:len(sid)], mode="clip")
-        return np.compress(scan, sid), np.compress(scan, idx)   # copies out of ws
+        out.add(sid, idx, None if scan.all() else np.flatnonzero(scan))
 
     def _span_ids(self, ws: Workspace, d: np.ndarray) -> np.ndarray:
         """Span id (0: none) of each heap offset d, into ws.sid."""
@@ -404,9 +456,7 @@ class Marker:
         return np.compress(keep, sid), np.compress(keep, idx)
 
     def _workspace(self, worker: int) -> Workspace:
-        while len(self.workspaces) <= worker:
-            self.workspaces.append(Workspace(len(self.workspaces)))
-        return self.workspaces[worker]
+        return self.scratch.workspace(worker)
 
     def _pointer_bits(self, addrs: np.ndarray) -> np.ndarray:
         slot = self.arenas.slots_of(addrs) - 1
@@ -610,7 +660,7 @@ class Marker:
         scan = self.scannable[sids]
         sids, idxs = sids[scan], idxs[scan]
         if len(sids):
-            self._drain(self._vector_step([(sids, idxs)]))
+            self._drain(self._vector_step(_Frontier.of(sids, idxs).chunks))
 
     def mark_object(self, s: MSpan, idx: int) -> bool:
         """Mark slot idx of snapshot span s without scanning it (its referents are marked
@@ -634,6 +684,81 @@ def _split_oblets(first: np.ndarray, nwords: np.ndarray, typed: np.ndarray):
     return new_base, new_words, typed[obj]
 
 
+class _Frontier:
+    """A grey set: (span ids, slots) chunks of at most CHUNK_CAP objects. Chunks that shade
+    writes live in buffers from the MarkScratch pool (``buffers``), returned once the step
+    that reads them is over: a new array per frontier would be fresh memory every step."""
+
+    def __init__(self, scratch: MarkScratch | None = None) -> None:
+        self.scratch = scratch
+        self.chunks: list = []
+        self.buffers: list = []
+        self.count = 0
+        self._buf: tuple[np.ndarray, np.ndarray] | None = None
+        self._n = 0
+
+    @classmethod
+    def of(cls, sids: np.ndarray, idxs: np.ndarray) -> _Frontier:
+        """A frontier of the given arrays (views of them, in chunks)."""
+        f = cls()
+        f.chunks = [(sids[i:i + CHUNK_CAP], idxs[i:i + CHUNK_CAP])
+                    for i in range(0, len(sids), CHUNK_CAP)]
+        f.count = len(sids)
+        return f
+
+    def add(self, sids: np.ndarray, idxs: np.ndarray, sel: np.ndarray | None) -> None:
+        """Append sids, idxs (those at positions sel, if given); at most CHUNK_CAP."""
+        k = len(sids) if sel is None else len(sel)
+        if not k:
+            return
+        if self._buf is None or self._n + k > CHUNK_CAP:
+            self._close()
+            self._buf = self.scratch.chunk_buffer()
+            self.buffers.append(self._buf)
+        s, i = self._buf
+        a, b = self._n, self._n + k
+        if sel is None:
+            s[a:b] = sids
+            i[a:b] = idxs
+        else:
+            np.take(sids, sel, out=s[a:b], mode="clip")
+            np.take(idxs, sel, out=i[a:b], mode="clip")
+        self._n = b
+        self.count += k
+
+    def _close(self) -> None:
+        if self._buf is not None and self._n:
+            self.chunks.append((self._buf[0][:self._n], self._buf[1][:self._n]))
+        self._buf, self._n = None, 0
+
+    def done(self) -> _Frontier:
+        self._close()
+        return self
+
+    def join(self, other: _Frontier) -> _Frontier:
+        self.chunks += other.chunks
+        self.buffers += other.buffers
+        self.count += other.count
+        return self
+
+    def split(self) -> tuple[list, list]:
+        """The chunks split into two lists of about half the objects each."""
+        half, first, count = self.count // 2, [], 0
+        for k, (s, i) in enumerate(self.chunks):
+            if count + len(s) > half:
+                cut = half - count
+                if cut:
+                    first.append((s[:cut], i[:cut]))
+                return first, [(s[cut:], i[cut:])] + self.chunks[k + 1:]
+            first.append((s, i))
+            count += len(s)
+        return first, []
+
+    def lists(self) -> tuple[list[int], list[int]]:
+        return ([x for s, _ in self.chunks for x in s.tolist()],
+                [x for _, i in self.chunks for x in i.tolist()])
+
+
 def _blocks(nwords: np.ndarray):
     """(start, end, common size or 0) of consecutive runs of objects with at most BUF_WORDS
     words in all."""
@@ -653,49 +778,14 @@ def _blocks(nwords: np.ndarray):
         yield lo, hi, 0
 
 
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    if not parts:
-        return _EMPTY
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def _select(mask: np.ndarray, arrays: list[np.ndarray], bufs: list[np.ndarray]):
+    """Each array's elements where mask is set, into the matching buffer (one that does not
+    hold the array): one index array, then np.take with out= (np.compress would allocate
+    an index array and, for out=, a copy, per array)."""
+    sel = np.flatnonzero(mask)
+    k = len(sel)
+    return [np.take(a, sel, out=b[:k], mode="clip") for a, b in zip(arrays, bufs)]
 
 
-class _Chunks:
-    """The next frontier, as shade's outputs joined into chunks of about CHUNK objects."""
-
-    def __init__(self) -> None:
-        self.chunks: list = []
-        self.pending: list = []
-        self.count = 0
-
-    def add(self, sids: np.ndarray, idxs: np.ndarray) -> None:
-        if not len(sids):
-            return
-        self.pending.append((sids, idxs))
-        self.count += len(sids)
-        if self.count >= CHUNK:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending:
-            self.chunks.append((_concat([s for s, _ in self.pending]),
-                                _concat([i for _, i in self.pending])))
-            self.pending, self.count = [], 0
-
-    def done(self) -> list:
-        self._flush()
-        return self.chunks
-
-
-def _split(frontier: list, n: int) -> tuple[list, list]:
-    """The frontier split into one part of about n objects and the rest."""
-    first: list = []
-    count = 0
-    for k, (s, i) in enumerate(frontier):
-        if count + len(s) > n:
-            cut = n - count
-            if cut:
-                first.append((s[:cut], i[:cut]))
-            return first, [(s[cut:], i[cut:])] + frontier[k + 1:]
-        first.append((s, i))
-        count += len(s)
-    return first, []
+def _other(arr: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return b if np.may_share_memory(arr, a) else a
