@@ -2,25 +2,34 @@
 each span's gcmarkBits (Go's mgcmark.go, done as whole-frontier array operations).
 
 Colours: an object is white until its mark word is set (grey), and black once its words have
-been scanned. The grey set is a *frontier* of (span id, slot) pairs. Two paths drain it and
-must agree (tests compare them on random graphs):
+been scanned. The grey set is a *frontier* of (span id, slot) pairs, kept in chunks. Two
+paths drain it and must agree (tests compare them on random graphs):
 
-- **vectorised**, for wide frontiers: every word of every grey object is gathered with one
-  numpy index into a view of the whole address space (word k of every object together, so
-  the broadcast runs along the long axis), typed objects' words are filtered by their
-  heap-bitmap pointer bits, and all candidate pointers are resolved at once by
-  ``find_objects`` (findObject over arrays: heap offset -> page -> span id -> span mirror ->
-  slot and object number). ``shade`` then keeps the white objects, deduplicates them with
-  one scatter of tickets into their mark words (which marks them too), and only then checks
-  that the survivors are allocated: each object is checked once per cycle, not once per
-  pointer to it;
+- **vectorised**, for wide frontiers, one breadth-first level (a *vector step*) at a time,
+  in *blocks* of at most BLOCK_WORDS candidate words (plus one oblet):
+  ``_gather`` reads every word of the block's objects with one np.take from a view of the
+  heap (word k of every object together, so the broadcast runs along the long axis);
+  ``_typed_filter`` drops typed objects' words whose heap-bitmap pointer bit is clear;
+  ``_shade_block`` resolves every candidate at once (findObject over arrays: heap offset ->
+  page -> span id -> span mirror -> slot and object number), keeps the white objects,
+  deduplicates them with one scatter of tickets into their mark words (which marks them
+  too), only then checks that they are allocated (once per object, not once per pointer to
+  it; spans whose allocBits are all set skip it), and appends the scannable ones to the
+  next frontier. All of it runs in each worker's Workspace buffers (np.take and ufuncs with
+  out=; selections by one np.flatnonzero) and the frontier chunks come from a pool, so a
+  step allocates almost nothing: fresh numpy temporaries cost a page fault per 4 KiB,
+  which on a collection of a large heap was a third of the time;
 - **scalar**, for narrow frontiers (a long linked list has a frontier of one object): a loop
   in Python over the same structures, one frontier (breadth-first level) at a time.
+
+Frontiers of PARALLEL_FRONTIER objects or more are split between two mark workers (numpy
+releases the interpreter lock inside each array operation).
 
 Objects are numbered for the cycle: span ``sid``'s slot ``i`` is ``gbase[sid] + i``, with each
 span's range rounded up to 64 so that packing the marks gives, span by span, exactly the
 bytes of its gcmarkBits. Mark words (int32): 0 white, > 0 marked (a shade ticket, or 1), -1 a
-free slot a candidate pointed at. ``finish`` packs ``> 0`` into gcmarkBits.
+free slot a candidate pointed at. ``finish`` packs ``> 0`` into gcmarkBits. The Collector's
+MarkScratch keeps the mark words, workspaces and chunk buffers from cycle to cycle.
 
 Invariants: only allocated objects end the cycle marked (pointers into free slots, free
 spans or outside the heap are dropped); a grey object is in exactly one frontier, except
@@ -272,6 +281,7 @@ class Marker:
         interpreter lock inside array operations). Both may mark the same object at once and
         both then scan it: a repeat, never a loss (see _shade_block)."""
         mine, theirs = frontier.split()
+        self._workspace(1)   # made here: two threads growing the list could swap workspaces
         other = self.pool.submit(self._vector_step, theirs, 1)
         return self._vector_step(mine, 0).join(other.result())
 
