@@ -174,7 +174,11 @@ class Marker:
         # slots at or past it (Go's isFree test) - nelems for spans with no free slot.
         self.freeidx = np.zeros(cap, np.int64)
         freeindex = np.array([s.freeindex for s in spans], dtype=np.int64)
-        self.freeidx[ids] = np.where(self._no_free_slot(ids, nelems, padded), nelems, freeindex)
+        swept = np.flatnonzero(freeindex < nelems)   # fresh spans allocated to the end: none
+        freeindex[swept] = np.where(
+            self._no_free_slot(ids[swept], nelems[swept], padded[swept]), nelems[swept],
+            freeindex[swept])
+        self.freeidx[ids] = freeindex
         self.typed = np.zeros(cap, np.bool_)
         self.typed[ids] = [s.typed for s in spans]
         # Spans of one object (large objects, and the biggest size classes): the object is
@@ -187,7 +191,6 @@ class Marker:
         # Go 1.17's divMul: off * divmul >> 32 == off // elemsize for every offset in a span.
         self.divmul = np.where(single, np.uint64(0),
                                np.uint64(0xFFFFFFFF) // np.maximum(t.elemsize, 1) + np.uint64(1))
-        self.gbase_list = self.gbase.tolist()
         # In words: element size, object size (large objects: their requested size).
         self.welem = (t.elemsize >> np.uint64(3)).astype(np.int64)
         self.wsize = (self.objsize >> np.uint64(3)).astype(np.int64)
@@ -556,7 +559,7 @@ class Marker:
             self._tables = (
                 self.arenas.page_span[:npages].tolist(), self.rlimit.tolist(),
                 self.rbase.tolist(), self.divmul.tolist(), self.freeidx.tolist(),
-                self.gbase_list, self.scannable.tolist(), t.base.tolist(),
+                self.gbase.tolist(), self.scannable.tolist(), t.base.tolist(),
                 t.elemsize.tolist(), self.objsize.tolist(), self.typed.tolist())
             self._mem_view = memoryview(_MEM_RAW)
         return self._tables
@@ -578,7 +581,7 @@ class Marker:
     def _drain_scalar_general(self, sids: list[int], idxs: list[int]):
         """The scalar step for a heap whose arenas are not in slot order."""
         marks = self._marks_view()
-        gbase = self.gbase_list
+        gbase = self._scalar_tables()[5]
         spans = self.mheap.spans
         next_sids: list[int] = []
         next_idxs: list[int] = []
@@ -659,7 +662,7 @@ class Marker:
 
     def is_marked(self, s: MSpan, idx: int) -> bool:
         """Whether slot idx of snapshot span s is marked (before finish)."""
-        return bool(self.state[self.gbase_list[s.id] + idx] > 0)
+        return bool(self.state[int(self.gbase[s.id]) + idx] > 0)
 
     # --- specials (gc/finalizer.py) ----------------------------------------------------
 
@@ -675,7 +678,7 @@ class Marker:
     def mark_object(self, s: MSpan, idx: int) -> bool:
         """Mark slot idx of snapshot span s without scanning it (its referents are marked
         already); True if it was white."""
-        g = self.gbase_list[s.id] + idx
+        g = int(self.gbase[s.id]) + idx
         if self.state[g]:
             return False
         self.state[g] = 1
