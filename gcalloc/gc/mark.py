@@ -57,6 +57,7 @@ from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.sizeclasses import PAGE_SHIFT
 
 SCALAR_FRONTIER = 48        # frontiers at most this wide drain in Python
+FEW_OBJECTS = 8             # a cycle's first scalar objects, up to this many, skip the tables
 PARALLEL_FRONTIER = 16384   # frontiers at least this wide are split between two workers
 OBLET_WORDS = 16384         # Go's maxObletBytes (128 KiB): big objects scan in pieces
 BLOCK_WORDS = 1 << 15       # candidate words per block of a vector step (see Workspace)
@@ -78,11 +79,19 @@ def _unpack_words(n: int, view: memoryview, offset: int) -> tuple[int, ...]:
 class Workspace:
     """One mark worker's scratch arrays, reused by every block of every vector step and (the
     Collector keeps them) by every cycle: numpy temporaries of this size are otherwise fresh
-    memory each time, and faulting it in costs more than the arithmetic. About 6 MiB.
-    Arrays come in pairs where a selection copies from one to the other."""
+    memory each time, and faulting it in costs more than the arithmetic. They grow with the
+    blocks and chunks seen, to about 6 MiB. Arrays come in pairs where a selection copies
+    from one to the other."""
 
     def __init__(self, worker: int) -> None:
-        n = BUF_WORDS
+        self.worker = worker
+        self.size = self.chunk_size = 0
+
+    def ensure(self, n: int) -> None:
+        """Room for a block of n candidate words (n <= BUF_WORDS)."""
+        if n <= self.size:
+            return
+        n = min(BUF_WORDS, max(n, 2 * self.size, 1024))
         self.widx = np.empty(n, np.int64)      # word indexes; freeidx
         self.vals = np.empty(n, np.uint64)     # candidate words; divmul
         self.off = np.empty(n, np.int64)       # heap offsets of candidates inside the heap
@@ -95,13 +104,20 @@ class Workspace:
         self.g2 = np.empty(n, np.int64)
         self.st = np.empty(n, np.int32)        # mark words read back
         self.mask = np.empty(n, np.bool_)
-        base = worker * BUF_WORDS + 1          # workers' tickets never collide
+        base = self.worker * BUF_WORDS + 1     # workers' tickets never collide
         self.tickets = np.arange(base, base + n, dtype=np.int32)
         self.iota = np.arange(n, dtype=np.int64)
-        c = CHUNK_CAP                          # the largest frontier chunk
-        self.first = np.empty(c, np.int64)     # a chunk's objects: first word, words, typed
-        self.nwords = np.empty(c, np.int64)
-        self.typed = np.empty(c, np.bool_)
+        self.size = n
+
+    def ensure_chunk(self, n: int) -> None:
+        """Room for a frontier chunk of n objects (n <= CHUNK_CAP): first word, words, typed."""
+        if n <= self.chunk_size:
+            return
+        n = min(CHUNK_CAP, max(n, 2 * self.chunk_size, 1024))
+        self.first = np.empty(n, np.int64)
+        self.nwords = np.empty(n, np.int64)
+        self.typed = np.empty(n, np.bool_)
+        self.chunk_size = n
 
     def spare(self, g: np.ndarray, sid: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
         """The buffers of the (object number, span id, slot) pairs that do not hold these."""
@@ -143,6 +159,7 @@ class MarkScratch:
             return np.zeros(n, np.int32)
         if len(self._words) < n:
             self._words = np.zeros(n + (n >> 3), np.int32)
+            return self._words[:n]
         words = self._words[:n]
         words.fill(0)
         return words
@@ -297,6 +314,7 @@ class Marker:
         out = _Frontier(self.scratch)
         for sids, idxs in chunks:
             n = len(sids)
+            ws.ensure_chunk(n)
             first = np.take(self.welem, sids, out=ws.first[:n], mode="clip")
             first *= idxs
             first += np.take(self.wbase, sids, out=ws.nwords[:n], mode="clip")  # word index
@@ -305,6 +323,7 @@ class Marker:
             if nwords.max(initial=0) > OBLET_WORDS:
                 first, nwords, typed = _split_oblets(first, nwords, typed)
             any_typed = bool(typed.any())
+            ws.ensure(min(int(nwords.sum()), BUF_WORDS))
             for lo, hi, n0 in _blocks(nwords):
                 vals = self._gather(ws, first[lo:hi], nwords[lo:hi], n0, worker)
                 if any_typed:
@@ -317,6 +336,7 @@ class Marker:
         objects."""
         ws = self._workspace(worker)
         out = _Frontier(self.scratch)
+        ws.ensure(min(len(P), BLOCK_WORDS))
         for i in range(0, len(P), BLOCK_WORDS):
             part = P[i:i + BLOCK_WORDS]
             vals = ws.vals[:len(part)]
@@ -504,7 +524,10 @@ class Marker:
     def _drain_scalar(self, sids: list[int], idxs: list[int]):
         """Scan narrow frontiers in Python, breadth first, until the frontier empties or
         grows wider than ``scalar_frontier``; return that wide frontier to the vector path."""
-        if not self.contiguous:
+        if not self.contiguous or (self._tables is None and len(sids) <= FEW_OBJECTS
+                                   and self.scalar_objects < FEW_OBJECTS):
+            # The first few objects of a cycle (often all there is: a cycle over garbage
+            # marks a root or two) do without the list copies of the tables.
             return self._drain_scalar_general(sids, idxs)
         pages, rlimit, rbase, divmul, freeidx, gbase, scannable, sbase, selem, ssize, \
             typed = self._scalar_tables()
@@ -581,7 +604,7 @@ class Marker:
     def _drain_scalar_general(self, sids: list[int], idxs: list[int]):
         """The scalar step for a heap whose arenas are not in slot order."""
         marks = self._marks_view()
-        gbase = self._scalar_tables()[5]
+        gbase = self.gbase
         spans = self.mheap.spans
         next_sids: list[int] = []
         next_idxs: list[int] = []
@@ -595,7 +618,7 @@ class Marker:
                 if found is None:
                     continue
                 t, i = found
-                g = gbase[t.id] + i
+                g = int(gbase[t.id]) + i
                 if marks[g]:
                     continue
                 marks[g] = 1
