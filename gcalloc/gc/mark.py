@@ -64,7 +64,8 @@ BLOCK_WORDS = 1 << 15       # candidate words per block of a vector step (see Wo
 BUF_WORDS = BLOCK_WORDS + OBLET_WORDS
 CHUNK_CAP = 1 << 16         # objects per frontier chunk (at least one block's output)
 KEEP_CHUNKS = 16            # frontier chunk buffers kept between cycles (1 MiB each)
-KEEP_MARK_WORDS = 1 << 24   # mark-word arrays up to this many words (64 MiB) are kept
+KEEP_MARK_WORDS = 1 << 22   # mark-word arrays up to this many words (16 MiB) are kept
+assert CHUNK_CAP >= BUF_WORDS  # a block's output always fits in one chunk
 _WORDS = {}
 
 
