@@ -9,6 +9,9 @@ Workloads (each built once, then collected several times; the table gives the me
 - ``linked list``: 10^6 nodes in one chain: a frontier of one object at every step, so all
   of it runs on the scalar (Python) mark path.
 - ``random graph``: N nodes with 3 random edges each, all reachable from a root array.
+- ``garbage cycles``: ~500 spans of fresh garbage (8 size classes) and nothing live, the
+  shape of an allocation loop's automatic cycles: the per-cycle fixed cost of marking
+  (Marker setup, roots) and of the whole cycle without the lazy sweep.
 - sweep time per span, and how many objects each mark path handled.
 
 Boehm is skipped with a message where libgc is missing. Run:
@@ -173,6 +176,34 @@ def ours_graph(n: int, repeat: int) -> tuple[float, int, int]:
         return t, m.vector_steps, m.scalar_objects
 
 
+def garbage_cycles(repeat: int, spans: int = 500) -> tuple[float, float, int]:
+    """(mark, mark + termination + batch sweep) medians of automatic-style cycles over
+    ``spans`` spans of garbage, and the spans per cycle."""
+    sizes = (16, 24, 32, 48, 64, 96, 128, 256)
+    marks, cycles, nspans = [], [], 0
+    with gcalloc.Heap(gc_percent=-1) as h:
+        for _ in range(repeat + 2):                  # the first two warm the scratch
+            for size in sizes:
+                for _ in range(spans * 8192 // size // len(sizes)):
+                    h.alloc(size)
+            h.stop_the_world()
+            try:
+                h.gc.sweeper.finish()
+                h.flush_mcaches()
+                t0 = time.perf_counter()
+                marker = h.gc._mark([])
+                t1 = time.perf_counter()
+                h.gc._terminate(marker)
+                h.gc.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), False)
+                t2 = time.perf_counter()
+            finally:
+                h.start_the_world()
+            marks.append(t1 - t0)
+            cycles.append(t2 - t0)
+            nspans = len(marker.spans)
+    return statistics.median(marks[2:]), statistics.median(cycles[2:]), nspans
+
+
 def sweep_per_span(n: int, repeat: int) -> float:
     """Eager sweep cost per span when half the objects of every span die."""
     times = []
@@ -231,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     t, vsteps, sobjs = ours_graph(args.graph, args.repeat)
     print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.0f} ms, "
           f"{vsteps} vector steps, {sobjs} objects on the scalar path")
+    mark, cycle, nspans = garbage_cycles(args.repeat, 50 if args.quick else 500)
+    print(f"garbage cycles over {nspans} spans, nothing live: mark {mark * ms:.2f} ms, "
+          f"mark+termination+batch sweep {cycle * ms:.2f} ms")
     per = sweep_per_span(20_000 if args.quick else 200_000, args.repeat)
     print(f"sweep, half of each 64-byte span dead: {per * 1e6:.1f} us per span")
     return 0

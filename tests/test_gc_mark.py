@@ -20,7 +20,7 @@ import pytest
 from heaputil import peek, poke
 
 import gcalloc
-from gcalloc.gc.mark import OBLET_WORDS, PARALLEL_FRONTIER, Marker
+from gcalloc.gc.mark import CHUNK_CAP, OBLET_WORDS, PARALLEL_FRONTIER, Marker
 from gcalloc.gc.types import Type
 from gcalloc.mspan import SPAN_IN_USE
 
@@ -194,6 +194,67 @@ def test_wide_fanout_marks_on_either_path(heap, mode):
     elif mode == "scalar":
         assert marker.vector_steps == 0
     assert [peek(p) for p in leaves] == list(range(n))
+
+
+def test_pointer_into_slot_a_sweep_freed_is_ignored(heap, mode):
+    """After a sweep, freeindex is 0 and allocBits say which slots are taken. A span whose
+    allocBits are all set skips the per-object allocation check; one with a slot freed by
+    the sweep must still drop a pointer into that slot (48-byte class: 170 slots, so the
+    last allocBits word has padding bits)."""
+    force(heap, mode)
+    ps = [heap.alloc(48) for _ in range(400)]
+    s = heap.mheap.span_of(ps[0])
+    assert s.nelems % 64
+    table = heap.alloc(8 * len(ps))
+    for i, p in enumerate(ps):
+        poke(table + 8 * i, p)
+    heap.add_root(table)
+    heap.collect()                          # every slot of s survives: allocBits all set
+    assert heap.gc.last_marker.freeidx[s.id] == s.nelems
+    dead = ps[5]
+    assert heap.mheap.span_of(dead) is s
+    poke(table + 8 * 5, 0)
+    heap.collect()                          # frees dead's slot
+    assert not live(heap, dead)
+    poke(ps[6] + 8, dead + 16)              # a stale interior pointer into the free slot
+    heap.collect()
+    marker = heap.gc.last_marker
+    assert marker.freeidx[s.id] == 0
+    assert not marker.is_marked(s, s.object_index(dead))
+    assert not live(heap, dead) and objects(heap) == len(ps)      # 399 + the table
+    heap.verify()
+
+
+def test_wide_mixed_frontier_spans_blocks_and_chunks(heap):
+    """A frontier wider than a chunk, of objects of many sizes (blocks cut by word count),
+    with shared and interior targets: vector, parallel and scalar marks agree."""
+    rng = random.Random(11)
+    n = CHUNK_CAP + 5000
+    hub = heap.alloc(8 * n)
+    targets = [heap.alloc(rng.choice((16, 48, 112, 512))) for _ in range(n // 8)]
+    reached = set()
+    for i in range(n):
+        size = rng.choice((16, 32, 80, 144, 256, 1024))
+        p = heap.alloc(size)
+        poke(hub + 8 * i, p)
+        a, b = rng.choice(targets), rng.choice(targets)
+        poke(p, a + 8)                           # interior
+        poke(p + size - 8, b)
+        reached |= {a, b}
+    dead = [heap.alloc(32) for _ in range(300)]
+    heap.add_root(hub)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        parallel = mark_only(heap, 0, executor)
+    vector = mark_only(heap, 0)
+    scalar = mark_only(heap, 10**9)
+    assert vector.vector_steps and not scalar.vector_steps
+    assert np.array_equal(parallel.marks, vector.marks)
+    assert np.array_equal(vector.marks, scalar.marks)
+    assert vector.marked_objects == scalar.marked_objects
+    force(heap, "vector")
+    heap.collect()
+    assert not any(live(heap, p) for p in dead)
+    assert objects(heap) == 1 + n + len(reached)
 
 
 def test_multi_oblet_object_is_scanned_to_the_end(heap, mode):

@@ -30,7 +30,7 @@ import numpy as np
 
 from gcalloc.debug import DebugFlags
 from gcalloc.gc import trace
-from gcalloc.gc.mark import Marker
+from gcalloc.gc.mark import Marker, MarkScratch
 from gcalloc.gc.pacer import Pacer
 from gcalloc.gc.roots import RootSet
 from gcalloc.gc.sweep import Sweeper
@@ -68,6 +68,8 @@ class Collector:
         # beyond two threads is eaten by the interpreter lock between array operations).
         self.mark_workers = min(2, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        # The mark workers' scratch arrays and the mark words, kept from cycle to cycle.
+        self.mark_scratch = MarkScratch()
 
     # --- triggering --------------------------------------------------------------------
 
@@ -128,7 +130,8 @@ class Collector:
                 spans = [s for s in spans if not s.faulted]
         kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
                                                           self.scalar_frontier}
-        marker = Marker(heap.mheap, spans, pool=self._mark_pool(), **kwargs)
+        marker = Marker(heap.mheap, spans, pool=self._mark_pool(),
+                        scratch=self.mark_scratch, **kwargs)
         heap.marking = marker
         tiny = [c.tiny for c in heap.mcaches if c.tiny]
         with self.roots.lock:
@@ -174,6 +177,7 @@ class Collector:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.mark_scratch = MarkScratch()
 
     def gc_cpu_fraction(self) -> float:
         elapsed = time.monotonic() - self.created
