@@ -207,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     if boehm is not None:
         variants.append(("Boehm GC_malloc/_atomic", lambda: run_boehm(work, boehm)))
     variants += [
-        ("gcalloc, new Heap", lambda: run_gcalloc_new_heap(work)),
         ("libc malloc+free", lambda: run_libc_pair(work, libc)),
         ("libc malloc", lambda: run_libc_malloc(work, libc)),
         ("empty Python call", lambda: run_empty(work)),
+        ("gcalloc, new Heap", lambda: run_gcalloc_new_heap(work)),
     ]
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
     gc.disable()           # Python's own collector would add noise to every row alike
