@@ -298,21 +298,26 @@ class SpanTable:
     stopped. Batching keeps numpy scalar writes off the span-allocation path.
     """
 
-    FIELDS = (("base", np.uint64), ("elemsize", np.uint64), ("nelems", np.int64),
-              ("limit", np.uint64), ("state", np.uint8), ("noscan", np.uint8),
-              ("allocbits", np.int64), ("markbits", np.int64))
+    # (column, dtype, the span attribute it mirrors)
+    FIELDS = (("base", np.uint64, "base"), ("elemsize", np.uint64, "elemsize"),
+              ("nelems", np.int64, "nelems"), ("limit", np.uint64, "limit"),
+              ("state", np.uint8, "state"), ("noscan", np.uint8, "noscan"),
+              ("allocbits", np.int64, "allocBits"), ("markbits", np.int64, "gcmarkBits"))
+    # From this many dirty spans on, sync writes each column with one array assignment
+    # (a numpy scalar store costs ~0.2 us, so a row by itself costs ~2 us).
+    BULK_SYNC = 16
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
         self.dirty: list[MSpan] = []
-        for name, dtype in self.FIELDS:
+        for name, dtype, _ in self.FIELDS:
             setattr(self, name, np.zeros(capacity, dtype=dtype))
 
     def ensure(self, sid: int) -> None:
         if sid < self.capacity:
             return
         new_capacity = max(self.capacity * 2, sid + 1)
-        for name, dtype in self.FIELDS:
+        for name, dtype, _ in self.FIELDS:
             grown = np.zeros(new_capacity, dtype=dtype)
             grown[:self.capacity] = getattr(self, name)
             setattr(self, name, grown)
@@ -326,16 +331,16 @@ class SpanTable:
     def sync(self) -> None:
         """Write the rows of every span marked dirty since the last sync."""
         dirty, self.dirty = self.dirty, []
-        for s in dict.fromkeys(dirty):
-            self.store(s)
+        spans = list(dict.fromkeys(dirty))
+        if len(spans) < self.BULK_SYNC:
+            for s in spans:
+                self.store(s)
+            return
+        ids = [s.id for s in spans]
+        for column, _, attr in self.FIELDS:
+            getattr(self, column)[ids] = [getattr(s, attr) for s in spans]
 
     def store(self, s: MSpan) -> None:
         i = s.id
-        self.base[i] = s.base
-        self.elemsize[i] = s.elemsize
-        self.nelems[i] = s.nelems
-        self.limit[i] = s.limit
-        self.state[i] = s.state
-        self.noscan[i] = s.noscan
-        self.allocbits[i] = s.allocBits
-        self.markbits[i] = s.gcmarkBits
+        for column, _, attr in self.FIELDS:
+            getattr(self, column)[i] = getattr(s, attr)

@@ -3,11 +3,14 @@ slots right after it, at most ``limit``; allocCache agreeing with allocBits afte
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gcalloc.mspan import MASK64, MSpan
+from gcalloc.mspan import MASK64, MSpan, SpanTable
 
 
 def make_span(taken: list[bool], freeindex: int, elemsize: int = 16) -> tuple[MSpan, np.ndarray]:
@@ -78,3 +81,33 @@ def test_fresh_span_is_one_run_across_words():
     s, words = make_span([False] * 200, 0)
     run = s.take_run(words, 1000)
     assert len(run) == 200 and s.freeindex == 200 and s.allocCount == 200
+
+
+def _random_span(rng, sid: int) -> MSpan:
+    s = MSpan(sid)
+    s.init(0x10000 * sid, rng.randrange(1, 9))
+    s.state = rng.randrange(4)
+    s.noscan = rng.random() < 0.5
+    s.elemsize, s.nelems = rng.choice([(16, 512), (48, 170), (8192, 1)])
+    s.allocBits, s.gcmarkBits = rng.randrange(1 << 30), rng.randrange(1 << 30)
+    return s
+
+
+@pytest.mark.parametrize("count", [1, SpanTable.BULK_SYNC - 1, SpanTable.BULK_SYNC, 300])
+def test_span_table_rows_mirror_spans_after_sync(count):
+    """Both ways sync writes rows (one by one, or a column at a time for many dirty spans)
+    leave every dirty span's row equal to its fields, and a span marked twice is written
+    with its latest fields."""
+    rng = random.Random(count)
+    table = SpanTable(capacity=4)
+    spans = [_random_span(rng, sid) for sid in range(1, count + 1)]
+    for s in spans:
+        table.ensure(s.id)
+        table.mark_dirty(s)
+    spans[0].state = 3
+    table.mark_dirty(spans[0])
+    table.sync()
+    assert table.dirty == []
+    for s in spans:
+        row = {column: getattr(table, column)[s.id] for column, _, _ in SpanTable.FIELDS}
+        assert row == {column: getattr(s, attr) for column, _, attr in SpanTable.FIELDS}
