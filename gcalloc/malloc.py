@@ -2,7 +2,7 @@
 
     alloc(size) ──► tiny (noscan, < 16 B): bump inside the thread's 16-byte block
                ├──► small (≤ 32 KiB): size class ─► the mcache's run ─► next(run)
-               │              └─► _alloc_small: nextFree ─► refill ─► mcentral ─► mheap
+               │              └─► _alloc_small: take_run ─► refill ─► mcentral ─► mheap
                └──► large (> 32 KiB): its own span from the page heap (size class 0)
 
 The fast path (tiny block or ``next(run, 0)``) is a few attribute reads, one table lookup and

@@ -66,6 +66,10 @@ class MCentral:
     def full_unswept(self, sg: int) -> dict[int, MSpan]:
         return self.full[1 - ((sg >> 1) & 1)]
 
+    def swept_set(self, sg: int, full: bool) -> dict[int, MSpan]:
+        """Where a span swept in cycle sg is filed: full_swept or partial_swept."""
+        return (self.full if full else self.partial)[(sg >> 1) & 1]
+
     @staticmethod
     def push(spans: dict[int, MSpan], s: MSpan) -> None:
         spans[s.id] = s
@@ -114,10 +118,8 @@ class MCentral:
 
     def _find_span_locked(self) -> MSpan | None:
         sg = self.heap.sweepgen
-        swept = self.partial[(sg >> 1) & 1]       # partial_swept(sg), on the refill path
-        if swept:
-            _, s = swept.popitem()
-            s.central_set = None
+        s = self.pop(self.partial_swept(sg))
+        if s is not None:
             return s
         budget = SPAN_BUDGET
         while budget > 0:
@@ -170,7 +172,7 @@ class MCentral:
         s.sweepgen = sg
         if s.allocCount == 0 and self.release_if_empty(s):
             return
-        self.push((self.partial if s.allocCount < s.nelems else self.full)[(sg >> 1) & 1], s)
+        self.push(self.swept_set(sg, full=s.allocCount == s.nelems), s)
 
     def apply_pending_frees(self, s: MSpan) -> int:
         """Apply the frees other threads queued on s; returns how many."""

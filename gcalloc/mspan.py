@@ -162,42 +162,36 @@ class MSpan:
         ``limit`` (>= 1) in all; return their addresses, or an empty range when the span is
         full.
 
-        Go's nextFreeFast/nextFree take one slot per call; this is nextFreeIndex that keeps
-        going: it finds the first free slot from allocCache (loading the following allocBits
-        words while they are full), then takes the trailing ones after it, carried across the
-        following words while they are wholly free (a fresh or fully swept span is one run).
+        Go's nextFreeFast/nextFree take one slot per call; this is nextFreeIndex followed by
+        the trailing ones of allocCache after that slot, carried across the following allocBits
+        words while they are wholly free (a fresh or fully swept span is one run).
         """
         nelems = self.nelems
-        i = self.freeindex
-        if not self.allocCount and not i and nelems:
+        if not self.allocCount and not self.freeindex and nelems:
             return self._take_empty(min(nelems, limit))
+        i = self.next_free_index(bits64)
+        if i == nelems:
+            return range(0)
+        # allocCache now starts at slot i + 1 (reloaded from the next word if i + 1 is the
+        # first slot of one): its trailing ones are the free slots right after i.
+        after = i + 1
         cache = self.allocCache
-        while not cache:
-            i = (i + 64) & ~63
-            if i >= nelems:
-                return self._exhausted()
-            cache = ~int(bits64[(self.allocBits >> 3) + (i >> 6)]) & MASK64
-        skip = (cache & -cache).bit_length() - 1
-        i += skip
-        if i >= nelems:
-            return self._exhausted()
-        cache >>= skip
-        n = min(((cache + 1) & ~cache).bit_length() - 1, nelems - i, limit)
-        end = i + n
-        if not end & 63 and n < limit:
-            end = self._extend_run(bits64, end, i + limit)
-            n = end - i
-        self.freeindex = end
-        self.allocCount += n
-        if end >= nelems:
-            self.allocCache = 0
-        elif i >> 6 == end >> 6:     # still inside the word the cache was loaded from
-            self.allocCache = cache >> n
-        else:
-            self.reset_alloc_cache(bits64)
+        n = min(((cache + 1) & ~cache).bit_length() - 1, nelems - after, limit - 1)
+        end = after + n
+        if n:
+            if not end & 63 and end - i < limit:
+                end = self._extend_run(bits64, end, i + limit)
+            self.freeindex = end
+            if end >= nelems:
+                self.allocCache = 0
+            elif after >> 6 == end >> 6:     # still inside the word the cache was loaded from
+                self.allocCache = cache >> n
+            else:
+                self.reset_alloc_cache(bits64)
+        self.allocCount += end - i
         elemsize = self.elemsize
         start = self.base + i * elemsize
-        self.run_end = start + n * elemsize
+        self.run_end = start + (end - i) * elemsize
         return range(start, self.run_end, elemsize)
 
     def _take_empty(self, n: int) -> range:
@@ -209,11 +203,6 @@ class MSpan:
         elemsize = self.elemsize
         self.run_end = self.base + n * elemsize
         return range(self.base, self.run_end, elemsize)
-
-    def _exhausted(self) -> range:
-        self.freeindex = self.nelems
-        self.allocCache = 0
-        return range(0)
 
     def _extend_run(self, bits64: np.ndarray, end: int, cap: int) -> int:
         """Carry a run that reached a word boundary through the free slots that follow

@@ -215,6 +215,9 @@ def test_pointer_into_slot_a_sweep_freed_is_ignored(heap, mode):
     assert heap.mheap.span_of(dead) is s
     poke(table + 8 * 5, 0)
     heap.collect()                          # frees dead's slot
+    # This cycle marked after a sweep (freeindex 0) over allocBits all set: the popcount
+    # found no free slot, so no object of s needed the allocation check.
+    assert heap.gc.last_marker.freeidx[s.id] == s.nelems
     assert not live(heap, dead)
     poke(ps[6] + 8, dead + 16)              # a stale interior pointer into the free slot
     heap.collect()
@@ -506,3 +509,58 @@ def test_large_object_usable_tail_is_part_of_the_object(heap, mode):
     heap.add_root(p)
     heap.collect()
     assert live(heap, target)
+
+
+def test_objects_allocated_while_marking_are_black(heap):
+    """An allocation made while the cycle marks (here by an after_mark hook on the
+    collector's own thread) is live for that cycle even though nothing points to it, and
+    the sweep's counts include it; the next cycle frees it."""
+    keep = [heap.alloc(48) for _ in range(10)]
+    roots = [heap.handle(p) for p in keep]
+    made: list[int] = []
+
+    def allocate_during_mark(marker):
+        made.extend(heap.alloc(48) for _ in range(3))
+
+    heap.gc.after_mark.append(allocate_during_mark)
+    heap.collect()
+    heap.gc.after_mark.remove(allocate_during_mark)
+    assert len(made) == 3 and all(live(heap, p) for p in made)
+    assert objects(heap) == len(keep) + 3
+    assert heap.gc.pacer.heap_marked == 48 * (len(keep) + 3)     # the pacer counts them
+    heap.verify()
+    heap.collect()
+    assert not any(live(heap, p) for p in made) and objects(heap) == len(keep)
+    del roots
+
+
+def test_mark_buffers_reused_across_cycles_give_fresh_marks(heap):
+    """The collector keeps its mark words, workspaces and chunks from cycle to cycle
+    (MarkScratch). Cycles of different sizes, one wide enough for two workers, mark exactly
+    what a Marker with fresh buffers marks."""
+    rng = random.Random(3)
+    heap.gc.scalar_frontier = 0
+    for n in (PARALLEL_FRONTIER * 2, 3000, 200, 20000):
+        hub = heap.alloc(8 * n)
+        objs = [heap.alloc(rng.choice([16, 32, 48, 64, 128, 2048])) for _ in range(n)]
+        for i, p in enumerate(objs):
+            poke(hub + 8 * i, p)
+            poke(p, rng.choice(objs) + rng.choice([0, 8]))
+        for q in rng.sample(objs, n // 3):
+            poke(q, 0)
+        root = heap.handle(hub)
+        reference = mark_only(heap, 0)           # fresh buffers
+        heap.stop_the_world()
+        try:
+            heap.gc.sweeper.finish()
+            heap.flush_mcaches()
+            marker = heap.gc._mark([])            # the collector's kept buffers
+            got, count = marker.marks.copy(), marker.marked_objects
+            heap.gc._terminate(marker)
+        finally:
+            heap.start_the_world()
+        assert np.array_equal(reference.marks, got)
+        assert reference.marked_objects == count
+        root.release()
+        heap.collect()
+    heap.verify()

@@ -60,3 +60,20 @@ def test_chunks_are_recycled_zeroed_two_epochs_later(gcbits):
     again = gcbits.new_bits_many([1024] * 4)
     assert off in again
     assert not gcbits.bits8[off:off + 128].any()
+
+
+def test_a_batch_is_carved_exactly_as_single_calls_would_be(gcbits):
+    """new_bits_many lays bitmaps out exactly as the same sequence of new_bits calls, chunk
+    boundaries and epochs included (checked against a second GCBits)."""
+    other = GCBits(1 << 28, SysMemStat())
+    try:
+        rng = random.Random(11)
+        for step in range(60):
+            counts = [rng.choice([1, 64, 170, 512, 1024, rng.randrange(1, 4000)])
+                      for _ in range(rng.randrange(1, 250))]
+            assert gcbits.new_bits_many(counts) == [other.new_bits(n) for n in counts]
+            if step % 9 == 8:
+                gcbits.next_epoch()
+                other.next_epoch()
+    finally:
+        other.release()

@@ -14,8 +14,10 @@ from gcalloc.mspan import MASK64, MSpan, SpanTable
 
 
 def make_span(taken: list[bool], freeindex: int, elemsize: int = 16) -> tuple[MSpan, np.ndarray]:
+    """A span over an exactly sized bitmap (no spare word to hide a read past its end).
+    Slots below freeindex count as allocated whatever their bits say, as in Go."""
     nelems = len(taken)
-    words = np.zeros((nelems + 63) // 64 + 1, np.uint64)
+    words = np.zeros((nelems + 63) // 64, np.uint64)
     for i, t in enumerate(taken):
         if t:
             words[i >> 6] |= np.uint64(1 << (i & 63))
@@ -24,7 +26,7 @@ def make_span(taken: list[bool], freeindex: int, elemsize: int = 16) -> tuple[MS
     s.elemsize, s.nelems = elemsize, nelems
     s.allocBits = 0                     # byte offset of the bits in ``words``
     s.freeindex = freeindex
-    s.allocCount = sum(taken)
+    s.allocCount = freeindex + sum(taken[freeindex:])
     if freeindex < nelems:
         s.reset_alloc_cache(words)
     return s, words
@@ -44,31 +46,33 @@ _stretches = st.lists(st.tuples(st.booleans(), st.integers(1, 140)), min_size=1,
 @settings(max_examples=400, deadline=None)
 @given(_stretches, st.data())
 def test_take_run_matches_model(stretches, data):
+    """Runs taken one after another from one span, each checked against the model."""
     taken = [t for t, n in stretches for _ in range(n)]
     nelems = len(taken)
     freeindex = data.draw(st.integers(0, nelems))
-    # Slots below freeindex count as allocated whatever their bits say.
-    limit = data.draw(st.integers(1, 400))
     s, words = make_span(taken, freeindex)
-    count0 = s.allocCount
     free = [i for i in range(freeindex, nelems) if not taken[i]]
-    run = s.take_run(words, limit)
-    if not free:
-        assert len(run) == 0 and s.freeindex == nelems and s.allocCache == 0
-        return
-    first = free[0]
-    n = 1
-    while n < limit and first + n < nelems and not taken[first + n]:
-        n += 1
-    assert list(run) == [s.base + i * s.elemsize for i in range(first, first + n)]
-    assert s.freeindex == first + n
-    assert s.run_end == s.base + (first + n) * s.elemsize
-    assert s.allocCount == count0 + n
-    if s.freeindex < nelems:
-        # allocCache must agree with allocBits at the new freeindex (bits past nelems: any)
-        valid = min(64 - (s.freeindex & 63), nelems - s.freeindex)
-        mask = (1 << valid) - 1
-        assert s.allocCache & mask == cache_model(taken, s.freeindex) & mask
+    while True:
+        limit = data.draw(st.integers(1, 400))
+        count0 = s.allocCount
+        run = s.take_run(words, limit)
+        if not free:
+            assert len(run) == 0 and s.freeindex == nelems and s.allocCount == count0
+            return
+        first = free[0]
+        n = 1
+        while n < limit and first + n < nelems and not taken[first + n]:
+            n += 1
+        assert list(run) == [s.base + i * s.elemsize for i in range(first, first + n)]
+        assert s.freeindex == first + n
+        assert s.run_end == s.base + (first + n) * s.elemsize
+        assert s.allocCount == count0 + n
+        if s.freeindex < nelems:
+            # allocCache agrees with allocBits at the new freeindex (bits past nelems: any)
+            valid = min(64 - (s.freeindex & 63), nelems - s.freeindex)
+            mask = (1 << valid) - 1
+            assert s.allocCache & mask == cache_model(taken, s.freeindex) & mask
+        free = [i for i in free if i >= first + n]
 
 
 def test_take_run_on_a_full_span_is_empty():

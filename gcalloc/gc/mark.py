@@ -43,6 +43,9 @@ import struct
 
 import numpy as np
 
+from gcalloc.addrspace import ADDRESS_SPACE_BASE as _MEM_BASE
+from gcalloc.addrspace import MEM64, word_index
+from gcalloc.addrspace import MEM_RAW as _MEM_RAW
 from gcalloc.arena import (
     ARENA_BASE_OFFSET,
     ARENA_L2_BITS,
@@ -50,9 +53,6 @@ from gcalloc.arena import (
     PAGES_PER_ARENA,
     arena_index,
 )
-from gcalloc.gc.roots import _ADDRESS_SPACE_BASE as _MEM_BASE
-from gcalloc.gc.roots import MEM64, word_index
-from gcalloc.gc.roots import MEM_RAW as _MEM_RAW
 from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.sizeclasses import PAGE_SHIFT
 
@@ -159,7 +159,8 @@ class MarkScratch:
         if n > KEEP_MARK_WORDS:
             return np.zeros(n, np.int32)
         if len(self._words) < n:
-            self._words = np.zeros(n + (n >> 3), np.int32)
+            # some room to grow, never past what may be kept
+            self._words = np.zeros(min(n + (n >> 3), KEEP_MARK_WORDS), np.int32)
             return self._words[:n]
         words = self._words[:n]
         words.fill(0)
@@ -654,9 +655,9 @@ class Marker:
             dest = np.repeat(self.table.markbits[self.ids] - starts, nbytes) + \
                 np.arange(len(packed), dtype=np.int64)
             self.bits8[dest] = packed
-        for p in self.black:
+        for p in self.black:          # black objects in spans the cycle did not number
             s = self.mheap.span_of(p)
-            if s is None or s.state != SPAN_IN_USE:
+            if s is None or s.state != SPAN_IN_USE or self.in_snapshot[s.id]:
                 continue
             idx = s.object_index(p)
             byte = s.gcmarkBits + (idx >> 3)
@@ -671,8 +672,17 @@ class Marker:
         """The marks packed 8 to a byte, span by span exactly the bytes of its gcmarkBits
         (computed once, after marking is over)."""
         if self._packed is None:
+            self._mark_black_in_snapshot()
             self._packed = np.packbits(self.state > 0, bitorder="little")
         return self._packed
+
+    def _mark_black_in_snapshot(self) -> None:
+        """Black objects in numbered spans are marked in their mark words, so that the
+        packed marks, marked_per_span (and the batch sweep that trusts it) count them."""
+        for p in self.black:
+            s = self.mheap.span_of(p)
+            if s is not None and s.state == SPAN_IN_USE and self.in_snapshot[s.id]:
+                self.state[int(self.gbase[s.id]) + s.object_index(p)] = 1
 
     def marked_per_span(self) -> np.ndarray:
         """Objects marked in each span of ``spans`` (in order), after marking is over:

@@ -23,12 +23,9 @@ import weakref
 
 import numpy as np
 
+from gcalloc.addrspace import MEM64, word_index
 from gcalloc.errors import GcallocError, NotARoot
 from gcalloc.gc.types import PTR_SIZE, Type
-from gcalloc.memclr import ADDRESS_SPACE_BASE, MEM64, MEM_RAW, word_index  # noqa: F401
-
-# The address-space views are the allocator's (gcalloc.memclr); re-exported for the marker.
-_ADDRESS_SPACE_BASE = ADDRESS_SPACE_BASE
 
 
 class RootRange:

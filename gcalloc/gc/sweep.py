@@ -32,6 +32,7 @@ import numpy as np
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.gc import bitmap
+from gcalloc.mcentral import MCentral
 from gcalloc.mspan import MASK64, SPAN_IN_USE, MSpan
 
 
@@ -113,41 +114,42 @@ class Sweeper:
         drops everything between cycles then refills from swept spans instead of freeing and
         regrowing them every cycle.
         """
-        if not len(spans):
-            return
         mheap = self.mheap
         sg = mheap.sweepgen
+        plain = [i for i, s in enumerate(spans)
+                 if s.sweepgen == sg - 2 and s.cached_by is None
+                 and not (s.specials or s.typed or s.tiny_blocks or s.pending_frees)]
+        if not plain:
+            return
         table = mheap.table
         table.sync()
+        spans = [spans[i] for i in plain]
+        marked = marked[plain]
         ids = np.fromiter((s.id for s in spans), np.int64, len(spans))
         old_marks = table.markbits[ids]
-        # Fresh mark bits for every span in one carve; a span skipped below leaves its
-        # bitmap unused, and the chunk is recycled two epochs on like any other.
+        # One carve for the fresh mark bits (a dead large span's goes unused, recycled with
+        # its chunk two epochs on) ...
         fresh = mheap.gcbits.new_bits_many(table.nelems[ids])
-        # allocCache from the first mark word; an unmarked span's is all ones (all free).
+        # ... and allocCache from the first mark word; an unmarked span's is all ones.
         caches = np.full(len(spans), MASK64, np.uint64)
         live = np.flatnonzero(marked)
         caches[live] = ~np.take(mheap.gcbits.bits64, old_marks[live] >> 3)
-        parity = (sg >> 1) & 1
         central = self.alloc.central
         freed_counts = self.alloc.stats.small_free_count
-        swept, release, large_dead = [], [], []
-        for i, (s, nalloc, bits, cache) in enumerate(zip(spans, marked.tolist(), fresh,
-                                                         caches.tolist())):
-            if (s.sweepgen != sg - 2 or s.cached_by is not None
-                    or s.specials or s.typed or s.tiny_blocks or s.pending_frees):
-                continue
+        release, large_dead = [], []
+        for s, nalloc, bits, cache in zip(spans, marked.tolist(), fresh, caches.tolist()):
             if not s.sizeclass:
                 if nalloc:      # a live large object: new mark bits only
                     s.allocBits, s.gcmarkBits, s.sweepgen = s.gcmarkBits, bits, sg
-                    swept.append(i)
                 else:
                     large_dead.append(s)
                 continue
             nfreed = s.allocCount - nalloc
             if nfreed < 0:
                 raise HeapCorruption(f"sweep: {nalloc} marked > {s.allocCount} allocated: {s!r}")
-            del s.central_set[s.id]
+            if s.central_set is None:
+                raise HeapCorruption(f"sweep: uncached span in no mcentral set: {s!r}")
+            MCentral.remove(s)
             was_empty = not s.allocCount
             if nfreed:
                 s.needzero = True
@@ -158,26 +160,21 @@ class Sweeper:
             s.freeindex = 0
             s.allocCache = cache
             s.sweepgen = sg
-            swept.append(i)
             if nalloc == 0 and (forced or was_empty):
-                s.central_set = None
                 release.append(s)
             else:
                 c = central[s.spanclass]
-                sets = (c.full if nalloc == s.nelems else c.partial)[parity]
-                sets[s.id] = s
-                s.central_set = sets
+                c.push(c.swept_set(sg, full=nalloc == s.nelems), s)
+        # Rows first: a dead large span is released (and its row rewritten) below.
+        table.allocbits[ids] = old_marks
+        table.markbits[ids] = fresh
         for s in large_dead:
             s.allocCount = 0
             s.sweepgen = sg
             self.alloc.release_large_span(s)
-        if swept:
-            done = np.array(swept, np.int64)
-            table.allocbits[ids[done]] = old_marks[done]
-            table.markbits[ids[done]] = np.take(fresh, done)
         for s in release:
             mheap.free_span(s)
-        self.swept_spans += len(swept)
+        self.swept_spans += len(spans)
 
     def reclaim(self, npages: int) -> None:
         """Sweep until npages pages went back to the heap or nothing is left (seed 001's
