@@ -29,9 +29,10 @@ mcache is ``mallocing`` (Go's m.mallocing and stopTheWorld). The fast path needs
 run's ``next`` is atomic, and the collector empties the runs while the world is stopped.
 
 The GC layer plugs in through hooks, all off the fast path: ``sweep_span`` (mcentral met an
-unswept span), ``gc_poll(p)`` (a slow path allocated p: maybe collect, with p as a root),
-``charge_live`` (pacing), ``on_sample`` (profiling countdown hit zero), ``on_free`` (explicit
-free: specials, heap bits), ``alloc_typed`` (a typed allocation), ``ensure_swept``.
+unswept span), ``charge_live`` (pacing; True once the heap reached its goal, and only then
+does the slow path call ``gc_poll(p)``: maybe collect, with p as a root), ``on_sample``
+(profiling countdown hit zero), ``on_free`` (explicit free: specials, heap bits),
+``alloc_typed`` (a typed allocation), ``ensure_swept``.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Allocator:
         # Hooks for the GC layer (see the module comment); set_sweeper sets sweep_span.
         self.sweep_span: Callable[[MSpan, bool], bool] = _never_swept
         self.gc_poll: Callable[[int], None] | None = None
-        self.charge_live: Callable[[int], None] | None = None
+        self.charge_live: Callable[[int], bool] | None = None
         self.on_sample: Callable[[int, int], None] | None = None
         self.on_free: Callable[[MSpan, int], None] | None = None
         self.ensure_swept: Callable[[MSpan], None] | None = None
@@ -176,17 +177,18 @@ class Allocator:
             return self._alloc_large(c, class_to_size[spc >> 1], bool(spc & 1), True)
         self._safepoint(c)
         try:
-            p, refilled = self._take_run(c, spc, zero)
+            p, due = self._take_run(c, spc, zero)
         finally:
             c.mallocing = False
-        if refilled and self.gc_poll is not None:
+        if due and self.gc_poll is not None:
             self.gc_poll(p)
         return p
 
     def _take_run(self, c: MCache, spc: int, zero: bool) -> tuple[int, bool]:
         """At a safepoint: reserve the next run of free slots of class spc, zero it if the
         span may be dirty, charge it to the sampling countdown and keep all but its first
-        slot as the mcache's run. Returns (first slot, whether the mcache refilled).
+        slot as the mcache's run. Returns (first slot, whether the mcache refilled and the
+        pacer says the heap reached its goal: the caller polls the collector then).
 
         The run stops short of the next heap-profile sample, so the sampled object is always
         the first slot of a run, here. While a collection marks, runs are one slot long and
@@ -196,13 +198,13 @@ class Allocator:
         s = c.alloc[spc]
         # freeindex == nelems: the span is full (the usual reason to be here)
         run = s.take_run(self._bits64, limit or 1) if s.freeindex < s.nelems else _NO_RUN
-        refilled = not run
-        if refilled:
+        due = False
+        if not run:
             if self._closed:
                 raise HeapClosed("heap is closed")
             s = c.refill(spc, self.central[spc], self.stats)
             if self.charge_live is not None:
-                self.charge_live((s.nelems - s.allocCount) * elemsize)
+                due = self.charge_live((s.nelems - s.allocCount) * elemsize)
             run = s.take_run(self._bits64, limit or 1)
             if not run:
                 raise HeapCorruption(f"no free slot after refill: {s!r}")
@@ -217,7 +219,7 @@ class Allocator:
         c.runs[spc] = iter(range(p + elemsize, end, elemsize))
         if self.marking is not None:
             self.marking.allocated_black(p)
-        return p, refilled
+        return p, due
 
     def _alloc_tiny_block(self, c: MCache, size: int) -> int:
         """Start a new 16-byte tiny block and hand out its first ``size`` bytes. The block is
@@ -230,9 +232,9 @@ class Allocator:
         self._safepoint(c)
         try:
             p = next(c.runs[TINY_SPAN_CLASS], 0)
-            refilled = False
+            due = False
             if not p:
-                p, refilled = self._take_run(c, TINY_SPAN_CLASS, True)
+                p, due = self._take_run(c, TINY_SPAN_CLASS, True)
             s = c.alloc[TINY_SPAN_CLASS]      # the span p came from (no refill since)
             if s.tiny_blocks is None:
                 s.tiny_blocks = set()
@@ -244,7 +246,7 @@ class Allocator:
         finally:
             c.mallocing = False
         # Only now may a cycle start: the block is recorded and, as c.tiny, a root.
-        if refilled and self.gc_poll is not None:
+        if due and self.gc_poll is not None:
             self.gc_poll(p)
         return p
 
@@ -302,8 +304,7 @@ class Allocator:
             s.allocCount = 1
             with self.mheap.lock:
                 self.mheap.table.mark_dirty(s)
-            if self.charge_live is not None:
-                self.charge_live(npages << PAGE_SHIFT)
+            due = self.charge_live is not None and self.charge_live(npages << PAGE_SHIFT)
             if self.marking is not None:
                 self.marking.allocated_black(s.base)
             # Go 1.16: size = span.elemsize before profiling, for large objects too.
@@ -312,7 +313,7 @@ class Allocator:
                 self._sampled(c, s.base, npages << PAGE_SHIFT)
         finally:
             c.mallocing = False
-        if self.gc_poll is not None:
+        if due and self.gc_poll is not None:
             self.gc_poll(s.base)
         return s.base
 

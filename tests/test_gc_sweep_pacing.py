@@ -19,6 +19,7 @@ import pytest
 import gcalloc
 from gcalloc.debug import ConfigError
 from gcalloc.errors import GcallocError, HeapCorruption, InvalidArgument
+from gcalloc.gc.pacer import HEAP_MINIMUM, Pacer
 from gcalloc.mspan import SPAN_IN_USE
 
 MiB = 1 << 20
@@ -434,3 +435,16 @@ def test_bad_debug_value_is_a_config_error():
         gcalloc.Heap(debug="gctrace=yes")
     with pytest.raises(ConfigError):
         gcalloc.Heap(debug="gctrace")
+
+
+def test_charge_says_when_the_goal_is_reached():
+    """The slow paths poll the collector only when charge() says heap_live reached next_gc."""
+    p = Pacer(100)
+    assert p.next_gc == HEAP_MINIMUM
+    assert not p.charge(HEAP_MINIMUM - 8)
+    assert p.charge(8)                          # exactly the goal: due
+    assert not p.charge(-16)                    # a free (or refund) below it again
+    p.cycle_done(6 << 20)                       # 6 MiB marked: goal 12 MiB
+    assert not p.charge(5 << 20) and p.charge(1 << 20)
+    off = Pacer(-1)
+    assert not off.charge(1 << 40)              # GOGC off: never due

@@ -47,10 +47,12 @@ class Pacer:
         self.commit()
         return old
 
-    def charge(self, nbytes: int) -> None:
+    def charge(self, nbytes: int) -> bool:
+        """Add nbytes to heap_live; True if it has reached the goal (time to poll)."""
         # No lock: this runs on every refill, and a rare lost update between two threads
         # only moves the next trigger by one span's bytes until the next cycle resets it.
         self.heap_live += nbytes
+        return self.heap_live >= self.next_gc
 
     def should_collect(self) -> bool:
         return self.gc_percent >= 0 and self.heap_live >= self.next_gc
