@@ -193,11 +193,10 @@ class Marker:
         # slots at or past it (Go's isFree test) - nelems for spans with no free slot.
         self.freeidx = np.zeros(cap, np.int64)
         freeindex = np.array([s.freeindex for s in spans], dtype=np.int64)
-        swept = np.flatnonzero(freeindex < nelems)   # fresh spans allocated to the end: none
-        freeindex[swept] = np.where(
-            self._no_free_slot(ids[swept], nelems[swept], padded[swept]), nelems[swept],
-            freeindex[swept])
         self.freeidx[ids] = freeindex
+        # Raised to nelems for spans with no free slot on the first vector step
+        # (_refine_freeidx): a cycle that marks a handful of objects never pays for it.
+        self._unrefined: tuple | None = (ids, nelems, padded, freeindex)
         self.typed = np.zeros(cap, np.bool_)
         self.typed[ids] = [s.typed for s in spans]
         # Spans of one object (large objects, and the biggest size classes): the object is
@@ -250,6 +249,18 @@ class Marker:
         self.scalar_objects = 0
         self.black: list[int] = []   # objects allocated during marking (allocate black)
 
+    def _refine_freeidx(self) -> None:
+        """freeidx = nelems for every span whose allocBits are all set (after a sweep that
+        kept every object, say), so shade skips their objects' allocation check. Either
+        value is correct; this one is cheaper for wide steps."""
+        if self._unrefined is None:
+            return
+        ids, nelems, padded, freeindex = self._unrefined
+        self._unrefined = None
+        swept = np.flatnonzero(freeindex < nelems)   # fresh spans allocated to the end: none
+        full = swept[self._no_free_slot(ids[swept], nelems[swept], padded[swept])]
+        self.freeidx[ids[full]] = nelems[full]
+
     def _no_free_slot(self, ids: np.ndarray, nelems: np.ndarray, padded: np.ndarray):
         """Per span: every slot's allocBit is set (after a sweep that kept every object, say),
         counted with popcounts of each span's allocBits words, padding bits masked off."""
@@ -291,6 +302,7 @@ class Marker:
                 frontier = _Frontier.of(*self._drain_scalar(sids, idxs))
                 continue
             self.vector_steps += 1
+            self._refine_freeidx()
             if self.pool is not None and frontier.count >= PARALLEL_FRONTIER:
                 nxt = self._parallel_step(frontier)
             else:
