@@ -194,8 +194,9 @@ class Marker:
         self.freeidx = np.zeros(cap, np.int64)
         freeindex = np.array([s.freeindex for s in spans], dtype=np.int64)
         self.freeidx[ids] = freeindex
-        # Raised to nelems for spans with no free slot on the first vector step
-        # (_refine_freeidx): a cycle that marks a handful of objects never pays for it.
+        # Raised to nelems for spans with no free slot on the first vector step or when the
+        # scalar tables are made (_refine_freeidx): a cycle that marks a handful of objects
+        # never pays for it.
         self._unrefined: tuple | None = (ids, nelems, padded, freeindex)
         self.typed = np.zeros(cap, np.bool_)
         self.typed[ids] = [s.typed for s in spans]
@@ -591,6 +592,7 @@ class Marker:
         """Python-list copies of the lookup arrays, made on the first scalar step of a cycle:
         indexing a list is several times cheaper than indexing numpy for one element."""
         if self._tables is None:
+            self._refine_freeidx()
             npages = (self.heap_hi - self.heap_lo) >> PAGE_SHIFT
             t = self.table
             self._tables = (
