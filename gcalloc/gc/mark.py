@@ -262,7 +262,8 @@ class Marker:
         full = swept[self._no_free_slot(ids[swept], nelems[swept], padded[swept])]
         self.freeidx[ids[full]] = nelems[full]
 
-    def _no_free_slot(self, ids: np.ndarray, nelems: np.ndarray, padded: np.ndarray):
+    def _no_free_slot(self, ids: np.ndarray, nelems: np.ndarray,
+                      padded: np.ndarray) -> np.ndarray:
         """Per span: every slot's allocBit is set (after a sweep that kept every object, say),
         counted with popcounts of each span's allocBits words, padding bits masked off."""
         if not len(ids):
@@ -401,7 +402,8 @@ class Marker:
         keep[word_typed] = self._pointer_bits(addrs)
         return np.compress(keep, vals)
 
-    def _shade_block(self, ws: Workspace, v: np.ndarray, worker: int, out: _Frontier):
+    def _shade_block(self, ws: Workspace, v: np.ndarray, worker: int,
+                     out: _Frontier) -> None:
         """shade for one block of candidates v (overwritten), in ws's buffers; the new grey
         scan objects go to out.
 
@@ -486,7 +488,8 @@ class Marker:
                                          & (PAGES_PER_ARENA - 1))
         return np.where(inside, page, -1)
 
-    def _drop_free(self, ws: Workspace, g: np.ndarray, sid: np.ndarray, idx: np.ndarray):
+    def _drop_free(self, ws: Workspace, g: np.ndarray, sid: np.ndarray,
+                   idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unmark and drop the slots that hold no allocated object (Go's isFree check: at or
         past freeindex and clear in allocBits); their mark word becomes -1."""
         fi = np.take(self.freeidx, sid, out=ws.widx[:len(sid)], mode="clip")
@@ -536,7 +539,7 @@ class Marker:
             return None
         return s, idx
 
-    def _drain_scalar(self, sids: list[int], idxs: list[int]):
+    def _drain_scalar(self, sids: list[int], idxs: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Scan narrow frontiers in Python, breadth first, until the frontier empties or
         grows wider than ``scalar_frontier``; return that wide frontier to the vector path."""
         if not self.contiguous or (self._tables is None and len(sids) <= FEW_OBJECTS
@@ -588,7 +591,7 @@ class Marker:
         self._marked[0] += marked
         return np.array(sids, dtype=np.int64), np.array(idxs, dtype=np.int64)
 
-    def _scalar_tables(self):
+    def _scalar_tables(self) -> tuple:
         """Python-list copies of the lookup arrays, made on the first scalar step of a cycle:
         indexing a list is several times cheaper than indexing numpy for one element."""
         if self._tables is None:
@@ -617,7 +620,8 @@ class Marker:
         addrs = np.arange(base, base + size, 8, dtype=np.uint64)
         return words[self._pointer_bits(addrs)].tolist()
 
-    def _drain_scalar_general(self, sids: list[int], idxs: list[int]):
+    def _drain_scalar_general(self, sids: list[int],
+                              idxs: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The scalar step for a heap whose arenas are not in slot order."""
         marks = self._marks_view()
         gbase = self.gbase
