@@ -1,9 +1,9 @@
 """memclrNoHeapPointers: clearing memory by address from Python.
 
 Go clears memory with memclrNoHeapPointers (an assembly loop); from Python the cheapest way to
-clear a few KiB is a slice assignment on a memoryview of the address space (~0.2 us) rather
-than a ctypes call to memset (~0.6 us, most of it the foreign-call machinery). Clears bigger
-than ZERO_CHUNK call memset once.
+clear a few KiB is a slice assignment on a memoryview of the address space: a ctypes call to
+memset spends most of its time in the foreign-call machinery. Clears bigger than ZERO_CHUNK
+call memset once.
 """
 
 from __future__ import annotations

@@ -41,24 +41,17 @@ def test_free_then_alloc_returns_the_same_object_lifo():
     assert f.alloc() not in (a, b)
 
 
-def test_zero_false_keeps_fields_across_free_and_reuse():
-    f, _, _ = make(zero=False, reset=reset_rec)  # reset is ignored when zero=False
+@pytest.mark.parametrize("zero, kept", [(False, (6, 3)), (True, (0, 0))])
+def test_reuse_keeps_fields_or_resets_them(zero, kept):
+    """zero=False hands a freed record back as it was (reset is ignored); zero=True runs
+    reset on it first."""
+    f, _, _ = make(zero=zero, reset=reset_rec)
     s = f.alloc()
     s.sweepgen, s.npages = 6, 3
     f.free(s)
     again = f.alloc()
     assert again is s
-    assert (again.sweepgen, again.npages) == (6, 3)
-
-
-def test_zero_true_with_reset_restores_defaults():
-    f, _, _ = make(zero=True, reset=reset_rec)
-    s = f.alloc()
-    s.sweepgen, s.npages = 6, 3
-    f.free(s)
-    again = f.alloc()
-    assert again is s
-    assert (again.sweepgen, again.npages) == (0, 0)
+    assert (again.sweepgen, again.npages) == kept
 
 
 def test_first_hook_runs_once_per_fresh_record_not_on_reuse():

@@ -248,11 +248,16 @@ def test_free_into_own_cached_span_with_a_reserved_run(h):
     h.verify()
 
 
-def test_free_into_full_uncached_span_moves_it_to_partial(h):
-    size = 1024
+def _full_uncached_span(h, size: int = 1024):
+    """(objects, their span, slots per span): one span's worth of objects and one more, so
+    the mcache has moved on and the first span is full and back in its mcentral."""
     nelems = 8192 // size
     ps = [h.alloc(size) for _ in range(nelems + 1)]
-    s = h.mheap.span_of(ps[0])
+    return ps, h.mheap.span_of(ps[0]), nelems
+
+
+def test_free_into_full_uncached_span_moves_it_to_partial(h):
+    ps, s, nelems = _full_uncached_span(h)
     central = h.central[s.spanclass]
     sg = h.mheap.sweepgen
     assert s.cached_by is None and s.allocCount == nelems
@@ -265,9 +270,7 @@ def test_free_into_full_uncached_span_moves_it_to_partial(h):
 
 def test_free_emptying_an_uncached_span_returns_it_to_the_page_heap(h):
     size = 1024
-    nelems = 8192 // size
-    ps = [h.alloc(size) for _ in range(nelems + 1)]
-    s = h.mheap.span_of(ps[0])
+    ps, s, nelems = _full_uncached_span(h, size)
     assert s.cached_by is None
     for p in ps[:nelems - 1]:
         h.free(p)

@@ -18,7 +18,7 @@ paths drain it and must agree (tests compare them on random graphs):
   next frontier. All of it runs in each worker's Workspace buffers (np.take and ufuncs with
   out=; selections by one np.flatnonzero) and the frontier chunks come from a pool, so a
   step allocates almost nothing: fresh numpy temporaries cost a page fault per 4 KiB,
-  which on a collection of a large heap was a third of the time;
+  a large part of the time of a collection of a large heap;
 - **scalar**, for narrow frontiers (a long linked list has a frontier of one object): a loop
   in Python over the same structures, one frontier (breadth-first level) at a time.
 
