@@ -100,10 +100,11 @@ class Heap(Allocator):
         noscan = noscan or t.noscan
         p = self.alloc(size, None, noscan, zero)
         if not noscan:
-            s = self.mheap.span_of(p)
-            extent = s.npages << PAGE_SHIFT if s.sizeclass == 0 else s.elemsize
-            bitmap.set_object_type(self.mheap.arenas, p, extent, t, size)
-            s.typed = True
+            with self.inside():     # close() must not unmap the bitmap under this write
+                s = self.mheap.span_of(p)
+                extent = s.npages << PAGE_SHIFT if s.sizeclass == 0 else s.elemsize
+                bitmap.set_object_type(self.mheap.arenas, p, extent, t, size)
+                s.typed = True
         return p
 
     def new(self, ctype: type, n: int = 1) -> Handle:
@@ -172,7 +173,9 @@ class Heap(Allocator):
         return self.gc.roots.add_range(addr, size, t)
 
     def remove_root_range(self, token: int) -> None:
-        """Stop scanning a range. Raises NotARoot."""
+        """Stop scanning a range. Raises NotARoot, HeapClosed."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
         self.gc.roots.remove_range(token)
 
     # --- collection control ------------------------------------------------------------
@@ -185,7 +188,10 @@ class Heap(Allocator):
         self.gc.collect(forced=True)
 
     def set_gc_percent(self, n: int) -> int:
-        """debug.SetGCPercent: set GOGC, return the previous value (-1 means off)."""
+        """debug.SetGCPercent: set GOGC, return the previous value (-1 means off). Raises
+        InvalidArgument, HeapClosed."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
         return self.gc.pacer.set_gc_percent(n)
 
     @property
@@ -195,7 +201,10 @@ class Heap(Allocator):
     @contextlib.contextmanager
     def no_gc(self) -> Iterator[None]:
         """No collection starts while this block runs (in any thread): for code that writes
-        heap pointers outside gcalloc calls while other threads allocate."""
+        heap pointers outside gcalloc calls while other threads allocate. Raises
+        HeapClosed."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
         with self.gc.lock:
             self.gc.inhibit += 1
             try:
@@ -281,8 +290,10 @@ class Heap(Allocator):
     def verify(self) -> None:
         """Raise HeapCorruption if any invariant of any layer is broken. Call it with no
         other thread allocating. Raises HeapClosed."""
-        super().verify()
-        problems = self.specials.verify() + self._bitmap_problems() + self._root_problems()
+        with self.inside():
+            super().verify()
+            problems = (self.specials.verify() + self._bitmap_problems()
+                        + self._root_problems())
         if problems:
             raise HeapCorruption("collector: " + "; ".join(problems[:20]))
 
@@ -313,17 +324,21 @@ class Heap(Allocator):
         return out
 
     def close(self) -> None:
-        """Stop background threads and return every mapping to the OS. Idempotent."""
-        if self._closed:
+        """Stop the world for good, stop background threads and return every mapping to the
+        OS. Every later call, from any thread, raises HeapClosed. Idempotent."""
+        if self._closed or not self._shut_down():
             return
+        # No thread is inside the allocator or the collector now and none will enter: each
+        # raises HeapClosed. The background threads may still be running (a finalizer, a
+        # scavenge); the memory stays mapped until they have stopped.
         self.finalizers.close()        # waits for a running finalizer; drops queued ones
         self._stop_finalizers.detach()
         if self._scavenger is not None:
             self._scavenger.stop()
             self._scavenger = None
-        self.gc.roots.clear()
+        self.gc.roots.close()
         self.gc.close()
-        super().close()
+        self._release_memory()
         self._finalizer.detach()
         self.specials.close()
         self.mprof.close()

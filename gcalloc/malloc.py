@@ -23,10 +23,19 @@ a freed span (by free or by sweep) is made inaccessible with sys_fault and never
 use after free faults at once. The runs and tiny blocks stay empty, so every allocation takes
 the slow path.
 
-Stopping the world: slow paths and free are *safepoints*. A thread sets its mcache's
-``mallocing`` then checks ``_stopped``; a collector sets ``_stopped`` then waits until no other
-mcache is ``mallocing`` (Go's m.mallocing and stopTheWorld). The fast path needs no flag: a
-run's ``next`` is atomic, and the collector empties the runs while the world is stopped.
+Stopping the world (``World``, Go's m.mallocing and stopTheWorld): slow paths, free and the
+calls that read heap memory (lookup, usable_size, verify, ...) are *safepoints*. A thread sets
+its mcache's ``mallocing`` then checks ``World.stopped``; a stopper (a collection, or close())
+sets ``stopped`` then waits until no other mcache is ``mallocing``. One stopper at a time: a
+second one waits until the first starts the world. The fast path needs no flag: a run's
+``next`` is atomic, and a stopper exhausts the runs (the iterators themselves, so a thread
+holding one gets 0) while the world is stopped.
+
+Closing is stopping the world for good: close() stops it, exhausts every run, drops every tiny
+block, marks the heap closed and only then unmaps. Every safepoint from then on (and every
+thread parked at one) raises HeapClosed, so no allocator code runs on the unmapped memory. A
+call already past its fast path's ``next`` when close() stops the world may still return that
+address: using it races with close(), as a use after free does in C.
 
 The GC layer plugs in through hooks, all off the fast path: ``sweep_span`` (mcentral met an
 unswept span), ``charge_live`` (pacing; True once the heap reached its goal, and only then
@@ -37,6 +46,8 @@ does the slow path call ``gc_poll(p)``: maybe collect, with p as a root), ``on_s
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ctypes
 import math
 import operator
@@ -44,7 +55,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from gcalloc import os as gos
 from gcalloc import verify as checks
@@ -118,10 +129,7 @@ class Allocator:
         self._closed = False
         self._mem_profile_rate = DEFAULT_MEM_PROFILE_RATE
         self._rand = random.Random()
-        # Stop-the-world state (see the module comment).
-        self._world = threading.Condition(threading.Lock())
-        self._stopped = False
-        self._stopper = 0
+        self._world = World()    # see the module comment
         self.marking = None      # the collector's Marker while it marks (allocate black)
         self.efence = False      # see the module comment
         # Hooks for the GC layer (see the module comment); set_sweeper sets sweep_span.
@@ -320,29 +328,35 @@ class Allocator:
     # --- stopping the world ------------------------------------------------------------
 
     def _safepoint(self, c: MCache) -> None:
-        """Enter a slow path: park here while another thread has the world stopped."""
+        """Enter a slow path: park here while another thread has the world stopped; raise
+        HeapClosed once the heap is closed."""
         c.mallocing = True
-        if self._stopped and self._stopper != threading.get_ident():
+        if self._world.stopped:
+            self._world.park(c)
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """Run the block as a safepoint region: no stopper (a collection, close()) runs while
+        it does. For public calls that read heap memory without being a slow path. Nests;
+        the block must not allocate or free (their slow paths clear the flag) nor take the
+        collector lock (a collection holding it waits for this thread's flag)."""
+        c = self._this_mcache()
+        if c.mallocing:
+            yield       # the enclosing region of this thread holds the flag
+            return
+        self._safepoint(c)
+        try:
+            yield
+        finally:
             c.mallocing = False
-            with self._world:
-                while self._stopped:
-                    self._world.wait()
-            c.mallocing = True
 
     def stop_the_world(self) -> None:
-        """Wait until no other thread is inside a slow path; park the ones that arrive."""
-        with self._world:
-            self._stopped = True
-            self._stopper = threading.get_ident()
-        me = getattr(self._tls, "mcache", None)
-        while any(c.mallocing for c in list(self.mcaches) if c is not me):
-            time.sleep(0)   # let them run to the end of their slow path
+        """Wait until no other thread is inside a safepoint region; park the ones that arrive.
+        Raises HeapClosed once the heap is closed."""
+        self._world.stop(self.mcaches, getattr(self._tls, "mcache", None))
 
     def start_the_world(self) -> None:
-        with self._world:
-            self._stopped = False
-            self._stopper = 0
-            self._world.notify_all()
+        self._world.start()
 
     def _this_mcache(self) -> MCache:
         try:
@@ -363,18 +377,18 @@ class Allocator:
             raise InvalidArgument("mem_profile_rate must be an int")
         if rate < 0:
             raise InvalidSize(f"mem_profile_rate must be >= 0, got {rate}")
-        self._mem_profile_rate = rate
-        # Give back the calling thread's runs so the new rate governs its very next
-        # allocation (a run is handed out without consulting the countdown). Other threads
-        # see the new rate when their current runs end.
-        mine = getattr(self._tls, "mcache", None)
-        if mine is not None and mine in self.mcaches:
+        with self.inside():
+            self._mem_profile_rate = rate
+            # Give back the calling thread's runs so the new rate governs its very next
+            # allocation (a run is handed out without consulting the countdown). Other
+            # threads see the new rate when their current runs end.
+            mine = self._tls.mcache
             bits64 = self.mheap.gcbits.bits64
             for spc, s in enumerate(mine.alloc):
                 if s is not EMPTY_SPAN:
                     mine.give_back_run(spc, bits64)
-        for c in list(self.mcaches):
-            c.next_sample = self.next_sample()
+            for c in list(self.mcaches):
+                c.next_sample = self.next_sample()
 
     def next_sample(self) -> int:
         """Bytes until the next sample: exponential with mean mem_profile_rate (Go's
@@ -395,9 +409,9 @@ class Allocator:
     # --- per-thread caches -------------------------------------------------------------
 
     def _attach_mcache(self) -> MCache:
-        if self._closed:
-            raise HeapClosed("heap is closed")
         with self.mheap.lock:
+            if self._closed:    # under the lock: close() drops the mcaches under it
+                raise HeapClosed("heap is closed")
             c = self._cachealloc.alloc()
             c.next_sample = self.next_sample()
             self.mcaches.add(c)
@@ -411,7 +425,10 @@ class Allocator:
         """Give a thread's cache back: its spans to the centrals, its counts to the stats."""
         if self._closed or c not in self.mcaches:
             return
-        self._safepoint(c)
+        try:
+            self._safepoint(c)
+        except HeapClosed:
+            return      # closed meanwhile: close() dropped every mcache
         try:
             self._release_mcache(c)
         finally:
@@ -574,10 +591,9 @@ class Allocator:
     def lookup(self, p: int) -> tuple[int, int] | None:
         """(base, size) of the object holding p, or None (gccgo's mlookup)."""
         p = self._check_addr(p)
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        self.stats.lookups += 1
-        found = self.find_object(p)
+        with self.inside():
+            self.stats.lookups += 1
+            found = self.find_object(p)
         if found is None:
             return None
         s, idx = found
@@ -588,9 +604,8 @@ class Allocator:
         p = self._check_addr(p)
         if p == self.zerobase:
             return 0
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        found = self.find_object(p)
+        with self.inside():
+            found = self.find_object(p)
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
         s, idx = found
@@ -621,9 +636,7 @@ class Allocator:
 
     def read_memstats(self) -> MemStats:
         """A snapshot of the heap's statistics (Go's ReadMemStats)."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        with self.mheap.lock:
+        with self.inside(), self.mheap.lock:
             return self._memstats_locked()
 
     def _memstats_locked(self) -> MemStats:
@@ -669,20 +682,19 @@ class Allocator:
     def verify(self) -> None:
         """Raise HeapCorruption if an allocator invariant is broken (call with no other
         thread allocating)."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        self.mheap.verify()
-        problems: list[str] = []
-        with self.mheap.lock:
-            spans = self.mheap.in_use_spans()
-            caches = list(self.mcaches)
-        for s in spans:
-            problems.extend(checks.span_problems(self, s))
-            problems.extend(checks.sweep_problems(self, s))
-        for c in caches:
-            problems.extend(checks.mcache_problems(self, c))
-        for central in self.central:
-            problems.extend(checks.central_problems(central))
+        with self.inside():
+            self.mheap.verify()
+            problems: list[str] = []
+            with self.mheap.lock:
+                spans = self.mheap.in_use_spans()
+                caches = list(self.mcaches)
+            for s in spans:
+                problems.extend(checks.span_problems(self, s))
+                problems.extend(checks.sweep_problems(self, s))
+            for c in caches:
+                problems.extend(checks.mcache_problems(self, c))
+            for central in self.central:
+                problems.extend(checks.central_problems(central))
         if problems:
             raise HeapCorruption("allocator: " + "; ".join(problems[:20]))
 
@@ -692,17 +704,96 @@ class Allocator:
 
     def close(self) -> None:
         """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for c in list(self.mcaches):
-            c.alloc = [EMPTY_SPAN] * NUM_SPAN_CLASSES
-            c.runs = [EMPTY_RUN] * NUM_SPAN_CLASSES
-            c.tiny = c.tinyoffset = 0
-        self.mcaches.clear()
+        if not self._closed and self._shut_down():
+            self._release_memory()
+
+    def _shut_down(self) -> bool:
+        """close()'s first half: stop the world for good (waiting for a collection in
+        progress and for every thread inside a safepoint region), so that every later call,
+        and every thread parked at a safepoint, raises HeapClosed. The memory is still
+        mapped. False if the heap was closed already."""
+        try:
+            self.stop_the_world()
+        except HeapClosed:
+            return False
+        with self.mheap.lock:
+            for c in self.mcaches:
+                for run in c.runs:
+                    collections.deque(run, maxlen=0)   # a thread holding it gets 0: slow path
+                c.runs = [EMPTY_RUN] * NUM_SPAN_CLASSES
+                c.alloc = [EMPTY_SPAN] * NUM_SPAN_CLASSES
+                c.tiny = c.tinyoffset = 0
+            self.mcaches.clear()
+            self._closed = True
+        self._world.close()
+        return True
+
+    def _release_memory(self) -> None:
+        """close()'s second half, after _shut_down: unmap."""
         self.mheap.release()
         self._cachealloc.clear()
         self.persistent.release_all()
+
+
+class World:
+    """The stop-the-world state of one heap (see the module comment). A thread is inside a
+    safepoint region while its mcache's ``mallocing`` is set.
+
+    Invariants: while ``stopped``, the thread ``stopper`` owns the world and no other
+    thread's mcache is ``mallocing`` once ``stop`` returned; ``closed`` implies ``stopped``,
+    for good."""
+
+    __slots__ = ("cond", "stopped", "stopper", "closed")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.stopped = False
+        self.stopper = 0
+        self.closed = False
+
+    def park(self, c: MCache) -> None:
+        """c's thread is at a safepoint with the world stopped (its flag set): pass if it is
+        the stopper, else wait with the flag down until the world restarts."""
+        me = threading.get_ident()
+        if self.stopper == me and not self.closed:
+            return
+        c.mallocing = False
+        with self.cond:
+            while self.stopped and not self.closed:
+                self.cond.wait()
+            if self.closed:
+                raise HeapClosed("heap is closed")
+            # Raised under cond: a stopper sets stopped under it, then sees this flag.
+            c.mallocing = True
+
+    def stop(self, mcaches: set[MCache], mine: MCache | None) -> None:
+        """Become the stopper once the world is free, then wait until no mcache but
+        ``mine`` is ``mallocing``. Raises HeapClosed once closed."""
+        me = threading.get_ident()
+        with self.cond:
+            if self.stopped and self.stopper == me and not self.closed:
+                raise HeapCorruption("stop_the_world: this thread has the world stopped")
+            while self.stopped and not self.closed:
+                self.cond.wait()
+            if self.closed:
+                raise HeapClosed("heap is closed")
+            self.stopped = True
+            self.stopper = me
+        while any(c.mallocing for c in list(mcaches) if c is not mine):
+            time.sleep(0)   # let them run to the end of their region
+
+    def start(self) -> None:
+        with self.cond:
+            if not self.closed:
+                self.stopped = False
+                self.stopper = 0
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        """The stopper closes the heap: the world stays stopped; parked threads raise."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
 
 
 class _ThreadGuard:

@@ -161,7 +161,8 @@ class Finalizers:
             raise FinalizerNotCallable(f"finalizer must be callable or None, not "
                                        f"{type(fn).__name__}")
         heap = self.heap
-        with heap.gc.lock:                 # no collection while the specials change
+        # No collection while the specials change; inside(): close() waits for this call.
+        with heap.gc.lock, heap.inside():
             p = heap._check_addr(p)
             if heap.closed:
                 raise HeapClosed("heap is closed")

@@ -6,13 +6,15 @@
             ─ batch-sweep the spans that need no per-object work
             ─ pacing, statistics ─ [collect(): sweep everything] ─ start the world
 
-Stopping the world: every thread that enters the allocator's slow paths (or free, or the
-root API) passes a safepoint that parks it while a collection runs; the collector waits until
-no other thread is inside one (the mcaches' ``mallocing`` flags). The allocation fast path is
-a single atomic step (a run iterator's ``next``), so a thread parked anywhere is never halfway
-through it; flushing the mcaches empties the runs, which sends every thread to a safepoint on
-its next allocation. Memory that Python or C code writes without calling gcalloc is not
-stopped: see docs/gc.md ("what stops").
+Stopping the world (malloc.World, shared with close()): every thread that enters the
+allocator's slow paths (or free, or the calls that read heap memory) passes a safepoint that
+parks it while a collection runs; the collector waits until no other thread is inside one (the
+mcaches' ``mallocing`` flags). The allocation fast path is a single atomic step (a run
+iterator's ``next``), so a thread parked anywhere is never halfway through it; flushing the
+mcaches exhausts the runs, which sends every thread to a safepoint on its next allocation.
+Once the heap is closed, stopping the world raises HeapClosed, so no cycle starts; close()
+itself waits for a cycle in progress to start the world again. Memory that Python or C code
+writes without calling gcalloc is not stopped: see docs/gc.md ("what stops").
 
 Automatic cycles start from the slow paths when the pacer says heap_live reached the goal,
 with the triggering allocation treated as a root for that cycle so the caller receives a live

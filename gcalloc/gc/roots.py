@@ -13,6 +13,8 @@ free slots, free spans or outside the heap are ignored.
 
 Invariants: ``handle_addrs[i]`` is 0 for a free slot; ``counted[p] > 0`` for every key.
 Mutations happen under ``lock``, which the collector also holds while it reads the roots.
+Once the heap closed (``closed``), a Handle's ``view`` raises HeapClosed; releasing one is
+still fine (it only touches this table).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import weakref
 import numpy as np
 
 from gcalloc.addrspace import MEM64, word_index
-from gcalloc.errors import GcallocError, NotARoot
+from gcalloc.errors import GcallocError, HeapClosed, NotARoot
 from gcalloc.gc.types import PTR_SIZE, Type
 
 
@@ -61,6 +63,7 @@ class RootSet:
         self.handle_addrs = np.zeros(1024, dtype=np.uint64)
         self._free_slots: list[int] = list(range(1023, -1, -1))
         self.handles_live = 0
+        self.closed = False
 
     # --- counted roots -----------------------------------------------------------------
 
@@ -129,8 +132,10 @@ class RootSet:
             parts.append(np.array(extra, dtype=np.uint64))
         return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
 
-    def clear(self) -> None:
+    def close(self) -> None:
+        """The heap closed: forget every root; Handles still alive raise on ``view``."""
         with self.lock:
+            self.closed = True
             self.counted.clear()
             self.ranges.clear()
             self.handle_addrs[:] = 0
@@ -140,16 +145,18 @@ class Handle:
     """A rooted reference to a heap object: the object lives while this Handle does.
 
     ``addr`` is the object's address; ``view`` is ``ctype.from_address(addr)`` for Handles
-    made by ``Heap.new`` (``None`` for ``Heap.handle`` without a type). ``release()`` drops the
-    root early; a released Handle raises on ``view``.
+    made by ``Heap.new`` (``None`` for ``Heap.handle`` without a type), made once and kept.
+    ``release()`` drops the root early; a released Handle raises GcallocError on ``view``, and
+    one whose heap was closed raises HeapClosed.
     """
 
-    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "__weakref__")
+    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "_view", "__weakref__")
 
     def __init__(self, roots: RootSet, addr: int, ctype: object, count: int) -> None:
         self.addr = addr
         self.ctype = ctype
         self.count = count
+        self._view = None
         self._roots = weakref.ref(roots)
         self._slot = roots.handle_slot(addr)
 
@@ -157,10 +164,13 @@ class Handle:
     def view(self):
         if self._slot < 0:
             raise GcallocError("handle was released")
-        if self.ctype is None:
-            return None
-        t = self.ctype if self.count == 1 else self.ctype * self.count
-        return t.from_address(self.addr)
+        roots = self._roots()
+        if roots is None or roots.closed:   # None: the heap was dropped, its memory unmapped
+            raise HeapClosed("heap is closed")
+        if self._view is None and self.ctype is not None:
+            t = self.ctype if self.count == 1 else self.ctype * self.count
+            self._view = t.from_address(self.addr)
+        return self._view
 
     @property
     def alive(self) -> bool:
@@ -169,6 +179,7 @@ class Handle:
     def release(self) -> None:
         """Stop rooting the object (also done when the Handle is garbage-collected)."""
         slot, self._slot = self._slot, -1
+        self._view = None
         roots = self._roots()
         if slot >= 0 and roots is not None:
             roots.release_slot(slot)
