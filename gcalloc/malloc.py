@@ -334,21 +334,27 @@ class Allocator:
         if self._world.stopped:
             self._world.park(c)
 
-    @contextlib.contextmanager
-    def inside(self) -> Iterator[None]:
-        """Run the block as a safepoint region: no stopper (a collection, close()) runs while
-        it does. For public calls that read heap memory without being a slow path. Nests;
-        the block must not allocate or free (their slow paths clear the flag) nor take the
-        collector lock (a collection holding it waits for this thread's flag)."""
+    def _enter(self) -> MCache | None:
+        """Enter a safepoint region: no stopper (a collection, close()) runs until the caller
+        clears the returned mcache's flag. For public calls that read heap memory without
+        being a slow path. None when this thread is inside a region already (it holds the
+        flag). The region must not allocate or free (their slow paths clear the flag) nor
+        take the collector lock (a collection holding it waits for this thread's flag)."""
         c = self._this_mcache()
         if c.mallocing:
-            yield       # the enclosing region of this thread holds the flag
-            return
+            return None
         self._safepoint(c)
+        return c
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """The block as a safepoint region (see _enter)."""
+        c = self._enter()
         try:
             yield
         finally:
-            c.mallocing = False
+            if c is not None:
+                c.mallocing = False
 
     def stop_the_world(self) -> None:
         """Wait until no other thread is inside a safepoint region; park the ones that arrive.
@@ -591,9 +597,13 @@ class Allocator:
     def lookup(self, p: int) -> tuple[int, int] | None:
         """(base, size) of the object holding p, or None (gccgo's mlookup)."""
         p = self._check_addr(p)
-        with self.inside():
+        c = self._enter()     # not inside(): lookup is called often enough to mind its cost
+        try:
             self.stats.lookups += 1
             found = self.find_object(p)
+        finally:
+            if c is not None:
+                c.mallocing = False
         if found is None:
             return None
         s, idx = found

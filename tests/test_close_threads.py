@@ -1,5 +1,5 @@
 """close() while other threads are inside the heap: allocating (small, tiny, large, typed),
-freeing, looking up, rooting, collecting, running a finalizer.
+freeing, looking up, rooting, collecting, scavenging, running a finalizer.
 
 Each scenario runs in a subprocess, so that a segfault fails the test instead of killing
 pytest, and a hang fails it by timeout. The main thread of the subprocess closes the heap after
@@ -110,7 +110,9 @@ def run_threads(h, nthreads, rounds, body_round, before_close=None):
     return {"outcome": outcome, "later": later}
 
 def scenario_alloc():
-    h = gcalloc.Heap()
+    # The background scavenger releases every free span as often as it can meanwhile.
+    h = gcalloc.Heap(scavenger=True)
+    h._scavenger.period, h._scavenger.limit = 0.0005, -1.0
     return run_threads(h, 4, 3, one_round)
 
 def scenario_collect():
