@@ -334,27 +334,39 @@ class Allocator:
         if self._world.stopped:
             self._world.park(c)
 
-    def _enter(self) -> MCache | None:
-        """Enter a safepoint region: no stopper (a collection, close()) runs until the caller
-        clears the returned mcache's flag. For public calls that read heap memory without
-        being a slow path. None when this thread is inside a region already (it holds the
-        flag). The region must not allocate or free (their slow paths clear the flag) nor
-        take the collector lock (a collection holding it waits for this thread's flag)."""
-        c = self._this_mcache()
+    def _enter(self) -> MCache | World | None:
+        """Enter a safepoint region: no stopper (a collection, close()) runs until
+        ``_leave`` of what this returns. For public calls that read heap memory without being
+        a slow path. The region must not allocate or free (their slow paths clear the flag)
+        nor take the collector lock (a collection holding it waits for this thread)."""
+        try:
+            c = self._tls.mcache
+        except AttributeError:
+            # A thread that never allocated has no flag to raise (and gets no mcache for
+            # reading): it stops the world instead, unless it has already.
+            if self._world.stopper == threading.get_ident():
+                return None
+            self.stop_the_world()
+            return self._world
         if c.mallocing:
-            return None
+            return None     # inside a region already: the outer one holds the flag
         self._safepoint(c)
         return c
+
+    def _leave(self, entered: MCache | World | None) -> None:
+        if isinstance(entered, MCache):
+            entered.mallocing = False
+        elif entered is not None:
+            self.start_the_world()
 
     @contextlib.contextmanager
     def inside(self) -> Iterator[None]:
         """The block as a safepoint region (see _enter)."""
-        c = self._enter()
+        entered = self._enter()
         try:
             yield
         finally:
-            if c is not None:
-                c.mallocing = False
+            self._leave(entered)
 
     def stop_the_world(self) -> None:
         """Wait until no other thread is inside a safepoint region; park the ones that arrive.
@@ -388,11 +400,12 @@ class Allocator:
             # Give back the calling thread's runs so the new rate governs its very next
             # allocation (a run is handed out without consulting the countdown). Other
             # threads see the new rate when their current runs end.
-            mine = self._tls.mcache
-            bits64 = self.mheap.gcbits.bits64
-            for spc, s in enumerate(mine.alloc):
-                if s is not EMPTY_SPAN:
-                    mine.give_back_run(spc, bits64)
+            mine = getattr(self._tls, "mcache", None)
+            if mine is not None:
+                bits64 = self.mheap.gcbits.bits64
+                for spc, s in enumerate(mine.alloc):
+                    if s is not EMPTY_SPAN:
+                        mine.give_back_run(spc, bits64)
             for c in list(self.mcaches):
                 c.next_sample = self.next_sample()
 
@@ -597,13 +610,12 @@ class Allocator:
     def lookup(self, p: int) -> tuple[int, int] | None:
         """(base, size) of the object holding p, or None (gccgo's mlookup)."""
         p = self._check_addr(p)
-        c = self._enter()     # not inside(): lookup is called often enough to mind its cost
+        entered = self._enter()   # not inside(): lookup is called often enough to mind
         try:
             self.stats.lookups += 1
             found = self.find_object(p)
         finally:
-            if c is not None:
-                c.mallocing = False
+            self._leave(entered)
         if found is None:
             return None
         s, idx = found
