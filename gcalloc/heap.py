@@ -51,24 +51,33 @@ class Heap(Allocator):
         self.debug: DebugFlags = parse_debug(debug)
         gogc = parse_gogc() if gc_percent is None else gc_percent
         super().__init__()
-        self.efence = bool(self.debug.efence)
-        self.gc = Collector(self, gogc, self.debug)
-        self.set_sweeper(self.gc.sweeper.sweep)
-        self.ensure_swept = self.gc.sweeper.ensure_swept
-        self.gc_poll = self.gc.poll
-        self.charge_live = self.gc.pacer.charge
-        self.on_free = self._on_free
-        # The page heap outlives a dropped Heap (the finalizer below holds it), so its hooks
-        # must not hold the Heap: they call back through a weak reference.
-        self.mheap.on_new_spans = _weak_method(self, "_init_span_bits")
-        self.mheap.reclaim = _weak_method(self, "_reclaim")
-        self._scavenger: Scavenger | None = None
-        if scavenger or (scavenger is None and self.debug.scavenger):
-            self._scavenger = Scavenger(self.mheap)
-        # A heap dropped without close() still gives its memory back.
-        self._finalizer = weakref.finalize(self, _release, self.mheap, self.persistent,
-                                           self._scavenger)
-        self._init_specials()
+        try:
+            self.efence = bool(self.debug.efence)
+            self.gc = Collector(self, gogc, self.debug)
+            self.set_sweeper(self.gc.sweeper.sweep)
+            self.ensure_swept = self.gc.sweeper.ensure_swept
+            self.gc_poll = self.gc.poll
+            self.charge_live = self.gc.pacer.charge
+            self.on_free = self._on_free
+            # The page heap outlives a dropped Heap (the finalizer below holds it), so its hooks
+            # must not hold the Heap: they call back through a weak reference.
+            self.mheap.on_new_spans = _weak_method(self, "_init_span_bits")
+            self.mheap.reclaim = _weak_method(self, "_reclaim")
+            self._scavenger: Scavenger | None = None
+            if scavenger or (scavenger is None and self.debug.scavenger):
+                self._scavenger = Scavenger(self.mheap)
+            # A heap dropped without close() still gives its memory back.
+            self._finalizer = weakref.finalize(self, _release, self.mheap, self.persistent,
+                                               self._scavenger)
+            self._init_specials()
+        except BaseException:
+            # A heap that failed to start keeps no thread and no reservation.
+            if getattr(self, "_scavenger", None) is not None:
+                self._scavenger.stop()
+            if hasattr(self, "_finalizer"):
+                self._finalizer.detach()
+            Allocator.close(self)
+            raise
 
     def _init_specials(self) -> None:
         """Special records, finalizers and the heap profile (gc/specials.py, finalizer.py,
@@ -315,6 +324,9 @@ class Heap(Allocator):
     def close(self) -> None:
         """Stop background threads and return every mapping to the OS. Idempotent."""
         if self._closed:
+            if self._unreleased:      # an earlier close could not unmap everything
+                super().close()
+                self._finalizer.detach()
             return
         self.finalizers.close()        # waits for a running finalizer; drops queued ones
         self._stop_finalizers.detach()
@@ -323,10 +335,12 @@ class Heap(Allocator):
             self._scavenger = None
         self.gc.roots.clear()
         self.gc.close()
-        super().close()
+        try:
+            super().close()
+        finally:
+            self.specials.close()
+            self.mprof.close()
         self._finalizer.detach()
-        self.specials.close()
-        self.mprof.close()
 
     def __enter__(self) -> Heap:
         return self
@@ -355,8 +369,10 @@ def _weak_method(obj: object, name: str):
 def _release(mheap, persistent, scavenger) -> None:
     if scavenger is not None:
         scavenger.stop()
-    mheap.release()
-    persistent.release_all()
+    try:
+        mheap.release()
+    finally:
+        persistent.release_all()
 
 
 
