@@ -16,8 +16,12 @@ injections left a valid heap.
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,6 +140,27 @@ def _many_typed_spans(h: gcalloc.Heap) -> None:
         h.alloc(8000, ctypes.c_void_p * 1000)
 
 
+def _unswept_typed_spans(h: gcalloc.Heap) -> None:
+    """Garbage in typed spans left unswept by an automatic (unforced) cycle: the next
+    allocations of that class sweep them through mcentral."""
+    _many_typed_spans(h)
+    h.set_gc_percent(1)
+    h.gc.collect(forced=False)
+    h.set_gc_percent(-1)
+
+
+def _alloc_typed_spans(h: gcalloc.Heap, st: Any) -> None:
+    _many_typed_spans(h)
+
+
+def _free_spans_apart(h: gcalloc.Heap) -> None:
+    """Several free spans, none fully released, kept apart by live ones."""
+    h.alloc(16)
+    big = [h.alloc(100000) for _ in range(8)]
+    for p in big[::2]:
+        h.free(p)
+
+
 def _persistent_sys(h: gcalloc.Heap) -> int:
     """Bytes persistentalloc has mapped for the heap's small records: grows by a chunk."""
     return h.stats.other_sys.value + h.stats.buckhash_sys.value
@@ -210,8 +235,10 @@ OPS = [
     Op("collect", lambda h, st: h.collect(), _garbage),
     Op("collect over many spans", lambda h, st: h.collect(), _many_spans),
     Op("collect over many typed spans", lambda h, st: h.collect(), _many_typed_spans),
+    Op("alloc sweeping unswept spans", _alloc_typed_spans, _unswept_typed_spans),
     Op("free_os_memory", lambda h, st: h.free_os_memory(), _garbage),
     Op("scavenge", lambda h, st: h.scavenge(-1.0), _partly_released_span),
+    Op("scavenge several spans", lambda h, st: h.scavenge(-1.0), _free_spans_apart),
     Op("set_finalizer", _set_finalizers, _finalizer_targets),
     Op("heap profile samples", _sampled_allocs, _sampled_history),
     Op("root range", lambda h, st: h.add_root_range(st, 64), lambda h: h.alloc(64)),
@@ -430,3 +457,39 @@ def test_nth_failure_counts_every_function_and_record_calls_sees_them() -> None:
         gos.inject_nth_failure(-1)
     with pytest.raises(ValueError):
         gos.inject_nth_failure(0, ["sys_mmap"])
+
+
+_RLIMIT_CHILD = """
+import resource, psutil, gcalloc
+from gcalloc.errors import OutOfMemory
+proc = psutil.Process()
+before = proc.memory_info().vms
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (before + (6 << 30), hard))
+for _ in range(3):
+    try:
+        gcalloc.Heap(-1, scavenger=False, debug="")
+    except OutOfMemory:
+        pass
+    else:
+        raise SystemExit("Heap() fitted in 6 GiB of address space")
+leaked = proc.memory_info().vms - before
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+with gcalloc.Heap(-1, scavenger=False, debug="") as h:
+    h.alloc(100)
+    h.verify()
+print(leaked)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS bounds mmap on Linux")
+def test_heap_refused_by_rlimit_as_leaves_no_reservation() -> None:
+    """A real refusal, not an injected one: under RLIMIT_AS a Heap() cannot reserve its
+    ~8 GiB of metadata space, raises OutOfMemory, and gives back what it had reserved."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", _RLIMIT_CHILD], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    leaked = int(proc.stdout.split()[-1])
+    assert leaked < 64 * MiB, f"{leaked / MiB:.0f} MiB of address space kept by failed Heap()s"
