@@ -392,14 +392,35 @@ def test_every_os_failure_leaves_a_valid_heap(name: str, backend: str) -> None:
         "\n".join(bad)
 
 
-def test_sys_used_really_commits_on_the_standin() -> None:
-    """The Windows enumeration is not vacuous: reusing a scavenged span calls sys_used, which
-    the Windows backend turns into MEM_COMMIT."""
+def test_reusing_a_released_span_commits_it_on_windows_and_a_refusal_keeps_it_free() -> None:
+    """On the Windows backend sys_used is MEM_COMMIT: a scavenged span is decommitted, its
+    reuse commits it again, and when that commit is refused the span stays free, still
+    decommitted, and the next attempt succeeds."""
     if not standin.AVAILABLE:
         pytest.skip("the kernel32 stand-in needs POSIX mmap")
-    calls = [o.call for o in enumerate_op(_op_named("alloc reusing a scavenged span"),
-                                          "windows-standin")]
-    assert "sys_used" in calls
+    k = standin.Kernel32StandIn()
+    old = gos.bind_backend(WindowsMemory(k, k.get_last_error))
+    try:
+        with gcalloc.Heap(-1, scavenger=False, debug="") as h:
+            h.alloc(16)
+            p = h.alloc(300000)
+            n = h.usable_size(p)
+            h.free(p)
+            h.scavenge(-1.0)
+            assert not k.committed(p, n)
+            gos.inject_failure("sys_used")
+            with pytest.raises(SysMemoryError):
+                h.alloc(300000)
+            h.verify()
+            assert not k.committed(p, n)
+            assert h.alloc(300000) == p, "the released span was kept for reuse"
+            assert k.committed(p, n)
+            h.verify()
+        assert not k.reservations()
+    finally:
+        gos.clear_injected_failures()
+        gos.bind_backend(old)
+        k.close()
 
 
 if __name__ == "__main__":
