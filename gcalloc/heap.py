@@ -72,8 +72,9 @@ class Heap(Allocator):
             self._init_specials()
         except BaseException:
             # A heap that failed to start keeps no thread and no reservation.
-            if getattr(self, "_scavenger", None) is not None:
-                self._scavenger.stop()
+            scav = getattr(self, "_scavenger", None)
+            if scav is not None:
+                scav.stop()
             if hasattr(self, "_finalizer"):
                 self._finalizer.detach()
             Allocator.close(self)
