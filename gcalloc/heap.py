@@ -323,7 +323,9 @@ class Heap(Allocator):
         return out
 
     def close(self) -> None:
-        """Stop background threads and return every mapping to the OS. Idempotent."""
+        """Stop background threads and return every mapping to the OS. Idempotent. Raises
+        SysMemoryError if the OS refused to unmap something: the heap is closed anyway, and
+        the next close() retries what is left."""
         if self._closed:
             if self._unreleased:      # an earlier close could not unmap everything
                 super().close()

@@ -707,7 +707,8 @@ class Allocator:
         return self._closed
 
     def close(self) -> None:
-        """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent."""
+        """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent,
+        except that a close the OS refused an unmap to (SysMemoryError) is retried."""
         if self._closed and not self._unreleased:
             return
         if not self._closed:
