@@ -161,6 +161,16 @@ def _free_spans_apart(h: gcalloc.Heap) -> None:
         h.free(p)
 
 
+def _alloc_until_os_call(h: gcalloc.Heap, st: Any) -> None:
+    """Allocate from a class whose mcache span fills up, until a refill needs the OS."""
+    with gos.record_calls() as calls:
+        for _ in range(100000):
+            h.alloc(48)
+            if calls:
+                return
+    raise AssertionError("no OS call")
+
+
 def _persistent_sys(h: gcalloc.Heap) -> int:
     """Bytes persistentalloc has mapped for the heap's small records: grows by a chunk."""
     return h.stats.other_sys.value + h.stats.buckhash_sys.value
@@ -225,6 +235,7 @@ OPS = [
     Op("first alloc (heap growth from nothing)", lambda h, st: h.alloc(64), absorbs=HINT),
     Op("alloc small, first of its class", lambda h, st: h.alloc(48), lambda h: h.alloc(16)),
     Op("alloc large", lambda h, st: h.alloc(100000), lambda h: h.alloc(16)),
+    Op("alloc refilling a full span", _alloc_until_os_call, lambda h: h.alloc(48)),
     Op("growth past an arena", lambda h, st: h.alloc(40 * MiB), lambda h: h.alloc(40 * MiB),
        absorbs=HINT),
     Op("growth by many arenas", lambda h, st: h.alloc(200 * MiB), lambda h: h.alloc(16),
