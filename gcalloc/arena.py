@@ -20,7 +20,9 @@ Invariants:
 - an arena's slot, bitmap and page map never move until the heap closes;
 - ``page_span`` entries of an arena are 0 until a span covers the page;
 - regions handed out by ``sys_alloc`` are aligned to HEAP_ARENA_BYTES, Prepared (mapped and
-  counted in heap_sys) and covered by arena metadata.
+  counted in heap_sys) and covered by arena metadata;
+- ``sys_alloc`` is all or nothing: when an OS call fails, the reservation, hints, slots, L2
+  entries and metadata bump pointers are restored before the error propagates.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import platform
 import numpy as np
 
 from gcalloc import os as gos
-from gcalloc.errors import HeapCorruption, OutOfMemory
+from gcalloc.errors import HeapCorruption, OutOfMemory, SysMemoryError
 from gcalloc.gcbits import whole_region_view
 from gcalloc.mstats import HeapStats
 from gcalloc.persistent import LinearAlloc, PersistentAlloc
@@ -111,11 +113,17 @@ class Arenas:
         self.reservations: list[tuple[int, int]] = []  # (base, size) regions mapped for heap
         self.l1: list[np.ndarray | None] = [None] * (1 << ARENA_L1_BITS)
         self._bitmap_region = self._reserve_metadata(MAX_ARENAS * HEAP_ARENA_BITMAP_BYTES)
-        self._pages_region = self._reserve_metadata(MAX_ARENAS * PAGES_PER_ARENA * 4)
+        try:
+            self._pages_region = self._reserve_metadata(MAX_ARENAS * PAGES_PER_ARENA * 4)
+        except BaseException:
+            self._bitmap_region.release(None)   # nothing mapped in it yet
+            raise
         self.bitmap = whole_region_view(self._bitmap_region.base, self._bitmap_region.end
                                         - self._bitmap_region.base, np.uint8)
         self.page_span = whole_region_view(self._pages_region.base, self._pages_region.end
                                            - self._pages_region.base, np.int32)
+        # Regions an undo could not give back (the OS refused the unmap): freed at release.
+        self._orphans: list[tuple[int, int]] = []
 
     @staticmethod
     def _reserve_metadata(size: int) -> LinearAlloc:
@@ -185,19 +193,45 @@ class Arenas:
         n = (n + HEAP_ARENA_BYTES - 1) & ~(HEAP_ARENA_BYTES - 1)
         if len(self.all) + n // HEAP_ARENA_BYTES > MAX_ARENAS:
             raise OutOfMemory(f"heap would exceed MAX_HEAP_BYTES ({MAX_HEAP_BYTES:#x})")
+        # Transactional: on any failure the reservation, the hints, the arena slots and the
+        # metadata bump pointers are as they were, and the error propagates.
+        hints = [(h.addr, h.down) for h in self.hints]
+        nslots = len(self.all)
+        marks = (self._bitmap_region.next, self._pages_region.next)
         v = self._reserve_at_hints(n)
         size = n
         if v is None:
             v, size = self._reserve_anywhere(n)
+        mapped = False
         try:
             gos.sys_map(v, size, self._stats.heap_sys)
-        except Exception:
-            gos.sys_free(v, size, None)
+            mapped = True
+            for ri in range(arena_index(v), arena_index(v + size - 1) + 1):
+                self._add_arena(ri)
+        except BaseException:
+            self._undo_arenas(nslots, marks)
+            self.hints = [ArenaHint(addr, down) for addr, down in hints]
+            if mapped:
+                self._stats.heap_sys.sub(size)
+            try:
+                gos.sys_free(v, size, None)
+            except SysMemoryError:
+                self._orphans.append((v, size))
             raise
         self.reservations.append((v, size))
-        for ri in range(arena_index(v), arena_index(v + size - 1) + 1):
-            self._add_arena(ri)
         return v, size
+
+    def _undo_arenas(self, nslots: int, marks: tuple[int, int]) -> None:
+        """Forget the arenas from slot nslots on, and hand their metadata out again (it stays
+        mapped, untouched, so it is still zero)."""
+        for arena in self.all[nslots:]:
+            ri = arena_index(arena.base)
+            l2 = self.l1[ri >> ARENA_L2_BITS]
+            if l2 is not None:
+                l2[ri & ((1 << ARENA_L2_BITS) - 1)] = 0
+        del self.all[nslots:]
+        self._bitmap_region.rewind(marks[0])
+        self._pages_region.rewind(marks[1])
 
     def _reserve_at_hints(self, n: int) -> int | None:
         while self.hints:
@@ -250,11 +284,32 @@ class Arenas:
     # --- teardown ----------------------------------------------------------------------
 
     def release(self) -> None:
-        """Return every arena and metadata region to the OS (heap close)."""
+        """Return every arena and metadata region to the OS (heap close). What the OS refuses
+        to unmap stays recorded, so that a second call tries again; the first refusal is
+        raised once everything else was returned."""
+        first: SysMemoryError | None = None
+        left = []
         for v, size in self.reservations:
-            gos.sys_free(v, size, self._stats.heap_sys)
-        self.reservations = []
-        self._bitmap_region.release(self._stats.gc_sys)
-        self._pages_region.release(self._stats.gc_sys)
+            try:
+                gos.sys_free(v, size, self._stats.heap_sys)
+            except SysMemoryError as e:
+                first = first or e
+                left.append((v, size))
+        self.reservations = left
+        orphans = []
+        for v, size in self._orphans:
+            try:
+                gos.sys_free(v, size, None)
+            except SysMemoryError as e:
+                first = first or e
+                orphans.append((v, size))
+        self._orphans = orphans
+        for region in (self._bitmap_region, self._pages_region):
+            try:
+                region.release(self._stats.gc_sys)
+            except SysMemoryError as e:
+                first = first or e
         self.all = []
         self.l1 = [None] * (1 << ARENA_L1_BITS)
+        if first is not None:
+            raise first

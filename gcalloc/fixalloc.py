@@ -145,10 +145,12 @@ class FixAlloc(Generic[T]):
             self._first(rec)
         # Charge only once the record exists, so a raising factory or hook changes nothing here.
         if self._nchunk < self.size:
-            # Go: persistentalloc(_FixAllocChunk); the old chunk's tail is wasted.
+            # Go: persistentalloc(_FixAllocChunk); the old chunk's tail is wasted. Where the
+            # stat takes real memory (special records' persistentalloc chunks) it can fail:
+            # then no chunk is counted and the record is dropped, never handed out.
+            self._sys_stat.add(FIX_ALLOC_CHUNK)
             self._nchunk = FIX_ALLOC_CHUNK
             self._sys += FIX_ALLOC_CHUNK
-            self._sys_stat.add(FIX_ALLOC_CHUNK)
         self._nchunk -= self.size
         return rec
 

@@ -51,24 +51,34 @@ class Heap(Allocator):
         self.debug: DebugFlags = parse_debug(debug)
         gogc = parse_gogc() if gc_percent is None else gc_percent
         super().__init__()
-        self.efence = bool(self.debug.efence)
-        self.gc = Collector(self, gogc, self.debug)
-        self.set_sweeper(self.gc.sweeper.sweep)
-        self.ensure_swept = self.gc.sweeper.ensure_swept
-        self.gc_poll = self.gc.poll
-        self.charge_live = self.gc.pacer.charge
-        self.on_free = self._on_free
-        # The page heap outlives a dropped Heap (the finalizer below holds it), so its hooks
-        # must not hold the Heap: they call back through a weak reference.
-        self.mheap.on_new_spans = _weak_method(self, "_init_span_bits")
-        self.mheap.reclaim = _weak_method(self, "_reclaim")
-        self._scavenger: Scavenger | None = None
-        if scavenger or (scavenger is None and self.debug.scavenger):
-            self._scavenger = Scavenger(self.mheap)
-        # A heap dropped without close() still gives its memory back.
-        self._finalizer = weakref.finalize(self, _release, self.mheap, self.persistent,
-                                           self._scavenger)
-        self._init_specials()
+        try:
+            self.efence = bool(self.debug.efence)
+            self.gc = Collector(self, gogc, self.debug)
+            self.set_sweeper(self.gc.sweeper.sweep)
+            self.ensure_swept = self.gc.sweeper.ensure_swept
+            self.gc_poll = self.gc.poll
+            self.charge_live = self.gc.pacer.charge
+            self.on_free = self._on_free
+            # The page heap outlives a dropped Heap (the finalizer below holds it), so its hooks
+            # must not hold the Heap: they call back through a weak reference.
+            self.mheap.on_new_spans = _weak_method(self, "_init_span_bits")
+            self.mheap.reclaim = _weak_method(self, "_reclaim")
+            self._scavenger: Scavenger | None = None
+            if scavenger or (scavenger is None and self.debug.scavenger):
+                self._scavenger = Scavenger(self.mheap)
+            # A heap dropped without close() still gives its memory back.
+            self._finalizer = weakref.finalize(self, _release, self.mheap, self.persistent,
+                                               self._scavenger)
+            self._init_specials()
+        except BaseException:
+            # A heap that failed to start keeps no thread and no reservation.
+            scav = getattr(self, "_scavenger", None)
+            if scav is not None:
+                scav.stop()
+            if hasattr(self, "_finalizer"):
+                self._finalizer.detach()
+            Allocator.close(self)
+            raise
 
     def _init_specials(self) -> None:
         """Special records, finalizers and the heap profile (gc/specials.py, finalizer.py,
@@ -325,8 +335,15 @@ class Heap(Allocator):
 
     def close(self) -> None:
         """Stop the world for good, stop background threads and return every mapping to the
-        OS. Every later call, from any thread, raises HeapClosed. Idempotent."""
-        if self._closed or not self._shut_down():
+        OS. Every later call, from any thread, raises HeapClosed. Idempotent. Raises
+        SysMemoryError if the OS refused to unmap something: the heap is closed anyway, and
+        the next close() retries what is left."""
+        if self._closed:
+            if self._unreleased:      # an earlier close could not unmap everything
+                self._release_memory()
+                self._finalizer.detach()
+            return
+        if not self._shut_down():
             return
         # No thread is inside the allocator or the collector now and none will enter: each
         # raises HeapClosed. The background threads may still be running (a finalizer, a
@@ -338,10 +355,12 @@ class Heap(Allocator):
             self._scavenger = None
         self.gc.roots.close()
         self.gc.close()
-        self._release_memory()
+        try:
+            self._release_memory()
+        finally:
+            self.specials.close()
+            self.mprof.close()
         self._finalizer.detach()
-        self.specials.close()
-        self.mprof.close()
 
     def __enter__(self) -> Heap:
         return self
@@ -370,8 +389,10 @@ def _weak_method(obj: object, name: str):
 def _release(mheap, persistent, scavenger) -> None:
     if scavenger is not None:
         scavenger.stop()
-    mheap.release()
-    persistent.release_all()
+    try:
+        mheap.release()
+    finally:
+        persistent.release_all()
 
 
 

@@ -20,7 +20,8 @@ the page heap. It validates everything first and raises without changing anythin
 
 efence (GCALLOC_DEBUG=efence=1, gccgo's debug.efence): every object gets a span of its own and
 a freed span (by free or by sweep) is made inaccessible with sys_fault and never reused, so a
-use after free faults at once. The runs and tiny blocks stay empty, so every allocation takes
+use after free faults at once (where the OS refuses sys_fault, that span is freed normally:
+see ``release_large_span``). The runs and tiny blocks stay empty, so every allocation takes
 the slow path.
 
 Stopping the world (``World``, Go's m.mallocing and stopTheWorld): slow paths, free and the
@@ -67,6 +68,7 @@ from gcalloc.errors import (
     InvalidArgument,
     InvalidSize,
     NotHeapPointer,
+    SysMemoryError,
     TinyObjectFree,
 )
 from gcalloc.fixalloc import FixAlloc
@@ -118,20 +120,26 @@ class Allocator:
         self.stats = HeapStats()
         self.persistent = PersistentAlloc(self.stats.other_sys)
         self.mheap = MHeap(self.stats, self.persistent)
-        self._bits64 = self.mheap.gcbits.bits64   # every span's alloc bits, as words
-        self.central = [MCentral(spc, self.mheap, _never_swept)
-                        for spc in range(NUM_SPAN_CLASSES)]
-        self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
-                                    self.stats.mcache_sys, reset=MCache.__init__)
-        self.mcaches: set[MCache] = set()        # every attached mcache; under mheap.lock
-        self._tls = threading.local()
-        self.zerobase = self.persistent.alloc(8, 8, None)   # what every size-0 alloc returns
+        try:
+            self._bits64 = self.mheap.gcbits.bits64   # every span's alloc bits, as words
+            self.central = [MCentral(spc, self.mheap, _never_swept)
+                            for spc in range(NUM_SPAN_CLASSES)]
+            self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
+                                        self.stats.mcache_sys, reset=MCache.__init__)
+            self.mcaches: set[MCache] = set()        # every attached mcache; under mheap.lock
+            self._tls = threading.local()
+            self.zerobase = self.persistent.alloc(8, 8, None)  # what every size-0 alloc returns
+        except BaseException:
+            self.mheap.release()      # a failed construction keeps no reservation
+            raise
         self._closed = False
+        self._unreleased = False  # close() met an OS refusal to unmap: the next close retries
         self._mem_profile_rate = DEFAULT_MEM_PROFILE_RATE
         self._rand = random.Random()
         self._world = World()    # see the module comment
         self.marking = None      # the collector's Marker while it marks (allocate black)
         self.efence = False      # see the module comment
+        self.efence_unprotected = 0   # efence frees the OS refused to fault (see above)
         # Hooks for the GC layer (see the module comment); set_sweeper sets sweep_span.
         self.sweep_span: Callable[[MSpan, bool], bool] = _never_swept
         self.gc_poll: Callable[[int], None] | None = None
@@ -512,11 +520,19 @@ class Allocator:
 
     def release_large_span(self, s: MSpan) -> None:
         """A large span whose object is dead goes back to the page heap; under efence its
-        pages are made inaccessible instead and the span is never used again."""
+        pages are made inaccessible instead and the span is never used again. If the OS
+        refuses to make them inaccessible, the span goes back to the page heap as without
+        efence (counted in ``efence_unprotected``): the free completes and the heap stays
+        valid, but a use after free of that object is not caught."""
         if not self.efence:
             self.mheap.free_span(s)
             return
-        gos.sys_fault(s.base, s.npages << PAGE_SHIFT)
+        try:
+            gos.sys_fault(s.base, s.npages << PAGE_SHIFT)
+        except SysMemoryError:
+            self.efence_unprotected += 1
+            self.mheap.free_span(s)
+            return
         s.faulted = True
         with self.mheap.lock:
             self.stats.large_free += s.npages << PAGE_SHIFT
@@ -725,8 +741,11 @@ class Allocator:
         return self._closed
 
     def close(self) -> None:
-        """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent."""
-        if not self._closed and self._shut_down():
+        """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent,
+        except that a close the OS refused an unmap to (SysMemoryError) is retried."""
+        if self._closed and not self._unreleased:
+            return
+        if self._closed or self._shut_down():
             self._release_memory()
 
     def _shut_down(self) -> bool:
@@ -751,10 +770,16 @@ class Allocator:
         return True
 
     def _release_memory(self) -> None:
-        """close()'s second half, after _shut_down: unmap."""
-        self.mheap.release()
-        self._cachealloc.clear()
-        self.persistent.release_all()
+        """close()'s second half, after _shut_down: unmap. Everything is returned that the OS
+        takes back; a refusal is raised afterwards and what was refused stays recorded
+        (``_unreleased``) for the next close()."""
+        self._unreleased = True
+        try:
+            self.mheap.release()
+        finally:
+            self._cachealloc.clear()
+            self.persistent.release_all()
+        self._unreleased = False
 
 
 class World:

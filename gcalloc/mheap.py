@@ -14,6 +14,10 @@ Spans carry ``needzero`` (memory may be dirty) so that fresh OS memory is never 
 ``npreleased``/``unusedsince`` for the scavenger (scavenge.py). Large spans (size class 0) are
 also kept in ``busy_large`` for the collector's reclaim.
 
+OS failures: every step that calls the OS (growth, sys_used of released pages, gcBits chunks)
+runs before the free set or the spans change, or is undone, so a failure raises with the page
+heap as it was (grown at most); see docs/mheap.md, "When the OS refuses".
+
 Locking: ``lock`` guards everything here, including the span fixalloc and the page map. The
 collector holds it while it walks spans.
 """
@@ -44,7 +48,7 @@ from gcalloc.mspan import (
 )
 from gcalloc.mstats import HeapStats
 from gcalloc.persistent import PersistentAlloc
-from gcalloc.sizeclasses import PAGE_SHIFT
+from gcalloc.sizeclasses import PAGE_SHIFT, class_to_size
 
 # What one span record costs in Go 1.16 on 64-bit (unsafe.Sizeof(mspan{})); fixalloc charges
 # it to mspan_inuse/mspan_sys so MemStats reads as Go's would.
@@ -67,7 +71,11 @@ class MHeap:
         self.lock = threading.Lock()
         self.stats = stats
         self.arenas = Arenas(stats, persistent)
-        self.gcbits = GCBits(GC_BITS_REGION_BYTES, stats.gc_sys)
+        try:
+            self.gcbits = GCBits(GC_BITS_REGION_BYTES, stats.gc_sys)
+        except BaseException:
+            self.arenas.release()     # a heap that failed to start leaves no reservation
+            raise
         self.table = SpanTable()
         # spans[id] is the span record with that id (ids are permanent: records are reused
         # with their id by the fixalloc). spans[0] is None: id 0 means "no span".
@@ -131,6 +139,13 @@ class MHeap:
         cost of Python is paid once per batch). Raises OutOfMemory."""
         if self.reclaim is not None:
             self.reclaim(npages * count)    # sweep before growing (seed 001's reclaim)
+        # The bitmaps come first: mapping a gcBits chunk can fail, and nothing is taken yet.
+        # Bits of a failed allocation are simply never used (their chunk is recycled).
+        sizeclass = spanclass >> 1
+        nelems = (npages << PAGE_SHIFT) // class_to_size[sizeclass] if sizeclass else 1
+        gcbits = self.gcbits
+        bits = ([gcbits.new_bits(nelems), gcbits.new_bits(nelems)] if count == 1
+                else gcbits.new_bits_many([nelems] * (2 * count)))
         with self.lock:
             run = self._alloc_span_locked(npages * count)
             spans = [run]
@@ -142,8 +157,8 @@ class MHeap:
                     s.needzero = run.needzero
                     self.arenas.set_span_pages(s.base, npages, s.id)
                     spans.append(s)
-            for s in spans:
-                self._init_in_use(s, spanclass)
+            for i, s in enumerate(spans):
+                self._init_in_use(s, spanclass, bits[2 * i], bits[2 * i + 1])
         if needzero and run.needzero:
             ctypes.memset(run.base, 0, (npages * count) << PAGE_SHIFT)
             for s in spans:
@@ -152,14 +167,14 @@ class MHeap:
             self.on_new_spans(spans)
         return spans
 
-    def _init_in_use(self, s: MSpan, spanclass: int) -> None:
+    def _init_in_use(self, s: MSpan, spanclass: int, alloc_bits: int, mark_bits: int) -> None:
         s.state = SPAN_IN_USE
         s.set_span_class(spanclass)
         s.sweepgen = self.sweepgen
         s.freeindex = 0
         s.allocCount = 0
-        s.allocBits = self.gcbits.new_bits(s.nelems)
-        s.gcmarkBits = self.gcbits.new_bits(s.nelems)
+        s.allocBits = alloc_bits
+        s.gcmarkBits = mark_bits
         s.allocCache = MASK64
         self.pages_in_use += s.npages
         self.stats.heap_inuse += s.npages << PAGE_SHIFT
@@ -183,58 +198,57 @@ class MHeap:
             return s
 
     def _alloc_span_locked(self, npages: int) -> MSpan:
+        """Take npages pages from the free spans, growing the heap if none fits. Transactional:
+        the OS calls (growth, sys_used of released pages) come before the free span leaves
+        the free set, so a failure raises with the page heap as it was (grown at most)."""
         if npages <= 0:
             raise HeapCorruption(f"mheap: allocation of {npages} pages")
-        s = self._take_best_fit(npages)
+        s = self._best_fit(npages)
         if s is None:
             self._grow(npages)
-            s = self._take_best_fit(npages)
+            s = self._best_fit(npages)
             if s is None:
                 raise OutOfMemory(f"mheap: no span of {npages} pages after growing")
+        # Released pages come back from the OS before use. Of a fully released span only the
+        # part taken needs it; which pages of a partly released span are released is not
+        # recorded, so all of it is made Ready (seed 001 does this for every span).
+        whole = s.npreleased != s.npages or s.npages == npages
+        if s.npreleased:
+            gos.sys_used(s.base, (s.npages if whole else npages) << PAGE_SHIFT)
+        self._remove_free(s)
+        if s.npreleased:
+            used = s.npreleased if whole else npages
+            self.stats.heap_released -= used << PAGE_SHIFT
+            s.npreleased -= used
         if s.npages > npages:
             s = self._carve_front(s, npages)
-        if s.npreleased:
-            # Released pages come back from the OS before use.
-            gos.sys_used(s.base, s.npages << PAGE_SHIFT)
-            self.stats.heap_released -= s.npreleased << PAGE_SHIFT
-            s.npreleased = 0
         s.unusedsince = 0.0
         self.arenas.set_span_pages(s.base, s.npages, s.id)
         return s
 
     def _carve_front(self, free: MSpan, npages: int) -> MSpan:
-        """Split the first npages off free span ``free`` (already out of the free set) as a
-        new span; the rest keeps its record, so its page-map entries stay right as they are."""
+        """Split the first npages off free span ``free`` (already out of the free set, its
+        released pages all behind the front) as a new span; the rest keeps its record, so its
+        page-map entries stay right as they are."""
         s = self.spanalloc.alloc()
         s.init(free.base, npages)
         s.needzero = free.needzero
-        if free.npreleased == free.npages:
-            s.npreleased = npages          # all released: both parts stay fully released
-            free.npreleased -= npages
-        elif free.npreleased:
-            # Which pages of a partly released span are released is not recorded: make the
-            # whole span Ready again (seed 001 does this for every span).
-            gos.sys_used(free.base, free.npages << PAGE_SHIFT)
-            self.stats.heap_released -= free.npreleased << PAGE_SHIFT
-            free.npreleased = 0
         free.base += npages << PAGE_SHIFT
         free.npages -= npages
         self._file_free(free)
         return s
 
-    def _take_best_fit(self, npages: int) -> MSpan | None:
-        """Remove and return the smallest free span of at least npages (lowest address on
-        ties), or None."""
-        # irange + remove instead of bisect_left + pop(i): positional access makes
+    def _best_fit(self, npages: int) -> MSpan | None:
+        """The smallest free span of at least npages (lowest address on ties), left in the
+        free set, or None."""
+        # irange instead of bisect_left + positional access: positional access makes
         # SortedList build and then maintain its index tree on every add/remove, which made
         # alloc/free 1.5x slower at 10^5 free spans than at 10^2 (bench/bench_pages.py);
         # without it both stay within ~1.2x. Same best fit, same O(log n).
-        free = self.free
-        key = next(free.irange((npages, 0)), None)
+        key = next(self.free.irange((npages, 0)), None)
         if key is None:
             return None
-        free.remove(key)
-        s = self.free_by_base.pop(key[1])
+        s = self.free_by_base[key[1]]
         if s.state != SPAN_FREE:
             raise HeapCorruption(f"mheap: span on free list is not free: {s!r}")
         return s
@@ -450,16 +464,20 @@ class MHeap:
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
     def release(self) -> None:
-        """Return every mapping to the OS. The heap is unusable afterwards."""
+        """Return every mapping to the OS. The heap is unusable afterwards. What the OS
+        refuses to unmap stays recorded and the first refusal is raised after the rest was
+        returned; calling release again retries it."""
         with self.lock:
             # Manual spans' bytes left heap_sys while in use; the arenas go back whole.
             self.stats.heap_sys.add(self.stats.stacks_inuse)
             self.stats.stacks_inuse = 0
-            self.arenas.release()
-            self.gcbits.release()
             self.spanalloc.clear()
             self.free = SortedList()
             self.free_by_base = {}
             self.busy_large = {}
             self.spans = [None]
             self.cur_base = self.cur_end = 0
+            try:
+                self.arenas.release()
+            finally:
+                self.gcbits.release()

@@ -261,6 +261,13 @@ class LinearAlloc:
         self.next = nxt
         return p
 
+    def rewind(self, nxt: int) -> None:
+        """Hand ``[nxt, next)`` out again: the owner undoes allocations it made since ``next``
+        was ``nxt`` and wrote nothing into. The pages stay Ready and charged (still zero)."""
+        if not self.base <= nxt <= self.next:
+            raise HeapCorruption(f"linearAlloc: rewind to {nxt:#x} outside [base, next]")
+        self.next = nxt
+
     def _map(self, v: int, n: int, stat: SysMemStat | None) -> None:
         """Reserved -> Prepared -> Ready, undoing the first step if the second fails."""
         try:

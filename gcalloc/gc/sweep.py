@@ -200,15 +200,34 @@ class Sweeper:
         Returns True if the span was given back to the page heap."""
         if s.sweepgen != self.mheap.sweepgen - 1:
             raise HeapCorruption(f"sweep of a span not claimed: {s!r}")
+        # The fresh mark bits first: mapping a gcBits chunk can fail, and then only the
+        # claim has to be undone.
+        try:
+            fresh = self.mheap.gcbits.new_bits(s.nelems)
+        except BaseException:
+            self._unclaim(s)
+            raise
         self.swept_spans += 1
         if s.sizeclass == 0:
-            return self._sweep_large(s)
-        return self._sweep_small(s, preserve)
+            return self._sweep_large(s, fresh)
+        return self._sweep_small(s, preserve, fresh)
 
-    def _sweep_large(self, s: MSpan) -> bool:
+    def _unclaim(self, s: MSpan) -> None:
+        """Sweeping s could not start: it is unswept again, filed where unswept spans are
+        found (the caller had taken it out of its set). The unswept list may now hold it
+        twice; sweep_one skips a span already swept."""
+        sg = self.mheap.sweepgen
+        s.sweepgen = sg - 2
+        self.unswept.append(s)
+        if s.sizeclass:
+            central = self.alloc.central[s.spanclass]
+            full = s.allocCount == s.nelems
+            central.push(central.full_unswept(sg) if full else central.partial_unswept(sg), s)
+
+    def _sweep_large(self, s: MSpan, fresh: int) -> bool:
         bits8 = self.mheap.gcbits.bits8
         if int(bits8[s.gcmarkBits]) & 1:
-            self._next_bits(s)
+            self._next_bits(s, fresh)
             s.sweepgen = self.mheap.sweepgen
             self.mheap.table.mark_dirty(s)
             return False
@@ -219,7 +238,7 @@ class Sweeper:
         self.alloc.release_large_span(s)
         return True
 
-    def _sweep_small(self, s: MSpan, preserve: bool) -> bool:
+    def _sweep_small(self, s: MSpan, preserve: bool, fresh: int) -> bool:
         gcbits = self.mheap.gcbits
         bits8 = gcbits.bits8
         nbytes = ((s.nelems + 63) >> 6) << 3
@@ -236,7 +255,7 @@ class Sweeper:
             self.alloc.stats.small_free_count[s.spanclass] += nfreed
         s.allocCount = nalloc
         s.freeindex = 0
-        self._next_bits(s)
+        self._next_bits(s, fresh)
         s.refill_alloc_cache(gcbits.bits64, 0)
         if nalloc == 0:
             s.typed = False
@@ -276,6 +295,7 @@ class Sweeper:
         mark_bits = np.unpackbits(marked, bitorder="little")[:s.nelems].astype(np.bool_)
         return np.flatnonzero(alloc_bits & ~mark_bits).tolist()
 
-    def _next_bits(self, s: MSpan) -> None:
+    @staticmethod
+    def _next_bits(s: MSpan, fresh: int) -> None:
         s.allocBits = s.gcmarkBits
-        s.gcmarkBits = self.mheap.gcbits.new_bits(s.nelems)
+        s.gcmarkBits = fresh
