@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from gcalloc.errors import InjectedFailure
+from gcalloc.errors import InjectedFailure, InvalidArgument
 
 
 class SysMemStat:
@@ -91,6 +91,8 @@ def inject_failure(name: str, count: int = 1) -> None:
     """
     if name not in _FAILABLE:
         raise ValueError(f"unknown OS function {name!r}; one of {', '.join(_FAILABLE)}")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise InvalidArgument(f"count must be an int, not {type(count).__name__}")
     if count < 0:
         raise ValueError("count must be >= 0")
     with _failure_lock:
