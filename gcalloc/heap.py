@@ -161,8 +161,7 @@ class Heap(Allocator):
     def _object(self, p: object) -> tuple[int, int]:
         """(base, usable size) of the allocated object holding p."""
         p = self._check_addr(p)
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        self._check_open()
         found = self.lookup(p)
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
@@ -205,8 +204,6 @@ class Heap(Allocator):
         if conservative:
             if type is not None:
                 raise InvalidArgument("a conservative range takes no type")
-            if not isinstance(conservative, bool):
-                raise InvalidArgument("conservative must be a bool")
             start, nbytes = align_range(addr, size)
             self._check_range(addr, size, start, nbytes)
             return self.gc.roots.add_range(start, nbytes, None)
