@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from gcalloc.errors import ConfigError
+from gcalloc.errors import ConfigError, InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,11 @@ class DebugFlags:
 
 
 def parse_debug(text: str | None = None) -> DebugFlags:
-    """Parse GCALLOC_DEBUG (or ``text``)."""
+    """Parse GCALLOC_DEBUG (or ``text``). Raises ConfigError for a malformed string,
+    InvalidArgument for a ``text`` that is not a str."""
+    if text is not None and not isinstance(text, str):
+        raise InvalidArgument(f"debug must be a str like 'gctrace=1' or None, not "
+                              f"{type(text).__name__}")
     text = os.environ.get("GCALLOC_DEBUG", "") if text is None else text
     values: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):

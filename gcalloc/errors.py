@@ -71,6 +71,11 @@ class TinyObjectFree(InvalidPointer):
     """The object lives in a shared 16-byte tiny block and cannot be freed on its own."""
 
 
+class InvalidRootRange(InvalidPointer):
+    """add_root_range over memory the collector cannot scan: outside the user address space,
+    not mapped readable in this process, or overlapping this heap's own arenas."""
+
+
 class HeapCorruption(GcallocError, RuntimeError):
     """An internal invariant is broken (Go's ``throw``); carries the details found."""
 

@@ -13,15 +13,19 @@ new spans (scan spans start with all-pointer heap bits), typed allocation (preci
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import io
 import os
 import weakref
 from collections.abc import Callable, Iterator
 
+from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
 from gcalloc.errors import (
     HeapClosed,
     HeapCorruption,
     InvalidArgument,
+    InvalidRootRange,
     InvalidSize,
     NotHeapPointer,
 )
@@ -29,11 +33,13 @@ from gcalloc.gc import bitmap, pprof
 from gcalloc.gc.finalizer import Finalizers
 from gcalloc.gc.mgc import Collector
 from gcalloc.gc.mprof import MemProfiler, MemProfileRecord
+from gcalloc.gc.pacer import check_gc_percent
 from gcalloc.gc.roots import Handle, align_range
 from gcalloc.gc.specials import Specials
-from gcalloc.gc.types import check_array, type_of
+from gcalloc.gc.types import Type, check_array, ctype_size, type_of
 from gcalloc.malloc import MAX_ALLOC, Allocator
 from gcalloc.mspan import MSpan
+from gcalloc.os.probe import readable
 from gcalloc.scavenge import Scavenger, scavenge
 from gcalloc.sizeclasses import PAGE_SHIFT
 
@@ -44,12 +50,19 @@ class Heap(Allocator):
     ``Heap(gc_percent=None, *, scavenger=None, debug=None)``: ``gc_percent`` is GOGC (default
     from GCALLOC_GOGC, else 100; negative: no automatic collections); ``scavenger=True`` starts
     the background scavenger; ``debug`` overrides GCALLOC_DEBUG (same format).
+
+    Every argument is checked before any memory is taken: InvalidArgument for a gc_percent
+    that is not an int, a scavenger that is not a bool or None, a debug that is not a str or
+    None; ConfigError for a malformed GCALLOC_DEBUG, GCALLOC_GOGC or debug string.
     """
 
     def __init__(self, gc_percent: int | None = None, *, scavenger: bool | None = None,
                  debug: str | None = None) -> None:
+        if scavenger is not None and not isinstance(scavenger, bool):
+            raise InvalidArgument(f"scavenger must be a bool or None, not "
+                                  f"{type(scavenger).__name__}")
         self.debug: DebugFlags = parse_debug(debug)
-        gogc = parse_gogc() if gc_percent is None else gc_percent
+        gogc = check_gc_percent(parse_gogc() if gc_percent is None else gc_percent)
         super().__init__()
         try:
             self.efence = bool(self.debug.efence)
@@ -101,9 +114,15 @@ class Heap(Allocator):
     # --- typed allocation and Handles ---------------------------------------------------
 
     def alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
+        """``alloc(size, type=T)``: size must be a multiple of T's size. A zero-size T only
+        allocates size 0 (the zerobase): n bytes of it would be no whole number of Ts, and
+        handing out the zerobase for them would let the caller write over the allocator's
+        own memory. Raises InvalidSize, InvalidArgument, InvalidType."""
         t = type_of(type)
-        if t.size == 0 or size == 0:
+        if size == 0:
             return self.zerobase
+        if t.size == 0:
+            raise InvalidSize(f"{size} bytes of a zero-size type: only size 0 is possible")
         if size % t.size:
             raise InvalidSize(f"size {size} is not a multiple of the type's size {t.size}")
         check_array(t, size)
@@ -117,11 +136,14 @@ class Heap(Allocator):
                 s.typed = True
         return p
 
-    def new(self, ctype: type, n: int = 1) -> Handle:
+    def new(self, ctype: type | Type, n: int = 1) -> Handle:
         """Allocate ``n`` objects of ctypes type ``ctype`` (an array when n > 1), zeroed and
-        rooted while the returned Handle lives. Raises InvalidArgument, InvalidSize,
-        OutOfMemory, HeapClosed."""
+        rooted while the returned Handle lives. ``ctype`` may be a gcalloc.Type: the object is
+        allocated with its layout and the Handle's ``view`` is its bytes (a ``c_ubyte``
+        array of the Type's size). Raises InvalidArgument, InvalidType, InvalidSize,
+        OutOfMemory, HeapClosed, all before anything is allocated."""
         t = type_of(ctype)
+        view_type = ctypes.c_ubyte * t.size if isinstance(ctype, Type) else ctype
         if isinstance(n, bool) or not isinstance(n, int):
             raise InvalidArgument(f"n must be an int, not {type(n).__name__}")
         if n < 1:
@@ -131,22 +153,37 @@ class Heap(Allocator):
             raise InvalidSize(f"{n} x {t.size} bytes exceeds the maximum allocation")
         with self.gc.lock:   # no cycle between the allocation and its root
             p = self.alloc(size, ctype)
-            return Handle(self.gc.roots, p, ctype, n)
+            return Handle(self.gc.roots, p, view_type, n)
 
     def handle(self, p: int, ctype: type | None = None) -> Handle:
-        """Root the object holding p for the life of the returned Handle. Raises
-        NotHeapPointer, HeapClosed."""
-        base = self._object_base(p)
+        """Root the object holding p for the life of the returned Handle; its ``view`` is
+        ``ctype`` at the object's start. ``ctype`` must be a ctypes type no bigger than the
+        object (its usable_size): a bigger view would read and write the next object.
+        Raises NotHeapPointer, InvalidArgument (ctype not a ctypes type), InvalidType,
+        InvalidSize (ctype larger than the object), HeapClosed."""
+        base, objsize = self._object(p)
+        if ctype is not None:
+            size = ctype_size(ctype)
+            if size > objsize:
+                raise InvalidSize(f"a {size}-byte {ctype.__name__} does not fit the "
+                                  f"{objsize}-byte object at {base:#x}")
         return Handle(self.gc.roots, base, ctype, 1)
 
-    def _object_base(self, p: object) -> int:
+    def _object(self, p: object) -> tuple[int, int]:
+        """(base, usable size) of the allocated object holding p."""
         p = self._check_addr(p)
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        self._check_open()
         found = self.lookup(p)
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        return found[0]
+        return found
+
+    def _object_base(self, p: object) -> int:
+        return self._object(p)[0]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HeapClosed("heap is closed")
 
     # --- roots -------------------------------------------------------------------------
 
@@ -163,15 +200,23 @@ class Heap(Allocator):
                        type: object = None) -> int:
         """Scan [addr, addr+size) (memory outside the heap) for pointers at every collection
         until remove_root_range(token). ``conservative=False`` needs ``type`` (a ctypes type
-        or gcalloc.Type; size a multiple of its size). Raises InvalidArgument, InvalidSize."""
+        or gcalloc.Type; size a multiple of its size).
+
+        The range must be readable memory of this process now, inside the user address
+        space, and outside this heap's arenas (heap objects are rooted with add_root or a
+        Handle; a range over heap pages would read pages the heap may unmap or make
+        inaccessible). Readability is probed when the range is added, without faulting
+        (gcalloc/os/probe.py); unmapping the memory while it is a root range is the caller's
+        error, as in C. Raises InvalidArgument, InvalidSize, InvalidType, InvalidRootRange,
+        HeapClosed."""
         addr = self._check_addr(addr)
         size = self._check_size(size)
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        self._check_open()
         if conservative:
             if type is not None:
                 raise InvalidArgument("a conservative range takes no type")
             start, nbytes = align_range(addr, size)
+            self._check_range(addr, size, start, nbytes)
             return self.gc.roots.add_range(start, nbytes, None)
         if type is None:
             raise InvalidArgument("a precise root range needs a type")
@@ -180,12 +225,29 @@ class Heap(Allocator):
             raise InvalidSize(f"precise range {addr:#x}+{size} must be 8-byte aligned and "
                               f"a multiple of the type's size {t.size}")
         check_array(t, size)
+        self._check_range(addr, size, addr, size)
         return self.gc.roots.add_range(addr, size, t)
+
+    def _check_range(self, addr: int, size: int, start: int, nbytes: int) -> None:
+        """Refuse a root range the collector could not read: [start, start+nbytes) is what
+        it will read of the caller's [addr, addr+size)."""
+        if not ADDRESS_SPACE_BASE <= addr <= ADDRESS_SPACE_END - size:
+            raise InvalidRootRange(f"root range {addr:#x}+{size} is outside the user "
+                                   f"address space", addr)
+        if not nbytes:
+            return
+        end = start + nbytes
+        for base, length in self.mheap.arenas.reservations:
+            if start < base + length and base < end:
+                raise InvalidRootRange(f"root range {addr:#x}+{size} overlaps the heap's "
+                                       f"arenas at {base:#x}", addr)
+        if not readable(start, nbytes):
+            raise InvalidRootRange(f"root range {addr:#x}+{size} is not mapped readable",
+                                   addr)
 
     def remove_root_range(self, token: int) -> None:
         """Stop scanning a range. Raises NotARoot, HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        self._check_open()
         self.gc.roots.remove_range(token)
 
     # --- collection control ------------------------------------------------------------
@@ -200,8 +262,7 @@ class Heap(Allocator):
     def set_gc_percent(self, n: int) -> int:
         """debug.SetGCPercent: set GOGC, return the previous value (-1 means off). Raises
         InvalidArgument, HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        self._check_open()
         return self.gc.pacer.set_gc_percent(n)
 
     @property
@@ -211,10 +272,9 @@ class Heap(Allocator):
     @contextlib.contextmanager
     def no_gc(self) -> Iterator[None]:
         """No collection starts while this block runs (in any thread): for code that writes
-        heap pointers outside gcalloc calls while other threads allocate. Raises
-        HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        heap pointers outside gcalloc calls while other threads allocate. Raises HeapClosed
+        on entry."""
+        self._check_open()
         with self.gc.lock:
             self.gc.inhibit += 1
             try:
@@ -223,10 +283,11 @@ class Heap(Allocator):
                 self.gc.inhibit -= 1
 
     def scavenge(self, limit: float = 0.0) -> int:
-        """Return to the OS the pages of free spans idle more than ``limit`` seconds.
-        Returns the bytes released. Raises HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        """Return to the OS the pages of free spans idle more than ``limit`` seconds (a
+        negative limit: every free page). Returns the bytes released. Raises
+        InvalidArgument (limit not a real number), HeapClosed."""
+        limit = _check_seconds("limit", limit)
+        self._check_open()
         return scavenge(self.mheap, limit)
 
     def free_os_memory(self) -> int:
@@ -255,9 +316,15 @@ class Heap(Allocator):
     def run_finalizers(self, timeout: float | None = None) -> bool:
         """Wait until no finalizer is queued or running (for tests and shutdown). Returns
         False if ``timeout`` seconds passed first, or at once when called from a finalizer.
-        Raises HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        ``timeout`` is None (wait for good) or a number of seconds >= 0. Raises
+        InvalidArgument (not a number), InvalidSize (negative or NaN), HeapClosed."""
+        if timeout is not None:
+            timeout = _check_seconds("timeout", timeout)
+            if not timeout >= 0:
+                raise InvalidSize(f"timeout must be >= 0 seconds, got {timeout!r}")
+            if timeout == float("inf"):
+                timeout = None     # threading's waits refuse an infinite timeout
+        self._check_open()
         return self.finalizers.run(timeout)
 
     def memprofile(self, inuse_zero: bool = True) -> list[MemProfileRecord]:
@@ -268,11 +335,33 @@ class Heap(Allocator):
             raise HeapClosed("heap is closed")
         return self.mprof.records(inuse_zero)
 
-    def write_heap_profile(self, path: str | os.PathLike) -> None:
+    def write_heap_profile(self, path: str | os.PathLike | io.RawIOBase | io.BufferedIOBase
+                           ) -> None:
         """pprof.WriteHeapProfile: write the heap profile as gzipped profile.proto, counts
-        scaled by ``mem_profile_rate`` to estimates (``go tool pprof -top path``). Raises
-        HeapClosed, and OSError from the file system."""
+        scaled by ``mem_profile_rate`` to estimates (``go tool pprof -top path``).
+
+        ``path`` is a file name (str, bytes or os.PathLike; created or truncated) or a file
+        object open for binary writing (written, neither flushed nor closed). An int is
+        refused: ``open()`` would take it for a file descriptor and close it. Raises
+        InvalidArgument (an int, a text file, anything else), HeapClosed, and OSError from
+        the file system."""
+        if isinstance(path, (str, bytes, os.PathLike)):
+            pass
+        elif isinstance(path, io.TextIOBase) or not callable(getattr(path, "write", None)):
+            raise InvalidArgument(f"write_heap_profile needs a path or a binary file object, "
+                                  f"not {type(path).__name__}")
         pprof.write_heap_profile(path, self.memprofile(True), self.mem_profile_rate)
+
+    @property
+    def mem_profile_rate(self) -> int:
+        """Average bytes allocated between heap-profile samples; 0 off, 1 every allocation.
+        Setting it raises InvalidArgument (not an int), InvalidSize (negative), HeapClosed."""
+        return self._mem_profile_rate
+
+    @mem_profile_rate.setter
+    def mem_profile_rate(self, rate: int) -> None:
+        self._check_open()
+        Allocator.mem_profile_rate.fset(self, rate)  # type: ignore[attr-defined]
 
     # --- hooks from the allocator ------------------------------------------------------
 
@@ -371,6 +460,14 @@ class Heap(Allocator):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.stats.heap_inuse >> 10} KiB in use"
         return f"<gcalloc.Heap {state}>"
+
+
+def _check_seconds(name: str, value: object) -> float:
+    """A duration argument: an int or float (not a bool), as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"{name} must be a number of seconds, not "
+                              f"{type(value).__name__}")
+    return float(value)
 
 
 def _weak_method(obj: object, name: str):

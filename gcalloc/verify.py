@@ -121,7 +121,10 @@ def central_problems(central: MCentral) -> list[str]:
 
 
 def sweep_problems(alloc, s: MSpan) -> list[str]:
-    """A span's sweepgen is one the protocol allows (gc/sweep.py)."""
+    """A span's sweepgen is one the protocol allows (gc/sweep.py). A faulted (efence) span is
+    outside the protocol: no cycle marks or sweeps it again, so its sweepgen stays old."""
+    if s.faulted:
+        return []
     sg = alloc.mheap.sweepgen
     allowed = (sg - 2, sg, sg + 1, sg + 3) if s.cached_by is not None else (sg - 2, sg)
     if s.sweepgen not in allowed:

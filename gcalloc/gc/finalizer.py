@@ -17,8 +17,9 @@ Queued objects are roots (``extra_roots``) until their finalizer has returned. A
 thread, started with the first finalizer (Go's createfing), runs the queue in order, one call
 at a time. Afterwards the object has no finalizer: the next collection frees it if it is still
 unreachable, or it lives on if ``fn`` stored p somewhere reachable (resurrection, for good).
-An exception from ``fn`` is logged (logger ``gcalloc.finalizer``, with the object's address)
-and the thread goes on with the next one.
+An exception from ``fn`` (any BaseException, SystemExit and KeyboardInterrupt included) is
+logged (logger ``gcalloc.finalizer``, with the object's address) and the thread goes on with
+the next one.
 
 Invariants: an entry is in the queue or running on the thread, never both; a finalizer runs
 at most once per set_finalizer; an object is never freed while its finalizer is attached,
@@ -131,7 +132,9 @@ class FinalizerQueue:
                 self._running = p
             try:
                 fn(p)
-            except Exception:
+            except BaseException:
+                # SystemExit and KeyboardInterrupt too: raised here they would end this
+                # thread, and with it every later finalizer, without a word.
                 self.failed += 1
                 _log.exception("finalizer %r for object %#x raised", fn, p)
             self.ran += 1

@@ -227,7 +227,10 @@ class Marker:
         self.arena_bitmap = np.array([a.bitmap_off for a in arenas], dtype=np.int64)
         self.l2_only = self.arenas.l1[0] if len(self.arenas.l1) == 1 else None
         self.heap_lo = min((a.base for a in arenas), default=0)
-        self.heap_hi = max((a.base for a in arenas), default=0) + (PAGES_PER_ARENA << PAGE_SHIFT)
+        # No arena yet (a cycle before the first allocation): an empty heap range, so that
+        # every candidate falls outside it.
+        self.heap_hi = (max(a.base for a in arenas) + (PAGES_PER_ARENA << PAGE_SHIFT)
+                        if arenas else 0)
         # Arenas laid out in slot order without gaps (the usual case: hints grow the heap
         # upward): then a pointer's page-map index is simply (P - heap_lo) >> PAGE_SHIFT.
         arena_bytes = PAGES_PER_ARENA << PAGE_SHIFT

@@ -112,16 +112,19 @@ class Collector:
             if forced:
                 self.sweeper.finish()
             wall3, cpu3 = time.perf_counter(), time.process_time()
+            self._account(forced, wall0, wall3)
+            if self.debug.verify:
+                heap.verify()   # world still stopped: no thread changes what it reads
         finally:
+            # A cycle that raised leaves no marker behind: allocating black into it would
+            # slow every allocation and grow its list until the next cycle.
+            heap.marking = None
             heap.start_the_world()
-        self._account(forced, wall0, wall3)
         if self.debug.gctrace:
             trace.emit(trace.CycleTimes(
                 self.num_gc, start_s, wall1 - wall0, wall2 - wall1, wall3 - wall2,
                 cpu1 - cpu0, cpu2 - cpu1, cpu3 - cpu2, heap_start, heap_end, marked_bytes,
                 self.pacer.next_gc, forced, self.gc_cpu_fraction(), self.mark_workers))
-        if self.debug.verify:
-            heap.verify()
 
     def _mark(self, extra: list[int]) -> Marker:
         heap = self.heap

@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from gcalloc.gc.mprof import Frame, MemProfileRecord
 
@@ -204,12 +205,17 @@ def encode_heap_profile(records: Iterable[MemProfileRecord], rate: int,
     return bytes(out.buf) + bytes(strings.buf)
 
 
-def write_heap_profile(path: str | os.PathLike, records: Iterable[MemProfileRecord],
-                       rate: int) -> None:
-    """Write the gzipped heap profile to ``path`` (what ``go tool pprof`` reads)."""
-    data = encode_heap_profile(records, rate)
-    with open(path, "wb") as f:
-        f.write(gzip.compress(data))
+def write_heap_profile(path: str | bytes | os.PathLike | BinaryIO,
+                       records: Iterable[MemProfileRecord], rate: int) -> None:
+    """Write the gzipped heap profile (what ``go tool pprof`` reads) to ``path``: a file name,
+    or a binary file object, which is written and left open (Heap.write_heap_profile checks
+    which it is)."""
+    data = gzip.compress(encode_heap_profile(records, rate))
+    if isinstance(path, (str, bytes, os.PathLike)):
+        with open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write(data)
 
 
 # --- reading (for summaries and round-trip tests) -------------------------------------

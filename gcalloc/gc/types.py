@@ -6,7 +6,11 @@ caller (``gcalloc.Type(size, ptrmask)``) or from a ctypes type, walked once and 
 - pointer words: ``c_void_p``, ``c_char_p``, ``c_wchar_p``, ``POINTER(T)``, function pointers
   (``CFUNCTYPE``), and gcalloc's own ``Pointer`` marker;
 - Structures and Unions are walked field by field (unions OR their members), arrays repeat
-  their element's mask; everything else (integers, floats, chars, bit fields) is scalar;
+  their element's mask; everything else (integers, floats, chars, bit fields) is scalar. A
+  Structure subclassing another Structure starts with its base's fields (ctypes lays them
+  out first), so every class of the MRO that declares ``_fields_`` is walked;
+- a Structure or Union that never got ``_fields_`` is incomplete (ctypes lets ``_fields_`` be
+  set later, which would change its layout): an error;
 - a pointer field whose offset is not a multiple of 8 is an error: the collector reads whole
   aligned words, so such a pointer would be invisible to it.
 
@@ -92,22 +96,36 @@ _cache: dict[type, Type] = {}
 _cache_lock = threading.Lock()
 
 
-def type_of(ctype: object) -> Type:
-    """The Type of a ctypes type (or a gcalloc.Type, returned as is). Raises InvalidArgument
-    for something that is neither, InvalidType for an unaligned pointer field."""
+def ctype_size(ctype: object) -> int:
+    """sizeof of a ctypes type (not an instance, not a gcalloc.Type: callers need a type
+    with ``from_address``). Raises InvalidArgument otherwise, InvalidType for an incomplete
+    Structure or Union."""
     if isinstance(ctype, Type):
-        return ctype
+        raise InvalidArgument(f"a ctypes type is needed here, not a gcalloc.Type: {ctype!r}")
     try:
-        ctypes.sizeof(ctype)  # type: ignore[arg-type]
+        size = ctypes.sizeof(ctype)  # type: ignore[arg-type]
     except TypeError:
         raise InvalidArgument(f"not a ctypes type or gcalloc.Type: {ctype!r}") from None
     if not isinstance(ctype, type):
         raise InvalidArgument(f"a ctypes type is needed, not an instance: {ctype!r}")
-    found = _cache.get(ctype)  # type: ignore[arg-type]
+    if issubclass(ctype, (ctypes.Structure, ctypes.Union)) and not hasattr(ctype, "_fields_"):
+        raise InvalidType(f"{ctype.__name__} has no _fields_: an incomplete type has no "
+                          f"layout to allocate")
+    return size
+
+
+def type_of(ctype: object) -> Type:
+    """The Type of a ctypes type (or a gcalloc.Type, returned as is). Raises InvalidArgument
+    for something that is neither, InvalidType for an unaligned pointer field or an
+    incomplete Structure or Union."""
+    if isinstance(ctype, Type):
+        return ctype
+    found = _cache.get(ctype) if isinstance(ctype, type) else None
     if found is not None:
         return found
-    mask = _mask_of(ctype, 0)
-    t = Type(ctypes.sizeof(ctype), mask, getattr(ctype, "__name__", ""))  # type: ignore
+    size = ctype_size(ctype)
+    mask = _mask_of(ctype, 0)  # type: ignore[arg-type]
+    t = Type(size, mask, getattr(ctype, "__name__", ""))
     with _cache_lock:
         _cache[ctype] = t  # type: ignore[index]
     return t
@@ -131,10 +149,13 @@ def _mask_of(ctype: type, offset: int) -> int:
         return mask
     if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
         mask = 0
-        for field in ctype._fields_:
-            name, ftype = field[0], field[1]
-            if len(field) > 2:
-                continue  # bit field: scalar
-            mask |= _mask_of(ftype, offset + getattr(ctype, name).offset)
+        # Base classes' fields too; each class's own descriptor, since a subclass may reuse
+        # a base's field name for a field at another offset.
+        for cls in ctype.__mro__:
+            for field in cls.__dict__.get("_fields_", ()):
+                name, ftype = field[0], field[1]
+                if len(field) > 2:
+                    continue  # bit field: scalar
+                mask |= _mask_of(ftype, offset + cls.__dict__[name].offset)
         return mask
     return 0

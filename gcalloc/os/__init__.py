@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from gcalloc.errors import InjectedFailure
+from gcalloc.errors import InjectedFailure, InvalidArgument
 
 
 class SysMemStat:
@@ -112,6 +112,8 @@ def inject_failure(name: str, count: int = 1) -> None:
     Raises ValueError for an unknown name or a negative count.
     """
     _check_names([name])
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise InvalidArgument(f"count must be an int, not {type(count).__name__}")
     if count < 0:
         raise ValueError("count must be >= 0")
     with _failure_lock:
