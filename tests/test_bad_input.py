@@ -389,7 +389,7 @@ def test_every_public_heap_method_has_a_row() -> None:
     # (closed, gc_percent), and the allocator's hooks for the collector, public to the
     # layers above but not part of the user's API.
     not_user_calls = {"close", "closed", "gc_percent", "TINY_SPAN_CLASS", "alloc_typed",
-                      "detach_mcache", "find_object", "flush_mcaches", "gc_memstats",
+                      "detach_mcache", "find_object", "flush_mcaches", "gc_memstats", "inside",
                       "next_sample", "release_large_span", "set_sweeper", "start_the_world",
                       "stop_the_world"}
     assert public - not_user_calls - keys == set()
