@@ -1,5 +1,5 @@
 """mheap: the page heap. Hands out runs of 8 KiB pages as spans and takes them back
-(Go's mheap.go; the free-span structures follow seed 001, the growth path Go 1.16).
+(Go's mheap.go; the free-span structures follow Go 1.8's, the growth path Go 1.16's).
 
 Free spans are kept in a sorted set keyed by (npages, base): best fit with the earliest
 address on ties is one bisection, and insert/remove are O(log n), so page allocation stays flat
@@ -49,7 +49,7 @@ from gcalloc.sizeclasses import PAGE_SHIFT
 # What one span record costs in Go 1.16 on 64-bit (unsafe.Sizeof(mspan{})); fixalloc charges
 # it to mspan_inuse/mspan_sys so MemStats reads as Go's would.
 MSPAN_RECORD_BYTES = 160
-# grow asks the arenas for at least this much, in multiples of GROW_QUANTUM (seed 001).
+# grow asks the arenas for at least this much, in multiples of GROW_QUANTUM (Go 1.8 mheap.go).
 GROW_MIN_BYTES = 1 << 20
 GROW_QUANTUM = 64 << 10
 # Reserved once per heap for gcBits arenas (address space only; mapped 64 KiB at a time).
@@ -130,7 +130,7 @@ class MHeap:
         one step: one lock, one best fit, one clear (mcentral grows by a batch so the per-span
         cost of Python is paid once per batch). Raises OutOfMemory."""
         if self.reclaim is not None:
-            self.reclaim(npages * count)    # sweep before growing (seed 001's reclaim)
+            self.reclaim(npages * count)    # sweep before growing (Go 1.8's reclaim)
         with self.lock:
             run = self._alloc_span_locked(npages * count)
             spans = [run]
@@ -213,7 +213,7 @@ class MHeap:
             free.npreleased -= npages
         elif free.npreleased:
             # Which pages of a partly released span are released is not recorded: make the
-            # whole span Ready again (seed 001 does this for every span).
+            # whole span Ready again (Go 1.8 mheap.go does this for every span).
             gos.sys_used(free.base, free.npages << PAGE_SHIFT)
             self.stats.heap_released -= free.npreleased << PAGE_SHIFT
             free.npreleased = 0
