@@ -1,6 +1,7 @@
-"""Every example runs, as a user would run it (``python examples/x.py``), in a few seconds, and
-prints what it promises. The C extension example may skip only when no C compiler exists, and
-the profile example may skip only its ``go tool pprof`` step when Go is missing.
+"""Every example runs, as a user would run it (``python examples/x.py``), prints what it
+promises and leaves no file behind. The C extension example may skip only when no C compiler
+exists, and the profile example may skip only its ``go tool pprof`` step when Go is missing.
+The README's links and the docs' code are checked here too.
 """
 
 from __future__ import annotations
