@@ -3,6 +3,8 @@ read it back and summarise it (and show ``go tool pprof -top`` when Go is instal
 
     python examples/profile.py [out.pb.gz]
 
+Without a path, the profile goes to a temporary folder that is deleted at the end.
+
 ``heap.mem_profile_rate`` is the average number of bytes between samples (Go's
 MemProfileRate, 512 KiB by default; 1 samples every allocation). The profile describes the heap
 as of the last completed collection, so the example collects before reading it.
@@ -85,7 +87,14 @@ def summarise(profile: dict) -> list[tuple[str, int, int]]:
 
 
 def main() -> int:
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.mkdtemp(), "heap.pb.gz")
+    if len(sys.argv) > 1:
+        return report(sys.argv[1])
+    with tempfile.TemporaryDirectory(prefix="gcalloc-profile-") as tmp:
+        return report(os.path.join(tmp, "heap.pb.gz"))
+
+
+def report(out: str) -> int:
+    """Write the profile to ``out``, summarise it, and show ``go tool pprof -top`` on it."""
     with gcalloc.Heap(debug="") as heap:
         heap.mem_profile_rate = 4 * KIB         # sample often: the example is small
         buffers = make_buffers(heap, 400)       # ~3.2 MiB in use

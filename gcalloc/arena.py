@@ -1,5 +1,5 @@
 """Heap arenas: the address space the heap grows into, and the metadata kept per arena
-(Go 1.16's heapArena, arena index, arena hints and sysAlloc; seed 002).
+(Go 1.16 malloc.go's heapArena, arena index, arena hints and sysAlloc).
 
 The heap is made of arenas of ``HEAP_ARENA_BYTES`` (64 MiB, 4 MiB on Windows), each aligned to
 its size. Every arena gets a slot number in order of creation; its metadata lives at that slot
@@ -69,7 +69,7 @@ def arena_base(ri: int) -> int:
 
 
 def initial_hints() -> list[ArenaHint]:
-    """Go's hint series, highest first so 0x00c0<<32 is tried first (seed 002)."""
+    """Go's hint series, highest first so 0x00c0<<32 is tried first (Go 1.16 malloc.go)."""
     hints = []
     for i in range(0x7F, -1, -1):
         if IS_ARM64:

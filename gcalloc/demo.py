@@ -17,7 +17,8 @@ Roots: the workload's raw addresses live in Python ints, which the collector can
 phase keeps what must survive in a *shadow stack* — a ctypes array registered with
 ``add_root_range`` — as a C runtime keeps pointers on its stack, or in a Handle.
 
-gctrace is on (one line per cycle on stderr). ``run_demo`` returns the phases and the
+gctrace is on (one line per cycle on stderr; the demo's first line says so, and
+``GCALLOC_DEBUG=gctrace=0`` turns it off). ``run_demo`` returns the phases and the
 RSSMonitor's samples; ``gcalloc.cli`` prints, plots and dumps them.
 """
 
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from gcalloc.debug import parse_debug
 from gcalloc.gc.pprof import scale_heap_sample
 from gcalloc.heap import Heap
 from gcalloc.observe import RSSMonitor, Sample
@@ -300,8 +302,9 @@ def _profiled_records(heap: Heap, keep: ShadowStack, start: int, n: int) -> None
         keep.words[i] = heap.alloc(64)
 
 
-def profile(heap: Heap, count: int, path: str) -> list[str]:
-    """Sample allocations at two call sites and write the heap profile to ``path``."""
+def profile(heap: Heap, count: int, path: str, kept: bool = True) -> list[str]:
+    """Sample allocations at two call sites and write the heap profile to ``path``; ``kept``
+    False says the caller deletes it after the run (the note then does not offer the path)."""
     old_rate = heap.mem_profile_rate
     heap.mem_profile_rate = rate = 16 * 1024
     keep = ShadowStack(heap, 2 * count)
@@ -315,8 +318,13 @@ def profile(heap: Heap, count: int, path: str) -> list[str]:
         heap.mem_profile_rate = old_rate
         keep.close()
     size = os.path.getsize(path)
-    return [f"{len(records)} sampled sites; heap profile written to {path} ({size:,} bytes, "
-            f"gzipped pprof: go tool pprof -top {path})", *top_sites(records, rate)]
+    if kept:
+        where = (f"heap profile written to {path} ({size:,} bytes, gzipped pprof: "
+                 f"go tool pprof -top {path})")
+    else:
+        where = (f"heap profile of {size:,} bytes written to a temporary folder, deleted "
+                 f"after the run (--profile OUT.PB.GZ keeps it)")
+    return [f"{len(records)} sampled sites; {where}", *top_sites(records, rate)]
 
 
 def top_sites(records: list, rate: int, n: int = 3) -> list[str]:
@@ -352,7 +360,7 @@ class PhaseResult:
 class DemoResult:
     phases: list[PhaseResult]
     samples: list[Sample]
-    profile_path: str
+    profile_path: str | None      # None: the profile went to a temporary folder, now deleted
 
 
 @dataclass(frozen=True)
@@ -364,6 +372,10 @@ class DemoSizes:
     profile: int
 
 
+GCTRACE_NOTE = ("gctrace is on: each 'gc N @...' line on stderr is one collection, in the "
+                "format of Go's GODEBUG=gctrace=1 (docs/gc.md); GCALLOC_DEBUG=gctrace=0 "
+                "turns them off")
+
 FULL = DemoSizes(BenchSizes(16, 16, 500_000, 4, 16), churn=100_000, window=2_000,
                  finalizers=20_000, profile=4_000)
 QUICK = DemoSizes(BenchSizes(12, 12, 50_000, 4, 12), churn=10_000, window=500,
@@ -373,15 +385,27 @@ QUICK = DemoSizes(BenchSizes(12, 12, 50_000, 4, 12), churn=10_000, window=500,
 def run_demo(quick: bool = False, out: TextIO | None = None, progress: Progress | None = None,
              interval: float = 0.05, profile_path: str | None = None) -> DemoResult:
     """Run every phase on a fresh heap with gctrace on, printing a table per phase to ``out``
-    (default stdout); the heap profile goes to ``profile_path`` (default: heap.pb.gz in a new
-    temporary folder). Returns the phases and the RSSMonitor's samples. Raises AssertionError
-    if a workload finds its data damaged."""
+    (default stdout); the heap profile goes to ``profile_path`` (default: a temporary folder,
+    deleted before returning). Returns the phases and the RSSMonitor's samples. Raises
+    AssertionError if a workload finds its data damaged, OSError if the profile cannot be
+    written."""
+    if profile_path is not None:
+        return _run_demo(quick, out, progress, interval, profile_path, kept=True)
+    with tempfile.TemporaryDirectory(prefix="gcalloc-demo-") as tmp:
+        result = _run_demo(quick, out, progress, interval, os.path.join(tmp, "heap.pb.gz"),
+                           kept=False)
+    result.profile_path = None
+    return result
+
+
+def _run_demo(quick: bool, out: TextIO | None, progress: Progress | None, interval: float,
+              profile_path: str, kept: bool) -> DemoResult:
     out = sys.stdout if out is None else out
     progress = Progress(enabled=False) if progress is None else progress
     z = QUICK if quick else FULL
-    if profile_path is None:
-        profile_path = os.path.join(tempfile.mkdtemp(prefix="gcalloc-demo-"), "heap.pb.gz")
     debug = "gctrace=1," + os.environ.get("GCALLOC_DEBUG", "")
+    if parse_debug(debug).gctrace:
+        print(GCTRACE_NOTE, file=out, flush=True)
     heap = Heap(debug=debug)
     monitor = RSSMonitor(heap, interval).start()
     steps: list[tuple[str, str, Callable[[], list[str]]]] = [
@@ -391,7 +415,8 @@ def run_demo(quick: bool = False, out: TextIO | None = None, progress: Progress 
          lambda: churn(heap, z.churn, z.window, progress)),
         ("finalizers", "objects with finalizers",
          lambda: finalizers(heap, z.finalizers, progress)),
-        ("profile", "a sampled heap profile", lambda: profile(heap, z.profile, profile_path)),
+        ("profile", "a sampled heap profile",
+         lambda: profile(heap, z.profile, profile_path, kept)),
         ("release", "drop everything, free_os_memory()", lambda: _release(heap)),
         ("close", "close the heap: every mapping back to the OS", lambda: _close(heap)),
     ]

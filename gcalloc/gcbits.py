@@ -5,7 +5,7 @@ LinearAlloc, so that a single numpy view (``bits8``/``bits64``) covers every bit
 span and a bit's place is arithmetic: bit i of a bitmap at offset ``off`` is
 ``bits8[off + i // 8] >> (i % 8) & 1``.
 
-Chunks move through epochs, as in Go (seed 001): new mark bits come from ``next``; at the end
+Chunks move through epochs, as in Go 1.8 mheap.go: new mark bits come from ``next``; at the end
 of a collection ``next_epoch()`` moves previous -> free, current -> previous, next -> current.
 A span's allocBits are its mark bits of the last cycle, so a chunk is recycled only two epochs
 after it stopped being handed out: by then no span's allocBits or gcmarkBits point into it.

@@ -1,5 +1,5 @@
 """mheap: the page heap. Hands out runs of 8 KiB pages as spans and takes them back
-(Go's mheap.go; the free-span structures follow seed 001, the growth path Go 1.16).
+(Go's mheap.go; the free-span structures follow Go 1.8's, the growth path Go 1.16's).
 
 Free spans are kept in a sorted set keyed by (npages, base): best fit with the earliest
 address on ties is one bisection, and insert/remove are O(log n), so page allocation stays flat
@@ -53,7 +53,7 @@ from gcalloc.sizeclasses import PAGE_SHIFT, class_to_size
 # What one span record costs in Go 1.16 on 64-bit (unsafe.Sizeof(mspan{})); fixalloc charges
 # it to mspan_inuse/mspan_sys so MemStats reads as Go's would.
 MSPAN_RECORD_BYTES = 160
-# grow asks the arenas for at least this much, in multiples of GROW_QUANTUM (seed 001).
+# grow asks the arenas for at least this much, in multiples of GROW_QUANTUM (Go 1.8 mheap.go).
 GROW_MIN_BYTES = 1 << 20
 GROW_QUANTUM = 64 << 10
 # Reserved once per heap for gcBits arenas (address space only; mapped 64 KiB at a time).
@@ -138,7 +138,7 @@ class MHeap:
         one step: one lock, one best fit, one clear (mcentral grows by a batch so the per-span
         cost of Python is paid once per batch). Raises OutOfMemory."""
         if self.reclaim is not None:
-            self.reclaim(npages * count)    # sweep before growing (seed 001's reclaim)
+            self.reclaim(npages * count)    # sweep before growing (Go 1.8's reclaim)
         # The bitmaps come first: mapping a gcBits chunk can fail, and nothing is taken yet.
         # Bits of a failed allocation are simply never used (their chunk is recycled).
         sizeclass = spanclass >> 1

@@ -35,7 +35,7 @@ from gcalloc.sizeclasses import (
     span_class_sizeclass,
 )
 
-# Span states (seed 001's mSpanState; Manual is Go's mSpanManual / old mSpanStack).
+# Span states (Go 1.8's mSpanState; Manual is Go's mSpanManual / old mSpanStack).
 SPAN_DEAD = 0
 SPAN_IN_USE = 1
 SPAN_MANUAL = 2
@@ -47,7 +47,7 @@ MASK64 = (1 << 64) - 1
 
 class MSpan:
     """One span. Records are recycled by fixalloc with their fields kept (zero=False): ``id``
-    is permanent and ``sweepgen`` must survive free and reuse (seed 001)."""
+    is permanent and ``sweepgen`` must survive free and reuse (Go 1.8 mheap.go)."""
 
     __slots__ = (
         "id", "base", "npages", "limit", "state", "spanclass", "sizeclass", "noscan",

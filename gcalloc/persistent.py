@@ -1,4 +1,4 @@
-"""persistentalloc and linearAlloc: off-heap metadata memory (Go's malloc.go, seed 002).
+"""persistentalloc and linearAlloc: off-heap metadata memory (Go 1.16 malloc.go).
 
 Heap metadata that C or numpy must read as plain memory — heap bitmaps, gcBits arenas, the
 arrays mirroring span fields, other runtime tables — lives here, in real memory the OS layer

@@ -1,4 +1,4 @@
-"""The scavenger: returns the memory of idle free spans to the OS (seed 001's scavenge).
+"""The scavenger: returns the memory of idle free spans to the OS (Go 1.8 mheap.go's scavenge).
 
 A free span remembers when it became free (``unusedsince``) and how many of its pages are
 already released (``npreleased``). ``scavenge(heap, limit)`` calls ``sys_unused`` on every free
@@ -6,11 +6,11 @@ span idle longer than ``limit`` seconds and not yet fully released; the pages st
 come back with ``sys_used`` when the span is allocated again (mheap).
 
 Where the OS page is larger than the heap page (arm64 with 64 KiB pages), only the whole
-physical pages inside a span are released, as seed 001 rounds.
+physical pages inside a span are released, as Go 1.8 rounds.
 
 The background scavenger thread (``Scavenger``) is off by default: ``Heap(scavenger=True)`` or
 ``GCALLOC_DEBUG=scavenger=1``. It wakes every ``period`` seconds and releases spans idle for
-``limit`` seconds (Go's forcegc period and scavenge limit of seed 001: 2 and 5 minutes, scaled
+``limit`` seconds (Go's forcegc period and scavenge limit in Go 1.8: 2 and 5 minutes, scaled
 down here by default because Python programs are short-lived: 1 s and 5 s).
 """
 

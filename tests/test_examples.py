@@ -1,6 +1,7 @@
-"""Every example runs, as a user would run it (``python examples/x.py``), in a few seconds, and
-prints what it promises. The C extension example may skip only when no C compiler exists, and
-the profile example may skip only its ``go tool pprof`` step when Go is missing.
+"""Every example runs, as a user would run it (``python examples/x.py``), prints what it
+promises and leaves no file behind. The C extension example may skip only when no C compiler
+exists, and the profile example may skip only its ``go tool pprof`` step when Go is missing.
+The README's links and the docs' code are checked here too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,13 +19,18 @@ EXAMPLES = ROOT / "examples"
 
 
 def run_example(relpath: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run an example from an empty folder with an empty TMPDIR; it must leave both empty."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("GCALLOC_DEBUG", None)
     env.pop("GCALLOC_GOGC", None)
-    result = subprocess.run([sys.executable, str(EXAMPLES / relpath), *args], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{relpath} failed:\n{result.stdout}\n{result.stderr}"
+    with tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryDirectory() as tmp:
+        env["TMPDIR"] = tmp
+        result = subprocess.run([sys.executable, str(EXAMPLES / relpath), *args], cwd=cwd,
+                                env=env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"{relpath} failed:\n{result.stdout}\n{result.stderr}"
+        assert os.listdir(cwd) == [] and os.listdir(tmp) == [], (os.listdir(cwd),
+                                                                  os.listdir(tmp))
     return result
 
 
@@ -102,6 +109,11 @@ def test_profile(tmp_path):
         assert "go not found: skipping `go tool pprof -top`" in r.stdout
 
 
+def test_profile_without_a_path_writes_to_a_temporary_folder():
+    r = run_example("profile.py")            # run_example checks nothing is left behind
+    assert re.search(r"wrote \S+heap\.pb\.gz \(\d+ bytes\)", r.stdout), r.stdout
+
+
 def test_readme_quick_start_and_tour(tmp_path):
     readme = (ROOT / "README.md").read_text()
     assert "python -m pip install . && gcalloc demo\n" in readme
@@ -115,7 +127,34 @@ def test_readme_quick_start_and_tour(tmp_path):
     assert r.returncode == 0, r.stderr
     assert re.match(r"finalized 0x[0-9a-f]+\n\d+ 1 \d+\n$", r.stdout), r.stdout
     assert (tmp_path / "heap.pb.gz").stat().st_size > 0
-    for doc in re.findall(r"\]\((docs/[a-z]+\.md)\)", readme):
-        assert doc.split("/")[1][:-3] in {"os", "sizeclasses", "mheap", "allocation", "gc",
-                                          "finalizers", "profiling", "performance",
-                                          "observation"}
+
+
+def test_readme_links_are_absolute_and_reach_every_doc():
+    """An index page shows the README without the repository: relative links are dead there."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", readme)
+    home = "https://github.com/gcalloc/gcalloc/blob/main/"
+    assert links and all(link.startswith(home) for link in links), links
+    targets = {link[len(home):] for link in links}
+    assert all((ROOT / t).is_file() for t in targets), targets
+    docs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert docs <= targets, docs - targets
+
+
+def test_observation_rssmonitor_example_runs_as_written(tmp_path):
+    doc = (ROOT / "docs" / "observation.md").read_text()
+    code = re.search(r"## RSSMonitor\n\n```python\n(.*?)```", doc, re.S).group(1)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-c", code + "assert samples[-1].heap_inuse is None\n"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_docs_and_code_cite_go_not_the_projects_history():
+    """Readers have Go's sources, not this project's tracker or its working notes."""
+    pattern = re.compile(r"issue [0-9]|session|seed 00", re.I)
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "gcalloc").rglob("*.py")]
+    hits = [f"{f.relative_to(ROOT)}:{n}: {line.strip()}" for f in files
+            for n, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []

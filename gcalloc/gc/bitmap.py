@@ -1,5 +1,5 @@
 """The heap bitmap: two bits per heap word saying whether the word may hold a pointer and
-whether any pointer follows it in its object (Go 1.16's heapBits, seed 002's arenas).
+whether any pointer follows it in its object (Go 1.16 mbitmap.go's heapBits, per arena).
 
 Layout, per arena (``Arenas.bitmap`` at ``arena.bitmap_off``): byte k describes words 4k..4k+3
 of the arena; bit j (0-3) is word 4k+j's *pointer* bit, bit j+4 its *scan* bit. A word with its

@@ -182,8 +182,8 @@ class Sweeper:
         self.swept_spans += len(spans)
 
     def reclaim(self, npages: int) -> None:
-        """Sweep until npages pages went back to the heap or nothing is left (seed 001's
-        reclaim: the heap frees before it grows)."""
+        """Sweep until npages pages went back to the heap or nothing is left (Go 1.8
+        mheap.go's reclaim: the heap frees before it grows)."""
         freed = 0
         while freed < npages:
             n = self.sweep_one()

@@ -1,6 +1,6 @@
 """The OS memory layer: the only place gcalloc talks to the operating system.
 
-Address space moves between four states (Go's runtime/malloc.go, seed 002):
+Address space moves between four states (Go 1.16 runtime/malloc.go):
 
     None      unreserved and unmapped: the default state of any address.
     Reserved  owned by the heap; every access faults. Does not count against memory.
