@@ -34,8 +34,9 @@ replays random call sequences against both and compares every result and last er
   reservation (MEM_COMMIT with its protection, or MEM_RESERVE with protection 0; MEM_PRIVATE;
   the reservation's base and the protection it was reserved with), or free (MEM_FREE,
   PAGE_NOACCESS, up to the next reservation the stand-in holds).
-- Protections: PAGE_NOACCESS, PAGE_READONLY, PAGE_READWRITE and the three PAGE_EXECUTE ones;
-  anything else (PAGE_WRITECOPY too) is ERROR_INVALID_PARAMETER.
+- Protections: PAGE_NOACCESS, PAGE_READONLY, PAGE_READWRITE and the three PAGE_EXECUTE ones
+  (PAGE_EXECUTE pages can be read, as under Wine); anything else (PAGE_WRITECOPY too) is
+  ERROR_INVALID_PARAMETER.
 - The last error is set by a failing call and left alone by a succeeding one (as Win32 does
   for these calls). ``get_last_error`` / ``set_last_error`` play ``ctypes.get_last_error`` /
   ``ctypes.set_last_error``, the seam windows.py reads the error through.
@@ -100,7 +101,7 @@ _HOST_PROT = {  # Win32 protection -> host mprotect bits
     PAGE_NOACCESS: _PROT_NONE,
     PAGE_READONLY: _PROT_READ,
     PAGE_READWRITE: _PROT_READ | _PROT_WRITE,
-    PAGE_EXECUTE: _PROT_EXEC,
+    PAGE_EXECUTE: _PROT_READ | _PROT_EXEC,  # readable, as Wine (and x86 Windows) have it
     PAGE_EXECUTE_READ: _PROT_READ | _PROT_EXEC,
     PAGE_EXECUTE_READWRITE: _PROT_READ | _PROT_WRITE | _PROT_EXEC,
 }

@@ -50,6 +50,16 @@ def wine(wine_kernel32: Kernel32Bridge) -> Iterator[Kernel32Bridge]:
     wine_kernel32.release_mine()
 
 
+@pytest.fixture
+def sk() -> Iterator[standin.Kernel32StandIn]:
+    """A fresh kernel32 stand-in, every reservation released afterwards."""
+    if not standin.AVAILABLE:
+        pytest.skip(STANDIN_SKIP)
+    k = standin.Kernel32StandIn()
+    yield k
+    k.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_name(request: pytest.FixtureRequest) -> str:
     if request.param == "windows-standin" and not standin.AVAILABLE:

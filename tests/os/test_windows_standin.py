@@ -13,7 +13,6 @@ import textwrap
 import pytest
 from oshelpers import (
     LOCAL,
-    STANDIN_SKIP,
     WINE,
     MiB,
     byte_values,
@@ -29,16 +28,6 @@ from gcalloc.os.windows import WindowsMemory
 
 G = s.ALLOCATION_GRANULARITY
 RW = s.PAGE_READWRITE
-
-
-@pytest.fixture
-def sk():
-    """The stand-in."""
-    if not s.AVAILABLE:
-        pytest.skip(STANDIN_SKIP)
-    k = s.Kernel32StandIn()
-    yield k
-    k.close()
 
 
 @pytest.fixture(params=["windows-standin", WINE])
