@@ -15,7 +15,8 @@ wine-stable), then where distributions install it off PATH (Debian's wine64 pack
 /usr/lib/wine/). ``unavailable_reason`` says what is missing.
 
 Invariant: one bridge process per ``Kernel32Bridge``, in a WINEPREFIX of its own, and ``close``
-leaves no Wine process of that prefix running (the bridge exits, then ``wineserver -k``).
+leaves no Wine process of that prefix running (the bridge exits, then ``wineserver -k``; a
+process that outlives that is killed and reported) and deletes the prefix.
 """
 
 from __future__ import annotations
@@ -338,3 +339,22 @@ class Kernel32Bridge:
         subprocess.run([self._server, "-k"], env=self.env, capture_output=True, timeout=30)
         subprocess.run([self._server, "-w"], env=self.env, capture_output=True, timeout=30)
         self._stderr.close()
+        left = processes_of(self.env["WINEPREFIX"])
+        for p in left:
+            p.kill()
+        # A prefix is some 700 MB of Windows files: no session keeps one.
+        shutil.rmtree(self.env["WINEPREFIX"], ignore_errors=True)
+        if left:
+            raise BridgeError(f"Wine processes outlived wineserver -k: {left}")
+
+
+def processes_of(prefix: str) -> list[psutil.Process]:
+    """The running processes (this user's) whose WINEPREFIX is ``prefix``."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("WINEPREFIX") == prefix:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
