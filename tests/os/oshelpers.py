@@ -161,14 +161,9 @@ class Mem:
         return byte_values(self.mem, p, n)
 
     def reserved_spans(self) -> list[tuple[int, int]] | None:
-        """The merged address ranges the OS shows as reserved but not accessible: the Wine
-        process's regions that are not free, or on Linux this process's ---p mappings (None
-        where neither can be read).
-
-        Reservations are such mappings; the heap's Python neighbours (pymalloc arenas, numpy
-        buffers) are read/write, so they cannot be mistaken for a leaked piece of a
-        reservation. In the Wine process nothing but the test allocates between two readings.
-        """
+        """The merged address ranges where reservations show: the Wine process's regions that
+        are not free (nothing but the test allocates there between two readings), or on Linux
+        this process's ---p mappings (see anon_none_intervals); None where neither is read."""
         if self.remote:
             return self.mem.spans_in_use(0, standin.MAX_APPLICATION_ADDRESS + 1)
         if sys.platform.startswith("linux"):

@@ -50,6 +50,11 @@ class BridgeError(RuntimeError):
     """The bridge process could not be built or started, or stopped answering."""
 
 
+def _word(x: Any, mask: int = _M64) -> int:
+    """An argument as ctypes would pass it: None is NULL, ctypes numbers by value, wrapped."""
+    return int(getattr(x, "value", x) or 0) & mask
+
+
 def _executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
@@ -180,20 +185,20 @@ class Kernel32Bridge:
 
     def VirtualAlloc(self, address: int | None, size: int, allocation_type: int,  # noqa: N802
                      protect: int) -> int | None:
-        (r,) = self._call("A", (address or 0) & _M64, size & _M64, allocation_type & _M32,
-                          protect & _M32)
+        (r,) = self._call("A", _word(address), _word(size), _word(allocation_type, _M32),
+                          _word(protect, _M32))
         if r and (allocation_type & standin.MEM_RESERVE or not address):
             self._mine.add(r)
         return r or None  # a c_void_p restype gives None for NULL
 
     def VirtualFree(self, address: int | None, size: int, free_type: int) -> int:  # noqa: N802
-        (r,) = self._call("F", (address or 0) & _M64, size & _M64, free_type & _M32)
+        (r,) = self._call("F", _word(address), _word(size), _word(free_type, _M32))
         return r
 
     def VirtualProtect(self, address: int | None, size: int, new_protect: int,  # noqa: N802
                        old_protect: Any) -> int:
         target = standin.out_target(old_protect)
-        r, old = self._call("P", (address or 0) & _M64, size & _M64, new_protect & _M32,
+        r, old = self._call("P", _word(address), _word(size), _word(new_protect, _M32),
                             target is not None)
         if target is not None and r:
             target.value = old
@@ -203,7 +208,7 @@ class Kernel32Bridge:
         mbi = standin.out_target(buffer)
         if mbi is None:
             raise TypeError("VirtualQuery needs a MEMORY_BASIC_INFORMATION out-parameter")
-        r, *fields = self._call("Q", (address or 0) & _M64, length & _M64)
+        r, *fields = self._call("Q", _word(address), _word(length))
         if r:
             for name, value in zip(_MBI_FIELDS, fields):
                 setattr(mbi, name, value)
@@ -230,8 +235,8 @@ class Kernel32Bridge:
     def set_last_error(self, code: int) -> int:
         """Like ``ctypes.set_last_error``: the next call starts with this error; the old one."""
         old = self._last_error
-        self._ask("e", code & _M32)
-        self._last_error = code & _M32
+        self._last_error = _word(code, _M32)
+        self._ask("e", self._last_error)
         return old
 
     # --- the Wine process's memory -----------------------------------------------------------
