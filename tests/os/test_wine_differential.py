@@ -5,13 +5,14 @@ The calls are VirtualAlloc, VirtualFree, VirtualProtect, VirtualQuery, SetLastEr
 reading or writing a byte (the stand-in says whether that faults from its own VirtualQuery and
 then touches its memory; the bridge performs the access under an exception handler). Addresses
 fall in a window that both processes have free at the same address, so the sequence is the same
-on both; an allocation with no address opens a "handle" whose later calls are relative to each
-side's own base. Results that are addresses are compared as (space, offset).
+on both, or now and then outside the application's range. An allocation with no address opens
+a "handle" whose later calls are relative to each side's own base. Results that are addresses
+are compared as (space, offset).
 
-Two things are normalised, both documented Wine behaviours that Windows does not share (see
-docs/os.md): Wine's VirtualQuery splits reserved pages by the protection they had when last
-committed (the comparison merges such runs), and a free region's size depends on what else the
-process has mapped (it is compared up to the end of the space it lies in).
+Two things are normalised. Wine's VirtualQuery splits reserved pages by the protection they had
+when last committed, which Windows does not (see docs/os.md): the comparison merges such runs.
+A free region's size depends on what else the process has mapped: it is compared up to the end
+of the space it lies in.
 
 A disagreement fails with the call's index and the calls before it, so that the seed replays it.
 """
@@ -33,6 +34,10 @@ G = s.ALLOCATION_GRANULARITY
 PAGE = 4096
 WINDOW = 48 * G  # the window's reservable span; calls may run up to a few granules past it
 MARGIN = 8 * G
+ABSOLUTE = -1  # a target's space when its offset is an address, the same on both sides
+# Addresses outside the application's range: below 64 KiB, at and past the top of user space.
+_OUT_OF_RANGE = (0x1000, 0xF000, s.MAX_APPLICATION_ADDRESS + 1, 0x7FFFFFFFF000, 0x800000000000,
+                 (1 << 64) - PAGE)
 _WINDOW_CANDIDATES = (0x200000000000, 0x300000000000, 0x100000000000, 0x3F0000000000)
 _READABLE = {s.PAGE_READONLY, s.PAGE_READWRITE, s.PAGE_EXECUTE, s.PAGE_EXECUTE_READ,
              s.PAGE_EXECUTE_READWRITE}
@@ -66,6 +71,8 @@ class Side:
         if target is None:
             return None
         space, offset = target
+        if space == ABSOLUTE:
+            return offset
         return spaces[space].bases[self.which] + offset
 
     def where(self, spaces: list[Space], a: int | None) -> Any:
@@ -136,14 +143,21 @@ class Replay:
         self.sides = [Side(standin, 0), Side(wine, 1)]
         w = _free_window(self.sides)
         self.spaces = [Space((w, w), WINDOW + MARGIN)]
+        for side in self.sides:
+            side.k.set_last_error(0)
+        self.seed = seed
         self.rng = random.Random(seed)
         self.log: list[str] = []
         self.calls = 0
 
     # --- choosing a call -------------------------------------------------------------------
 
-    def _target(self) -> tuple[int, int]:
+    def _target(self, absolute: bool = True) -> tuple[int, int]:
+        """Where a call goes: mostly the window, sometimes a live handle, and (``absolute``)
+        now and then an address outside the application's range."""
         rng = self.rng
+        if absolute and rng.random() < 0.03:
+            return ABSOLUTE, rng.choice(_OUT_OF_RANGE)
         live = [i for i, sp in enumerate(self.spaces) if sp.live and i]
         if live and rng.random() < 0.3:
             i = rng.choice(live)
@@ -167,7 +181,7 @@ class Replay:
             n = rng.randint(1, 4) * G
         else:
             n = rng.randint(1, 3 * PAGE)
-        if target is not None and target[0]:  # stay inside a handle: past it lies the unknown
+        if target is not None and target[0] > 0:  # inside a handle: past it lies the unknown
             n = max(1, min(n, self.spaces[target[0]].extent - target[1]))
         return n
 
@@ -197,12 +211,13 @@ class Replay:
                     rng.choice(_PROTECTS), rng.random() < 0.97)
             self._compare(f"VirtualProtect{args}", lambda sd: self._protect(sd, *args), target)
         elif op == "query":
-            target = self._target()
+            target = self._target(absolute=False)
             length = rng.choice([ctypes.sizeof(s.MEMORY_BASIC_INFORMATION)] * 20 + [47, 0])
             self._compare(f"VirtualQuery{(target, length)}", lambda sd: sd.query(
                 self.spaces, sd.address(self.spaces, target), length))
         elif op == "access":
-            target, write, value = self._target(), rng.random() < 0.5, rng.randrange(256)
+            target, write, value = (self._target(absolute=False), rng.random() < 0.5,
+                                    rng.randrange(256))
             self._compare(f"access{(target, write, value)}", lambda sd: sd.access(
                 sd.address(self.spaces, target), write, value), target)
         else:
@@ -223,7 +238,7 @@ class Replay:
     def _free(self, sd: Side, target, size, kind) -> tuple:
         a = sd.address(self.spaces, target)
         r = sd.k.VirtualFree(a, size, kind)
-        if r and kind == s.MEM_RELEASE and target[0] and sd.wine:
+        if r and kind == s.MEM_RELEASE and target[0] > 0 and sd.wine:
             self.spaces[target[0]].live = False  # both sides agreed, or _compare fails first
         return (r, sd.k.get_last_error())
 
@@ -246,7 +261,7 @@ class Replay:
                 for sd in self.sides)
             raise AssertionError(
                 f"call {self.calls} disagrees: {call}\n  stand-in: {a}\n  Wine:     {b}{where}\n"
-                f"the calls up to it (seed {SEED:#x}):\n  {recent}")
+                f"the calls up to it (seed {self.seed:#x}):\n  {recent}")
 
     def run(self, calls: int) -> None:
         while self.calls < calls:
