@@ -2,38 +2,59 @@
 
 This is NOT Windows. It lets the Windows backend (windows.py) run on a POSIX machine so that
 its logic (release-and-retry alignment, (de)committing in pieces across reservations, error
-reporting through the last error) is tested against the rules VirtualAlloc documents:
+reporting through the last error) is tested against the rules of VirtualAlloc. The rules and
+their error codes are those that Wine's kernel32 shows (tests/os/test_wine_differential.py
+replays random call sequences against both and compares every result and last error):
 
-- A reservation (MEM_RESERVE) starts at a multiple of the allocation granularity, 64 KiB: a
-  requested address is rounded down to it; with no address, the stand-in picks a 64 KiB-aligned
-  one. Its size covers every page containing a byte of [address, address + size).
-  Reserving over any part of an existing reservation fails with ERROR_INVALID_ADDRESS, and so
-  does a requested range the host has already mapped for something else.
+- Addresses are rounded down to a page (to the allocation granularity, 64 KiB, when reserving)
+  and sizes cover every page containing a byte of [address, address + size). Size 0, a range
+  below 64 KiB or past the highest application address, an unknown allocation type or an
+  unknown protection fail with ERROR_INVALID_PARAMETER.
+- MEM_RESERVE (or MEM_COMMIT with no address) makes a reservation; with no address the
+  stand-in picks a 64 KiB-aligned one. Reserving over any part of an existing reservation fails
+  with ERROR_INVALID_ADDRESS, and so does a requested range the host has already mapped for
+  something else. MEM_RESERVE | MEM_COMMIT commits the whole new reservation.
 - MEM_COMMIT with an address commits pages inside one reservation; pages outside every
-  reservation, or a range crossing from one reservation into another, fail with
-  ERROR_INVALID_ADDRESS. Committing committed pages keeps their contents (and sets the
-  protection); newly committed pages read zero. MEM_COMMIT with no address reserves too.
-- VirtualFree(MEM_RELEASE) needs size 0 and the exact base of a reservation, and releases all
-  of it; anything else fails with ERROR_INVALID_PARAMETER. VirtualFree(MEM_DECOMMIT) decommits
-  the pages of [address, address + size) within one reservation (ERROR_INVALID_ADDRESS
-  otherwise; size 0 means the whole reservation and then needs its base). Decommitting pages
-  that are not committed is allowed.
-- Protections: PAGE_NOACCESS, PAGE_READONLY, PAGE_READWRITE; anything else is
-  ERROR_INVALID_PARAMETER. VirtualProtect works on committed pages of one reservation.
+  reservation, or a range crossing out of its reservation, fail with ERROR_INVALID_ADDRESS
+  (checked before the protection). Committing committed pages keeps their contents and sets
+  the protection; newly committed pages read zero. MEM_TOP_DOWN is accepted and ignored.
+- VirtualFree: an address in no reservation fails with ERROR_INVALID_PARAMETER. MEM_RELEASE
+  needs size 0 (else ERROR_INVALID_PARAMETER) and the reservation's base page (else
+  ERROR_INVALID_ADDRESS), and releases all of it. MEM_DECOMMIT decommits the pages of
+  [address, address + size) (size 0: the whole reservation, given its base page, else
+  ERROR_INVALID_ADDRESS); a range running past the reservation's end fails with
+  ERROR_INVALID_PARAMETER. Decommitting pages that are not committed is allowed.
+- VirtualProtect: a NULL old-protection pointer fails with ERROR_NOACCESS before anything is
+  looked at; the range must lie in one reservation (ERROR_INVALID_PARAMETER) and its pages be
+  committed (ERROR_INVALID_ADDRESS; size 0 means the address's page); it stores the first
+  page's old protection.
+- VirtualQuery: a buffer shorter than MEMORY_BASIC_INFORMATION fails with ERROR_BAD_LENGTH, an
+  address past the highest application address with ERROR_INVALID_PARAMETER. Otherwise it
+  describes the run of pages from the address's page that share state and protection: in a
+  reservation (MEM_COMMIT with its protection, or MEM_RESERVE with protection 0; MEM_PRIVATE;
+  the reservation's base and the protection it was reserved with), or free (MEM_FREE,
+  PAGE_NOACCESS, up to the next reservation the stand-in holds).
+- Protections: PAGE_NOACCESS, PAGE_READONLY, PAGE_READWRITE and the three PAGE_EXECUTE ones
+  (PAGE_EXECUTE pages can be read, as under Wine); anything else (PAGE_WRITECOPY too) is
+  ERROR_INVALID_PARAMETER.
 - The last error is set by a failing call and left alone by a succeeding one (as Win32 does
   for these calls). ``get_last_error`` / ``set_last_error`` play ``ctypes.get_last_error`` /
   ``ctypes.set_last_error``, the seam windows.py reads the error through.
 
-The memory is real: committed pages are mapped read/write (or read-only / no-access, as asked)
-and count in the RSS; reserved and decommitted pages are PROT_NONE mappings with no pages
-behind them, so touching them faults (SIGSEGV/SIGBUS) as it would on Windows (an access
-violation). Decommitting replaces the pages with a fresh PROT_NONE mapping, so they leave the
-RSS at once and read zero when committed again.
+The memory is real: committed pages are mapped with the host protection matching theirs and
+count in the RSS; reserved and decommitted pages are PROT_NONE mappings with no pages behind
+them, so touching them faults (SIGSEGV/SIGBUS) as it would on Windows (an access violation).
+Decommitting replaces the pages with a fresh PROT_NONE mapping, so they leave the RSS at once
+and read zero when committed again.
 
 What it does not model: the commit charge and its limit (ERROR_COMMITMENT_LIMIT), placeholders,
-MEM_RESET, large pages, write-watch, guard pages, VirtualQuery, other processes. Where the host
-page is larger than 4 KiB (Apple silicon: 16 KiB), the stand-in's page is the host's, and
-GetSystemInfo says so. Addresses come from the host's mmap, so hints behave like Linux/macOS
+MEM_RESET, MEM_WRITE_WATCH, large pages, the PAGE_GUARD / PAGE_NOCACHE / PAGE_WRITECOMBINE
+modifiers (refused with ERROR_INVALID_PARAMETER; Wine accepts them), other processes, and the
+address space the host uses for itself (a free region ends at the next reservation the
+stand-in made). Where the host page is larger than 4 KiB (Apple silicon: 16 KiB), the
+stand-in's page is the host's, and GetSystemInfo says so; a host that refuses writable and
+executable pages (macOS without MAP_JIT) fails PAGE_EXECUTE_READWRITE with
+ERROR_NOT_ENOUGH_MEMORY. Addresses come from the host's mmap, so hints behave like Linux/macOS
 hints, which Windows does not promise.
 
 Invariant: ``_regions`` maps each reservation's base to its record; the records never overlap,
@@ -54,11 +75,18 @@ MEM_COMMIT = 0x1000
 MEM_RESERVE = 0x2000
 MEM_DECOMMIT = 0x4000
 MEM_RELEASE = 0x8000
+MEM_FREE = 0x10000  # VirtualQuery states and types
+MEM_PRIVATE = 0x20000
 PAGE_NOACCESS = 0x01
 PAGE_READONLY = 0x02
 PAGE_READWRITE = 0x04
+PAGE_EXECUTE = 0x10
+PAGE_EXECUTE_READ = 0x20
+PAGE_EXECUTE_READWRITE = 0x40
+MEM_TOP_DOWN = 0x100000
 
 ERROR_NOT_ENOUGH_MEMORY = 8
+ERROR_BAD_LENGTH = 24
 ERROR_INVALID_PARAMETER = 87
 ERROR_INVALID_ADDRESS = 487
 ERROR_NOACCESS = 998
@@ -68,16 +96,35 @@ WINDOWS_PAGE_SIZE = 4 << 10
 MIN_APPLICATION_ADDRESS = 0x10000
 MAX_APPLICATION_ADDRESS = 0x7FFFFFFEFFFF
 
-_PROT_NONE, _PROT_READ, _PROT_WRITE = 0, 1, 2
+_PROT_NONE, _PROT_READ, _PROT_WRITE, _PROT_EXEC = 0, 1, 2, 4
 _HOST_PROT = {  # Win32 protection -> host mprotect bits
     PAGE_NOACCESS: _PROT_NONE,
     PAGE_READONLY: _PROT_READ,
     PAGE_READWRITE: _PROT_READ | _PROT_WRITE,
+    PAGE_EXECUTE: _PROT_READ | _PROT_EXEC,  # readable, as Wine (and x86 Windows) have it
+    PAGE_EXECUTE_READ: _PROT_READ | _PROT_EXEC,
+    PAGE_EXECUTE_READWRITE: _PROT_READ | _PROT_WRITE | _PROT_EXEC,
 }
+_USER_LIMIT = MAX_APPLICATION_ADDRESS + 1
 _UNCOMMITTED = 0  # a page's entry in _Reservation.pages when it is only reserved
 
 AVAILABLE = os.name == "posix"
 """Whether the stand-in can run here (it needs POSIX mmap)."""
+
+
+class MEMORY_BASIC_INFORMATION(ctypes.Structure):  # noqa: N801 - the Win32 name (64-bit)
+    """VirtualQuery's out-parameter."""
+
+    _fields_ = [
+        ("BaseAddress", ctypes.c_void_p),
+        ("AllocationBase", ctypes.c_void_p),
+        ("AllocationProtect", ctypes.c_uint32),
+        ("PartitionId", ctypes.c_uint16),
+        ("RegionSize", ctypes.c_size_t),
+        ("State", ctypes.c_uint32),
+        ("Protect", ctypes.c_uint32),
+        ("Type", ctypes.c_uint32),
+    ]
 
 
 class _Win32Error(Exception):
@@ -91,6 +138,7 @@ class _Reservation:
     base: int
     size: int
     pages: bytearray  # per page: _UNCOMMITTED or the PAGE_* protection it was committed with
+    protect: int  # the protection it was reserved with (VirtualQuery's AllocationProtect)
 
     @property
     def end(self) -> int:
@@ -124,11 +172,17 @@ def _load_libc() -> ctypes.CDLL:
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def _store(out: Any, value: int) -> bool:
-    """Write through a ctypes pointer or byref() out-parameter; False if there is none."""
+def out_target(out: Any) -> Any:
+    """The object behind a ctypes pointer() or byref() out-parameter (None for NULL)."""
     target = getattr(out, "contents", None)
     if target is None:
         target = getattr(out, "_obj", None)  # ctypes.byref(x)
+    return target
+
+
+def _store(out: Any, value: int) -> bool:
+    """Write through a ctypes pointer or byref() out-parameter; False if there is none."""
+    target = out_target(out)
     if target is None:
         return False
     target.value = value
@@ -137,7 +191,7 @@ def _store(out: Any, value: int) -> bool:
 
 class Kernel32StandIn:
     """A stand-in for kernel32 (see the module doc): VirtualAlloc, VirtualFree, VirtualProtect,
-    GetSystemInfo, GetLastError and SetLastError over host mmap/munmap/mprotect."""
+    VirtualQuery, GetSystemInfo, GetLastError and SetLastError over host mmap/munmap/mprotect."""
 
     def __init__(self) -> None:
         self._c = _host_constants()
@@ -168,7 +222,7 @@ class Kernel32StandIn:
 
     def GetSystemInfo(self, info: Any) -> None:  # noqa: N802
         """Fill a SYSTEM_INFO given by ctypes.pointer() or ctypes.byref()."""
-        si = getattr(info, "contents", None) or info._obj
+        si = out_target(info)
         si.dwPageSize = self.page_size
         si.dwAllocationGranularity = ALLOCATION_GRANULARITY
         si.lpMinimumApplicationAddress = MIN_APPLICATION_ADDRESS
@@ -200,10 +254,25 @@ class Kernel32StandIn:
         """1 on success (the first page's old protection is stored through ``old_protect``)."""
         with self._lock:
             try:
-                old = self._virtual_protect(address or 0, size, new_protect)
-                if not _store(old_protect, old):
+                if out_target(old_protect) is None:
                     raise _Win32Error(ERROR_NOACCESS)
+                _store(old_protect, self._virtual_protect(address or 0, size, new_protect))
                 return 1
+            except _Win32Error as e:
+                self._last_error = e.code
+                return 0
+
+    def VirtualQuery(self, address: int | None, buffer: Any, length: int) -> int:  # noqa: N802
+        """The bytes written to the MEMORY_BASIC_INFORMATION behind ``buffer``, or 0."""
+        with self._lock:
+            try:
+                if length < ctypes.sizeof(MEMORY_BASIC_INFORMATION):
+                    raise _Win32Error(ERROR_BAD_LENGTH)
+                mbi = out_target(buffer)
+                if mbi is None:
+                    raise _Win32Error(ERROR_NOACCESS)
+                self._virtual_query(address or 0, mbi)
+                return ctypes.sizeof(MEMORY_BASIC_INFORMATION)
             except _Win32Error as e:
                 self._last_error = e.code
                 return 0
@@ -218,9 +287,9 @@ class Kernel32StandIn:
     def committed(self, address: int, size: int) -> bool:
         """Whether every page of [address, address + size) is committed."""
         with self._lock:
-            try:
-                r, first, last = self._locate(address, size)
-            except _Win32Error:
+            first, last = self._pages(address, size)
+            r = self._containing(first)
+            if r is None or last > r.end:
                 return False
             return _UNCOMMITTED not in r.pages[self._index(r, first):self._index(r, last)]
 
@@ -232,55 +301,102 @@ class Kernel32StandIn:
 
     # --- the rules ------------------------------------------------------------------------
 
+    def _pages(self, address: int, size: int) -> tuple[int, int]:
+        """The page-aligned [first, last) covering every byte of [address, address + size)."""
+        first = address & ~(self.page_size - 1)
+        return first, self._round_up(address + size, self.page_size)
+
     def _virtual_alloc(self, address: int, size: int, kind: int, protect: int) -> int:
-        if protect not in _HOST_PROT or size <= 0:
+        if size <= 0:
             raise _Win32Error(ERROR_INVALID_PARAMETER)
-        if not kind or kind & ~(MEM_COMMIT | MEM_RESERVE):
+        reserving = bool(kind & MEM_RESERVE or not address)
+        if address:
+            grain = ALLOCATION_GRANULARITY if kind & MEM_RESERVE else self.page_size
+            base = address & ~(grain - 1)
+            end = self._round_up(address + size, self.page_size)
+            if base < MIN_APPLICATION_ADDRESS or end > _USER_LIMIT:
+                raise _Win32Error(ERROR_INVALID_PARAMETER)
+        elif size > _USER_LIMIT:
             raise _Win32Error(ERROR_INVALID_PARAMETER)
-        if kind & MEM_RESERVE or not address:
-            r = self._reserve(address, size)
+        if not kind & (MEM_COMMIT | MEM_RESERVE) or kind & ~(MEM_COMMIT | MEM_RESERVE
+                                                            | MEM_TOP_DOWN):
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+        if reserving:
+            if protect not in _HOST_PROT:
+                raise _Win32Error(ERROR_INVALID_PARAMETER)
+            r = self._reserve(address, size, protect)
             if kind & MEM_COMMIT:
                 try:
-                    self._commit(r, address or r.base, size, protect)
+                    self._commit(r, r.base, r.end, protect)
                 except _Win32Error:
                     self._virtual_free(r.base, 0, MEM_RELEASE)  # all or nothing
                     raise
             return r.base
-        r, first, last = self._locate(address, size)
-        self._commit(r, first, last - first, protect)
+        first, last = self._pages(address, size)
+        r = self._holding(first, last, ERROR_INVALID_ADDRESS)
+        if protect not in _HOST_PROT:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+        self._commit(r, first, last, protect)
         return first
 
     def _virtual_free(self, address: int, size: int, kind: int) -> None:
+        first, last = self._pages(address, size)
+        r = self._containing(first)
+        if not first or r is None:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
         if kind == MEM_RELEASE:
-            r = self._regions.get(address)
-            if size != 0 or r is None:
+            if size:
                 raise _Win32Error(ERROR_INVALID_PARAMETER)
-            del self._regions[address]
+            if first != r.base:
+                raise _Win32Error(ERROR_INVALID_ADDRESS)
+            del self._regions[r.base]
             if self._libc.munmap(r.base, r.size) != 0:
                 raise _Win32Error(ERROR_INVALID_PARAMETER)
         elif kind == MEM_DECOMMIT:
-            if size == 0:
-                r = self._regions.get(address)
-                if r is None:
-                    raise _Win32Error(ERROR_INVALID_PARAMETER)
-                first, last = r.base, r.end
-            else:
-                r, first, last = self._locate(address, size)
+            if not size:
+                if first != r.base:
+                    raise _Win32Error(ERROR_INVALID_ADDRESS)
+                last = r.end
+            if last > r.end:
+                raise _Win32Error(ERROR_INVALID_PARAMETER)
             self._decommit(r, first, last)
         else:
             raise _Win32Error(ERROR_INVALID_PARAMETER)
 
     def _virtual_protect(self, address: int, size: int, protect: int) -> int:
-        if protect not in _HOST_PROT or size <= 0:
-            raise _Win32Error(ERROR_INVALID_PARAMETER)
-        r, first, last = self._locate(address, size)
-        i, j = self._index(r, first), self._index(r, last)
+        first, last = self._pages(address, size)
+        r = self._holding(first, last, ERROR_INVALID_PARAMETER)
+        i, j = self._index(r, first), max(self._index(r, last), self._index(r, first) + 1)
         if _UNCOMMITTED in r.pages[i:j]:
             raise _Win32Error(ERROR_INVALID_ADDRESS)
+        if protect not in _HOST_PROT:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
         old = r.pages[i]
-        self._mprotect(first, last - first, protect)
-        r.pages[i:j] = bytes([protect]) * (j - i)
+        if last > first:
+            self._mprotect(first, last - first, protect)
+            r.pages[i:j] = bytes([protect]) * (j - i)
         return old
+
+    def _virtual_query(self, address: int, mbi: MEMORY_BASIC_INFORMATION) -> None:
+        if address >= _USER_LIMIT:
+            raise _Win32Error(ERROR_INVALID_PARAMETER)
+        first = address & ~(self.page_size - 1)
+        r = self._containing(first)
+        mbi.BaseAddress = first
+        mbi.PartitionId = 0
+        if r is None:
+            above = [q.base for q in self._regions.values() if q.base > first]
+            mbi.AllocationBase = mbi.AllocationProtect = mbi.Type = 0
+            mbi.RegionSize = min(above, default=_USER_LIMIT) - first
+            mbi.State, mbi.Protect = MEM_FREE, PAGE_NOACCESS
+            return
+        i = j = self._index(r, first)
+        while j < len(r.pages) and r.pages[j] == r.pages[i]:
+            j += 1
+        mbi.AllocationBase, mbi.AllocationProtect, mbi.Type = r.base, r.protect, MEM_PRIVATE
+        mbi.RegionSize = (j - i) * self.page_size
+        mbi.State = MEM_RESERVE if r.pages[i] == _UNCOMMITTED else MEM_COMMIT
+        mbi.Protect = r.pages[i]
 
     # --- reservations ---------------------------------------------------------------------
 
@@ -290,18 +406,18 @@ class Kernel32StandIn:
     def _index(self, r: _Reservation, address: int) -> int:
         return (address - r.base) // self.page_size
 
-    def _locate(self, address: int, size: int) -> tuple[_Reservation, int, int]:
-        """The reservation holding every page of [address, address + size), and those pages."""
-        if size <= 0:
-            raise _Win32Error(ERROR_INVALID_PARAMETER)
-        first = address & ~(self.page_size - 1)
-        last = self._round_up(address + size, self.page_size)
+    def _containing(self, address: int) -> _Reservation | None:
         for r in self._regions.values():
-            if r.base <= first < r.end:
-                if last > r.end:
-                    break  # runs into the next reservation or unreserved space
-                return r, first, last
-        raise _Win32Error(ERROR_INVALID_ADDRESS)
+            if r.base <= address < r.end:
+                return r
+        return None
+
+    def _holding(self, first: int, last: int, code: int) -> _Reservation:
+        """The reservation holding every page of [first, last), or _Win32Error(code)."""
+        r = self._containing(first)
+        if r is None or last > r.end:
+            raise _Win32Error(code)
+        return r
 
     def _overlaps(self, base: int, end: int) -> bool:
         return any(r.base < end and base < r.end for r in self._regions.values())
@@ -314,7 +430,7 @@ class Kernel32StandIn:
             return None
         return p
 
-    def _reserve(self, address: int, size: int) -> _Reservation:
+    def _reserve(self, address: int, size: int, protect: int) -> _Reservation:
         g = ALLOCATION_GRANULARITY
         if address:
             base = address & ~(g - 1)
@@ -323,7 +439,7 @@ class Kernel32StandIn:
         else:
             length = self._round_up(size, self.page_size)
             base = self._claim_anywhere(length)
-        r = _Reservation(base, length, bytearray(length // self.page_size))
+        r = _Reservation(base, length, bytearray(length // self.page_size), protect)
         self._regions[base] = r
         return r
 
@@ -358,11 +474,7 @@ class Kernel32StandIn:
         if self._libc.mprotect(address, size, _HOST_PROT[protect]) != 0:
             raise _Win32Error(ERROR_NOT_ENOUGH_MEMORY)
 
-    def _commit(self, r: _Reservation, address: int, size: int, protect: int) -> None:
-        first = address & ~(self.page_size - 1)
-        last = self._round_up(address + size, self.page_size)
-        if first < r.base or last > r.end:
-            raise _Win32Error(ERROR_INVALID_ADDRESS)
+    def _commit(self, r: _Reservation, first: int, last: int, protect: int) -> None:
         # Uncommitted pages are fresh PROT_NONE mappings (never touched, or replaced by
         # _decommit), so opening them up shows zeros; committed pages keep their contents.
         self._mprotect(first, last - first, protect)
