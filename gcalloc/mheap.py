@@ -211,7 +211,7 @@ class MHeap:
                 raise OutOfMemory(f"mheap: no span of {npages} pages after growing")
         # Released pages come back from the OS before use. Of a fully released span only the
         # part taken needs it; which pages of a partly released span are released is not
-        # recorded, so all of it is made Ready (seed 001 does this for every span).
+        # recorded, so all of it is made Ready (Go 1.8 mheap.go does this for every span).
         whole = s.npreleased != s.npages or s.npages == npages
         if s.npreleased:
             gos.sys_used(s.base, (s.npages if whole else npages) << PAGE_SHIFT)
