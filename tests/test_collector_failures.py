@@ -41,7 +41,7 @@ def test_a_failed_cycle_leaves_the_collector_consistent(heap):
     with pytest.raises(RuntimeError, match="hook failed"):
         heap.collect()
     heap.gc.after_mark.remove(failing)
-    assert heap.marking is None and not heap._stopped
+    assert heap.marking is None and not heap._world.stopped
     # Not allocating black into a dead marker: runs are whole again (one slot while marking).
     for _ in range(100):
         heap.alloc(32)
@@ -76,7 +76,7 @@ def test_debug_verify_runs_with_the_world_stopped():
         real = h.verify
 
         def spy():
-            seen.append(h._stopped)
+            seen.append(h._world.stopped)
             real()
 
         h.verify = spy
