@@ -376,7 +376,8 @@ class Heap(Allocator):
     def _on_free(self, s: MSpan, idx: int) -> None:
         if s.typed and s.sizeclass:
             bitmap.reset_object(self.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
-        self.gc.pacer.charge(-s.elemsize if s.sizeclass else -(s.npages << PAGE_SHIFT))
+        # The allocator re-charges the slot when it stays charged (gc/pacer.py).
+        self.gc.pacer.refund(s.elemsize if s.sizeclass else s.npages << PAGE_SHIFT)
         if s.specials:
             self.specials.free_objects(s, [idx], explicit=True)
 

@@ -572,8 +572,12 @@ class Allocator:
                 self._refile_after_free(central, s, was_full)
             else:
                 # refill counted the span's free slots as allocated; this one is free again
-                # and will be counted when the thread allocates it.
+                # and will be counted when the thread allocates it. Likewise refill charged
+                # it to the pacer: it stays charged until release_all (gc/pacer.py), so
+                # on_free's refund is taken back.
                 self.stats.small_alloc_count[s.spanclass] += 1
+                if self.charge_live is not None:
+                    self.charge_live(s.elemsize)
 
     @staticmethod
     def _in_unused_run(s: MSpan, p: int) -> bool:

@@ -107,9 +107,12 @@ class RSSMonitor:
         """Take one sample now, record it and return it."""
         rss, uss = process_memory(self._process, self.with_uss)
         fields = heap_fields(self.heap)
-        s = Sample(time.monotonic() - self._t0, self.phase if phase is None else phase,
-                   rss, uss, **fields)
+        # Stamp and label the sample as it is recorded, not when its measurement began: the
+        # background thread and a mark() may measure at once, and the series must stay in
+        # time order with each phase after the marks before it.
         with self._cond:
+            s = Sample(time.monotonic() - self._t0, self.phase if phase is None else phase,
+                       rss, uss, **fields)
             self._samples.append(s)
             self._cond.notify_all()
         return s

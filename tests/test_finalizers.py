@@ -19,7 +19,7 @@ from gcalloc.errors import GcallocError, InteriorPointer, InvalidArgument, NotHe
 from gcalloc.gc.finalizer import FinalizerAlreadySet, FinalizerNotCallable
 from gcalloc.gc.specials import KIND_FINALIZER
 
-WAIT = 10.0   # generous: only reached when something is broken
+WAIT = 120.0  # a hang guard: only reached when something is broken
 
 
 def poke(addr: int, value: int) -> None:

@@ -322,7 +322,7 @@ def test_free_from_another_thread_is_pending_until_uncache(h):
     t = threading.Thread(target=_allocating_thread, args=(h, size, n, ps, ready, done))
     t.start()
     try:
-        assert ready.wait(30)
+        assert ready.wait(120)                 # a hang guard
         s = h.mheap.span_of(ps[0])
         owner = s.cached_by
         assert owner is not None and owner in h.mcaches
@@ -364,7 +364,7 @@ def test_free_of_all_objects_from_another_thread_then_owner_exits(h):
     t = threading.Thread(target=_allocating_thread, args=(h, size, n, ps, ready, done))
     t.start()
     try:
-        assert ready.wait(30)
+        assert ready.wait(120)                 # a hang guard
         inuse = h.read_memstats().heap_inuse
         for p in ps:
             h.free(p)

@@ -422,8 +422,32 @@ def test_pointer_into_unhanded_run_slot_is_ignored(heap):
 
 # --- what stops ---------------------------------------------------------------------------
 
+class _WatchedLock:
+    """The collector's lock, reporting when a thread other than its holder asks for it (so a
+    test knows that thread is about to wait, without sleeping)."""
+
+    def __init__(self, lock) -> None:
+        self._lock = lock
+        self.holder: int | None = None
+        self.contended = threading.Event()
+
+    def __enter__(self):
+        me = threading.get_ident()
+        if self.holder not in (None, me):
+            self.contended.set()
+        self._lock.acquire()
+        self.holder = me
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+        if not self._lock._is_owned():
+            self.holder = None
+
+
 def test_no_gc_holds_off_collections_from_other_threads(heap):
     done = threading.Event()
+    lock = heap.gc.lock = _WatchedLock(heap.gc.lock)
 
     def collector():
         heap.collect()
@@ -432,9 +456,10 @@ def test_no_gc_holds_off_collections_from_other_threads(heap):
     with heap.no_gc():
         t = threading.Thread(target=collector)
         t.start()
-        assert not done.wait(0.2)          # a cycle started here would be a bug
+        assert lock.contended.wait(60)     # a hang guard: the collector has come to the lock
+        assert not done.is_set()           # ... and no cycle ran: it waits
         assert heap.read_memstats().num_gc == 0
-    t.join(30)
+    t.join(60)
     assert done.is_set()
     assert heap.read_memstats().num_gc == 1
 

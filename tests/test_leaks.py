@@ -75,7 +75,7 @@ class SteadyWorkload:
         self.words[0] = heap.alloc(48 * 1024, noscan=True)    # a large object, rooted
         heap.collect()
         heap.remove_root_range(token)
-        heap.run_finalizers(timeout=30)
+        assert heap.run_finalizers(timeout=120)     # a hang guard
         if i % 50 == 0:
             heap.scavenge(-1.0)
 
@@ -145,7 +145,7 @@ def test_verify_is_callable_at_any_point():
         del keep
         heap.collect()
         heap.verify()                                    # finalizers queued
-        heap.run_finalizers(timeout=30)
+        assert heap.run_finalizers(timeout=120)     # a hang guard
         heap.free_os_memory()
         heap.verify()                                    # pages released
         t = threading.Thread(target=lambda: [heap.alloc(64) for _ in range(100)])

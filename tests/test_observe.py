@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 
 import pytest
 
 import gcalloc
+import gcalloc.observe
 from gcalloc.observe import HEAP_FIELDS, RSSMonitor, Sample
 
 MIB = 1 << 20
 TOUCHED = 128 * MIB
+HANG = 60.0          # seconds: a hang guard only
 
 
 def touch_objects(heap: gcalloc.Heap, total: int, size: int = MIB) -> list[int]:
@@ -54,9 +57,9 @@ def test_background_thread_samples_in_order_and_stops():
         with mon:
             assert mon.running
             mon.mark("first")
-            assert mon.wait_for(len(mon.samples) + 3, timeout=10.0)
+            assert mon.wait_for(len(mon.samples) + 3, timeout=HANG)
             mon.mark("second")
-            assert mon.wait_for(len(mon.samples) + 3, timeout=10.0)
+            assert mon.wait_for(len(mon.samples) + 3, timeout=HANG)
         samples = mon.samples
         assert not mon.running
         assert mon.stop() == samples      # stopping twice adds nothing
@@ -67,6 +70,45 @@ def test_background_thread_samples_in_order_and_stops():
     assert all(p == "second" for p in phases[phases.index("second"):])
     assert all(s.rss > 0 for s in samples)
     assert mon.series("rss") == [s.rss for s in samples]
+
+
+def test_a_mark_while_a_background_sample_is_recorded_keeps_the_series_in_order(monkeypatch):
+    """The background thread is held after it stamped a sample (time, phase) and before it
+    recorded it, wherever it is not holding the monitor's lock, while the caller marks a new
+    phase. The series must stay in time order with every sample after the mark labelled with
+    the new phase (a stamp taken outside the lock came out of order, labelled "first")."""
+    real = gcalloc.observe.Sample
+    entered, release = threading.Event(), threading.Event()
+    hold, held = [False], [False]
+    mon: RSSMonitor
+
+    def stamped(*args, **kwargs):
+        s = real(*args, **kwargs)
+        if hold[0] and threading.current_thread().name == "gcalloc-rssmonitor":
+            hold[0] = False
+            if not mon._cond._is_owned():         # held under the lock it would block mark()
+                held[0] = True
+                entered.set()
+                release.wait(HANG)
+            entered.set()
+        return s
+
+    monkeypatch.setattr(gcalloc.observe, "Sample", stamped)
+    with gcalloc.Heap(-1, scavenger=False, debug="") as heap:
+        mon = RSSMonitor(heap, interval=0.001)
+        with mon:
+            mon.mark("first")
+            hold[0] = True
+            assert entered.wait(HANG)             # the next background sample was stamped
+            mon.mark("second")
+            release.set()
+            assert mon.wait_for(len(mon.samples) + 2, timeout=HANG)
+        samples = mon.samples
+    times = [s.t for s in samples]
+    assert times == sorted(times)
+    phases = [s.phase for s in samples]
+    second = phases.index("second")
+    assert all(p == "second" for p in phases[second:]), phases
 
 
 def test_sample_carries_memstats_and_process_memory():

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 import types
 
 import pytest
 
 import gcalloc
 import gcalloc.mheap
+import gcalloc.scavenge
 from gcalloc.scavenge import Scavenger, scavenge
 from gcalloc.sizeclasses import PAGE_SHIFT, make_span_class
 
@@ -25,14 +25,28 @@ def _touched(heap, size: int) -> int:
     return p
 
 
-def _wait_for(cond, timeout: float = 10.0) -> bool:
-    """Poll cond() until it holds or the timeout passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return cond()
-        time.sleep(0.01)
-    return True
+HANG = 120.0     # seconds: a hang guard only
+
+
+@pytest.fixture
+def scavenged(monkeypatch):
+    """wait(cond): block until cond() holds after some background scavenger pass (each pass
+    notifies; no polling, no sleep). False only if HANG seconds pass first."""
+    real = gcalloc.scavenge.scavenge
+    passed = threading.Condition()
+
+    def scavenge_and_notify(*args, **kwargs):
+        released = real(*args, **kwargs)
+        with passed:
+            passed.notify_all()
+        return released
+
+    monkeypatch.setattr(gcalloc.scavenge, "scavenge", scavenge_and_notify)
+
+    def wait(cond) -> bool:
+        with passed:
+            return passed.wait_for(cond, HANG)
+    return wait
 
 
 @pytest.fixture
@@ -182,14 +196,14 @@ def _scavenger_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "gcalloc-scavenger")
 
 
-def test_background_scavenger_releases_and_stops(heap):
+def test_background_scavenger_releases_and_stops(heap, scavenged):
     p = _touched(heap, 2 * MiB)
     heap.alloc(100000)
     heap.free(p)
     r0 = heap.read_memstats().heap_released
     sc = Scavenger(heap.mheap, period=0.05, limit=0)
     try:
-        assert _wait_for(lambda: sc.released >= 2 * MiB)
+        assert scavenged(lambda: sc.released >= 2 * MiB)
         assert heap.read_memstats().heap_released - r0 >= 2 * MiB
     finally:
         sc.stop()
@@ -197,7 +211,7 @@ def test_background_scavenger_releases_and_stops(heap):
     heap.verify()
 
 
-def test_heap_scavenger_option_runs_and_stops_on_close():
+def test_heap_scavenger_option_runs_and_stops_on_close(scavenged):
     n0 = _scavenger_threads()
     h = gcalloc.Heap(-1, scavenger=True, debug="")
     try:
@@ -207,7 +221,7 @@ def test_heap_scavenger_option_runs_and_stops_on_close():
         p = _touched(h, 1 * MiB)
         h.alloc(100000)
         h.free(p)
-        assert _wait_for(lambda: sc.released >= 1 * MiB)
+        assert scavenged(lambda: sc.released >= 1 * MiB)
     finally:
         h.close()
     assert not sc._thread.is_alive()

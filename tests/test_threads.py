@@ -22,6 +22,7 @@ MASK = (1 << 64) - 1
 THREADS = 8
 PER_THREAD = 100_000
 BATCH = 2_000
+HANG = 300.0      # seconds: only a hang guard; nothing here is timed
 u64 = ctypes.c_uint64.from_address
 
 
@@ -202,16 +203,29 @@ def test_thread_exit_with_a_tiny_block_and_runs():
 
 def test_collector_runs_while_threads_allocate_handles():
     """GC on: four threads make Handles, keep one in ten and drop the rest, while the main
-    thread collects over and over. Kept values stay intact; dropped objects are reclaimed."""
+    thread collects. Kept values stay intact; dropped objects are reclaimed.
+
+    The cycles are driven, not counted in a time window: after every block of 200 objects a
+    worker asks for a cycle and waits until one that *started after its request* has ended,
+    while the other workers go on allocating. So each worker sees ``per_thread // BLOCK``
+    distinct cycles whatever the scheduling, and every object it dropped before its last
+    request was unreachable when that cycle started and must have been freed."""
     vec = ctypes.c_uint64 * 4
-    per_thread = 4000
+    per_thread, block, nthreads = 4000, 200, 4
     h = gcalloc.Heap(debug="")
     try:
         kept: dict[int, list] = {}
         errors: list[BaseException] = []
-        done = threading.Event()
-        running = [4]
-        lock = threading.Lock()
+        cond = threading.Condition()
+        state = {"started": 0, "ended": 0, "wanted": 0, "running": nthreads}
+
+        def cycle_after_now() -> None:
+            with cond:
+                need = state["started"] + 1
+                state["wanted"] = max(state["wanted"], need)
+                cond.notify_all()
+                if not cond.wait_for(lambda: state["ended"] >= need or errors, HANG):
+                    raise AssertionError("no cycle came")   # a hang guard, not a timing bar
 
         def work(tid: int) -> None:
             mine = []
@@ -223,35 +237,44 @@ def test_collector_runs_while_threads_allocate_handles():
                         v[k] = (tid << 48) | (i << 4) | k
                     if i % 10 == 0:
                         mine.append((i, hd))
-                    if i % 500 == 0:           # values written early must still be there
-                        for j, old in mine:
+                    if i % block == block - 1:
+                        cycle_after_now()
+                        for j, old in mine:    # values written before the cycle are intact
                             if list(old.view) != [(tid << 48) | (j << 4) | k for k in range(4)]:
                                 raise AssertionError(f"thread {tid}: object {j} changed")
                 kept[tid] = mine
             except BaseException as e:
                 errors.append(e)
             finally:
-                with lock:
-                    running[0] -= 1
-                    if running[0] == 0:
-                        done.set()
+                with cond:
+                    state["running"] -= 1
+                    cond.notify_all()
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(nthreads)]
         for t in threads:
             t.start()
         cycles = 0
-        while not done.is_set():
-            h.collect()
+        while True:
+            with cond:
+                cond.wait_for(lambda: state["wanted"] > state["ended"] or not state["running"],
+                              HANG)
+                if state["wanted"] <= state["ended"]:
+                    break
+                state["started"] += 1
+            h.collect()                        # workers not waiting are allocating meanwhile
             cycles += 1
-            # Between cycles, hand the interpreter to the workers for a moment: a collector
-            # looping flat out keeps the world stopped nearly all the time and the workers'
-            # progress becomes a scheduling lottery (the test took 10 s to 90 s). Cycles still
-            # start while workers are inside the allocator.
-            done.wait(0.0005)
+            with cond:
+                state["ended"] = state["started"]
+                cond.notify_all()
         for t in threads:
             t.join()
         assert not errors, errors
-        assert cycles >= 20, cycles
+        assert cycles >= per_thread // block, cycles
+        during = h.read_memstats()
+        # Each worker's last request came after its last object but one (``hd`` still holds
+        # it); everything else it dropped was garbage when that cycle started.
+        dropped = per_thread - per_thread // 10 - 1
+        assert during.frees >= nthreads * dropped, (during.frees, nthreads * dropped)
         for tid, mine in kept.items():
             for i, hd in mine:
                 assert list(hd.view) == [(tid << 48) | (i << 4) | k for k in range(4)]
@@ -261,10 +284,10 @@ def test_collector_runs_while_threads_allocate_handles():
         h.verify()
         ms = h.read_memstats()
         nkept = sum(len(m) for m in kept.values())
-        assert nkept == 4 * per_thread // 10
+        assert nkept == nthreads * per_thread // 10
         assert ms.num_gc >= cycles
         assert ms.heap_objects == nkept
-        assert ms.mallocs == 4 * per_thread
+        assert ms.mallocs == nthreads * per_thread
         for tid, mine in kept.items():
             for i, hd in mine:
                 assert h.lookup(hd.addr) == (hd.addr, 32)

@@ -10,6 +10,16 @@ takes the span (and refunds what it gives back), large objects when allocated, a
 explicit frees. It is checked only on slow paths (refill, large allocation), as Go's
 ``shouldhelpgc`` is, so the fast path never looks at it.
 
+Charge and refund balance slot by slot. Between cycles heap_live counts every slot of a span an
+mcache holds (refill charged the free ones) and every allocated slot of the other spans. So an
+explicit free (gccgo's __go_free; Go itself has none) refunds a slot only when it stops being
+counted: a large object, a slot of an uncached span, a slot of a span another thread caches
+(that thread's release_all does not see it as free). A slot freed into a span the freeing
+thread itself caches stays charged: the thread hands it out again without a new charge, or
+release_all refunds it with the span's other free slots. Refunding it at the free as well made
+every alloc+free pair on a cached span count its bytes out twice, and heap_live fell below zero
+(20,000 x alloc(1024)+free: -20 MiB, the first cycle 24 MiB late).
+
 gcalloc stops the world for the whole cycle, so it triggers at the goal itself; Go triggers
 earlier (its trigger ratio) only because its marking runs concurrently with allocation.
 
@@ -53,6 +63,13 @@ class Pacer:
         # only moves the next trigger by one span's bytes until the next cycle resets it.
         self.heap_live += nbytes
         return self.heap_live >= self.next_gc
+
+    def refund(self, nbytes: int) -> None:
+        """Take back nbytes an earlier charge added (an explicit free). Never below zero: a
+        refund cannot exceed what was charged, except after a lost update between two
+        unlocked threads (see charge), and the floor keeps that from pushing the goal away."""
+        live = self.heap_live - nbytes
+        self.heap_live = live if live > 0 else 0
 
     def should_collect(self) -> bool:
         return self.gc_percent >= 0 and self.heap_live >= self.next_gc
