@@ -208,9 +208,17 @@ class GCMachineWithAutomaticCycles(GCMachine):
 
     @rule()
     def automatic_cycle(self) -> None:
-        before = self.heap.read_memstats().num_gc
-        self.heap.set_gc_percent(0)                    # the next slow path collects
-        p = self.heap.alloc(40_000)                    # large: always a slow path
+        # GOGC=0: the goal is what the last cycle marked. Explicit frees since then may have
+        # taken heap_live below it, so allocate (large: always a slow path) until the pacer
+        # starts a cycle; it must within the bytes that separate the heap from its goal.
+        self.heap.set_gc_percent(0)
+        stats = self.heap.read_memstats()
+        before = stats.num_gc
+        bound = max(0, stats.next_gc - stats.heap_alloc) // 40_960 + 2
+        for _ in range(bound):
+            p = self.heap.alloc(40_000)                # the last one triggered the cycle
+            if self.heap.read_memstats().num_gc != before:
+                break
         self.heap.set_gc_percent(-1)
         assert self.heap.read_memstats().num_gc == before + 1
         self.forget_unreachable()
