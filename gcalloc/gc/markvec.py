@@ -1,0 +1,263 @@
+"""The vectorised mark path: a whole frontier at a time, as numpy array operations (Go's
+mgcmark.go scanobject, greyobject and shade, and mbitmap.go's findObject, over arrays).
+
+One breadth-first level (a *vector step*) is scanned in *blocks* of at most BLOCK_WORDS
+candidate words (plus one oblet):
+
+- ``_gather`` reads every word of the block's objects with one np.take from a view of the
+  heap (word k of every object together, so the broadcast runs along the long axis);
+- ``_typed_filter`` drops typed objects' words whose heap-bitmap pointer bit is clear;
+- ``_shade_block`` resolves every candidate at once (findObject over arrays: heap offset ->
+  page -> span id -> span mirror -> slot and object number), keeps the white objects,
+  deduplicates them with one scatter of tickets into their mark words (which marks them
+  too), only then checks that they are allocated (once per object, not once per pointer to
+  it; spans whose allocBits are all set skip it), and appends the scannable ones to the
+  next frontier.
+
+All of it runs in each worker's Workspace buffers (np.take and ufuncs with out=; selections
+by one np.flatnonzero) and the frontier chunks come from the MarkScratch pool, so a step
+allocates almost nothing (gc/markbuf.py says why that matters).
+
+Invariants kept here: a candidate outside every snapshot span, or in a slot holding no
+allocated object, ends unmarked (its mark word -1 for a free slot), so only allocated objects
+end marked; noscan objects are marked but never enter the next frontier, so never scanned;
+typed objects' words are read only where their pointer bit is set; a grey object enters
+exactly one next frontier, except that two workers racing on one object may both keep it
+(a repeat scan, never a loss). It marks exactly what gc/markscalar.py marks for the same
+frontier (tests compare the two on random graphs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from gcalloc.gc.markbuf import (
+    BLOCK_WORDS,
+    BUF_WORDS,
+    OBLET_WORDS,
+    ChunkBuffer,
+    Frontier,
+    MarkScratch,
+    Workspace,
+)
+from gcalloc.gc.spansnapshot import SpanSnapshot
+from gcalloc.sizeclasses import PAGE_SHIFT
+
+
+class VectorPath:
+    """Drains wide frontiers of one cycle into its mark words ``state``. Counts, per
+    worker, the objects it marked and the words it scanned."""
+
+    def __init__(self, snap: SpanSnapshot, state: np.ndarray, scratch: MarkScratch) -> None:
+        self.snap = snap
+        self.state = state
+        self.scratch = scratch
+        self.marked = [0, 0]
+        self.scanned = [0, 0]
+
+    def step(self, chunks: list[ChunkBuffer], worker: int = 0) -> Frontier:
+        """Scan the grey objects and shade what their words point at, one block of at most
+        BLOCK_WORDS words (plus one oblet) at a time; return the next frontier."""
+        sn = self.snap
+        ws = self.scratch.workspace(worker)
+        out = Frontier(self.scratch)
+        for sids, idxs in chunks:
+            n = len(sids)
+            ws.ensure_chunk(n)
+            first = np.take(sn.welem, sids, out=ws.first[:n], mode="clip")
+            first *= idxs
+            first += np.take(sn.wbase, sids, out=ws.nwords[:n], mode="clip")  # word index
+            nwords = np.take(sn.wsize, sids, out=ws.nwords[:n], mode="clip")
+            typed = np.take(sn.typed, sids, out=ws.typed[:n], mode="clip")
+            if nwords.max(initial=0) > OBLET_WORDS:
+                first, nwords, typed = _split_oblets(first, nwords, typed)
+            any_typed = bool(typed.any())
+            ws.ensure(min(int(nwords.sum()), BUF_WORDS))
+            for lo, hi, n0 in _blocks(nwords):
+                vals = self._gather(ws, first[lo:hi], nwords[lo:hi], n0, worker)
+                if any_typed:
+                    vals = self._typed_filter(ws, vals, typed[lo:hi], nwords[lo:hi], n0)
+                self._shade_block(ws, vals, worker, out)
+        return out.done()
+
+    def shade(self, P: np.ndarray, worker: int = 0) -> Frontier:
+        """Mark the objects the candidate pointers P point at; return the newly grey scan
+        objects."""
+        ws = self.scratch.workspace(worker)
+        out = Frontier(self.scratch)
+        ws.ensure(min(len(P), BLOCK_WORDS))
+        for i in range(0, len(P), BLOCK_WORDS):
+            part = P[i:i + BLOCK_WORDS]
+            vals = ws.vals[:len(part)]
+            vals[:] = part
+            self._shade_block(ws, vals, worker, out)
+        return out.done()
+
+    def _gather(self, ws: Workspace, first: np.ndarray, nwords: np.ndarray, n0: int,
+                worker: int) -> np.ndarray:
+        """The words of the objects starting at word indexes ``first``, into ws.vals (in no
+        particular order; ws.widx keeps each one's word index). n0: the objects' common
+        size in words, or 0 if sizes differ."""
+        if n0:
+            # One object size (the usual frontier): broadcast with the longer axis inner,
+            # where numpy's loops are fast (word k of every object together, for a block of
+            # many small objects).
+            m = len(first)
+            nw = m * n0
+            if m >= n0:
+                np.add(ws.iota[:n0, None], first, out=ws.widx[:nw].reshape(n0, m))
+            else:
+                np.add(first[:, None], ws.iota[:n0], out=ws.widx[:nw].reshape(m, n0))
+        else:
+            starts = np.cumsum(nwords) - nwords
+            run = np.repeat(first - starts, nwords)
+            nw = len(run)
+            np.add(run, ws.iota[:nw], out=ws.widx[:nw])
+        self.scanned[worker] += nw
+        return np.take(self.snap.heap_words, ws.widx[:nw], out=ws.vals[:nw], mode="clip")
+
+    def _typed_filter(self, ws: Workspace, vals: np.ndarray, typed: np.ndarray,
+                      nwords: np.ndarray, n0: int) -> np.ndarray:
+        """Drop the words of typed objects whose heap-bitmap pointer bit is clear (word order
+        as _gather left it)."""
+        if not typed.any():
+            return vals
+        if not n0:
+            word_typed = np.repeat(typed, nwords)
+        elif len(typed) >= n0:
+            word_typed = np.tile(typed, n0)
+        else:
+            word_typed = np.repeat(typed, n0)
+        widx = ws.widx[:len(vals)]
+        addrs = (np.compress(word_typed, widx).astype(np.uint64) << np.uint64(3)) \
+            + np.uint64(self.snap.heap_lo)
+        keep = ~word_typed
+        keep[word_typed] = self.snap.pointer_bits(addrs)
+        return np.compress(keep, vals)
+
+    def _shade_block(self, ws: Workspace, v: np.ndarray, worker: int, out: Frontier) -> None:
+        """shade for one block of candidates v (overwritten), in ws's buffers; the new grey
+        scan objects go to out.
+
+        findObject first, over arrays (heap offset -> page -> span id -> span mirror -> slot
+        and object number), dropping pointers outside every span this cycle marks in. Then
+        deduplication: every white candidate scatters a ticket (its position, offset per
+        worker) into its object's mark word, which marks the object, and keeps the object
+        only if it reads its own ticket back, so of several candidates for one object
+        exactly the last writer keeps it. Two workers racing on one object may both keep it
+        (a repeat scan), never neither: the last writer reads its own ticket. Only then is
+        each kept object checked to be allocated (once per cycle, not per pointer).
+
+        np.take and ufuncs with out= buffers: several times faster than fancy indexing and
+        boolean masks, and no fresh memory (mode="clip" because "raise" buffers its output;
+        every index here is in range by construction); selections by _select."""
+        sn = self.snap
+        np.subtract(v, np.uint64(sn.heap_lo), out=v)   # below heap_lo wraps to huge
+        inside = np.less(v, np.uint64(sn.heap_hi - sn.heap_lo), out=ws.mask[:len(v)])
+        k = int(np.count_nonzero(inside))
+        if not k:
+            return
+        d = _select(inside, [v.view(np.int64)], [ws.off])[0]
+        sid = self._span_ids(ws, d)
+        keep = np.less(d, np.take(sn.rlimit, sid, out=ws.t1[:k], mode="clip"),
+                       out=ws.mask[:k])
+        if not keep.all():
+            d, sid = _select(keep, [d, sid], [ws.off2, ws.sid2])
+            k = len(d)
+        idx = np.take(sn.rbase, sid, out=ws.t1[:k], mode="clip")
+        np.subtract(d, idx, out=idx)                     # offset in the span
+        u = idx.view(np.uint64)
+        u *= np.take(sn.divmul, sid, out=ws.vals[:k], mode="clip")
+        u >>= np.uint64(32)                              # slot
+        g = np.take(sn.gbase, sid, out=ws.g[:k], mode="clip")
+        g += idx                                         # object number
+        state = self.state
+        white = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), 0, out=ws.mask[:k])
+        if not white.all():
+            g, sid, idx = _select(white, [g, sid, idx], ws.spare(g, sid, idx))
+            k = len(g)
+        tickets = ws.tickets[:k]
+        state[g] = tickets
+        if k > 1:
+            mine = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), tickets,
+                            out=ws.mask[:k])
+            if not mine.all():
+                g, sid, idx = _select(mine, [g, sid, idx], ws.spare(g, sid, idx))
+        sid, idx = self._drop_free(ws, g, sid, idx)
+        self.marked[worker] += len(sid)
+        scan = np.take(sn.scannable, sid, out=ws.mask[:len(sid)], mode="clip")
+        out.add(sid, idx, None if scan.all() else np.flatnonzero(scan))
+
+    def _span_ids(self, ws: Workspace, d: np.ndarray) -> np.ndarray:
+        """Span id (0: none) of each heap offset d, into ws.sid."""
+        sn = self.snap
+        page_sid = sn.page_sids()
+        out = ws.sid[:len(d)]
+        if sn.contiguous:
+            return np.take(page_sid, np.right_shift(d, PAGE_SHIFT, out=ws.t1[:len(d)]), out=out,
+                           mode="clip")
+        page = sn.page_index_general(d)
+        out[:] = np.where(page >= 0, np.take(page_sid, np.maximum(page, 0)), 0)
+        return out
+
+    def _drop_free(self, ws: Workspace, g: np.ndarray, sid: np.ndarray,
+                   idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unmark and drop the slots that hold no allocated object (Go's isFree check: at or
+        past freeindex and clear in allocBits); their mark word becomes -1."""
+        sn = self.snap
+        fi = np.take(sn.freeidx, sid, out=ws.widx[:len(sid)], mode="clip")
+        maybe_free = np.greater_equal(idx, fi, out=ws.mask[:len(sid)])
+        if not maybe_free.any():
+            return sid, idx
+        fs, fi = np.compress(maybe_free, sid), np.compress(maybe_free, idx)
+        byte = np.take(sn.bits8, np.take(sn.table.allocbits, fs) + (fi >> 3))
+        allocated = ((byte >> (fi & 7).astype(np.uint8)) & 1).astype(np.bool_)
+        if allocated.all():
+            return sid, idx
+        keep = ~maybe_free
+        keep[maybe_free] = allocated
+        self.state[np.compress(~keep, g)] = -1
+        return np.compress(keep, sid), np.compress(keep, idx)
+
+
+def _split_oblets(first: np.ndarray, nwords: np.ndarray,
+                 typed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split objects larger than OBLET_WORDS into pieces, as Go scans big objects in oblets.
+    ``first``: each object's first word index."""
+    pieces = (nwords + OBLET_WORDS - 1) // OBLET_WORDS
+    obj = np.repeat(np.arange(len(first)), pieces)
+    k = np.arange(len(obj)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    new_base = first[obj] + k * OBLET_WORDS
+    new_words = np.minimum(nwords[obj] - k * OBLET_WORDS, OBLET_WORDS)
+    return new_base, new_words, typed[obj]
+
+
+def _blocks(nwords: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(start, end, common size or 0) of consecutive runs of objects with at most BUF_WORDS
+    words in all."""
+    n = len(nwords)
+    if not n:
+        return
+    n0 = int(nwords[0])
+    if n0 and (nwords == n0).all():
+        step = max(1, BLOCK_WORDS // n0)
+        for i in range(0, n, step):
+            yield i, min(n, i + step), n0
+        return
+    cum = np.cumsum(nwords)
+    cuts = np.searchsorted(cum, np.arange(BLOCK_WORDS, int(cum[-1]), BLOCK_WORDS), "right")
+    bounds = np.unique(np.concatenate([[0], cuts, [n]])).tolist()
+    for lo, hi in zip(bounds, bounds[1:]):
+        yield lo, hi, 0
+
+
+def _select(mask: np.ndarray, arrays: list[np.ndarray],
+            bufs: list[np.ndarray]) -> list[np.ndarray]:
+    """Each array's elements where mask is set, into the matching buffer (one that does not
+    hold the array): one index array, then np.take with out= (np.compress would allocate
+    an index array and, for out=, a copy, per array)."""
+    sel = np.flatnonzero(mask)
+    k = len(sel)
+    return [np.take(a, sel, out=b[:k], mode="clip") for a, b in zip(arrays, bufs)]
