@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
 from gcalloc.errors import (
-    HeapClosed,
     HeapCorruption,
     InvalidArgument,
     InvalidRootRange,
@@ -181,10 +180,6 @@ class Heap(Allocator):
     def _object_base(self, p: object) -> int:
         return self._object(p)[0]
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise HeapClosed("heap is closed")
-
     # --- roots -------------------------------------------------------------------------
 
     def add_root(self, p: int) -> None:
@@ -255,8 +250,7 @@ class Heap(Allocator):
     def collect(self) -> None:
         """runtime.GC: a full collection, with sweeping finished before it returns.
         Raises HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        self._check_open()
         self.gc.collect(forced=True)
 
     def set_gc_percent(self, n: int) -> int:
@@ -331,8 +325,7 @@ class Heap(Allocator):
         """runtime.MemProfile: the heap profile as of the last completed collection, one
         record per (allocation stack, object size), with raw sampled counts.
         ``inuse_zero=False`` leaves out records with no bytes in use. Raises HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
+        self._check_open()
         return self.mprof.records(inuse_zero)
 
     def write_heap_profile(self, path: str | os.PathLike | io.RawIOBase | io.BufferedIOBase

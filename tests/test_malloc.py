@@ -31,6 +31,7 @@ from gcalloc.sizeclasses import (
     PAGE_SIZE,
     TINY_SIZE,
     class_to_size,
+    size_to_class,
 )
 
 PAGE = PAGE_SIZE
@@ -580,3 +581,37 @@ def test_collection_keeps_the_threads_tiny_block():
         assert heap.lookup(first) == (block, TINY_SIZE)
         assert heap.alloc(4, noscan=True) == block + used
         heap.verify()
+
+
+def test_fast_path_tables_agree_with_size_to_class(heap):
+    """The fast path's inline tables and _alloc_other's 128-byte index give the class
+    size_to_class gives, at every size up to SMALL_FAST_MAX and at every class boundary
+    above it."""
+    assert malloc_mod.SMALL_FAST_MAX == 1016
+    for n in range(1, malloc_mod.SMALL_FAST_MAX + 1):
+        assert malloc_mod._SCAN_SPC[n] >> 1 == size_to_class(n), n
+        assert malloc_mod._NOSCAN_SPC[n] == malloc_mod._SCAN_SPC[n] | 1
+    sizes = {malloc_mod.SMALL_FAST_MAX + 1, MAX_SMALL_SIZE}
+    for size in class_to_size[1:]:
+        if malloc_mod.SMALL_FAST_MAX < size:
+            sizes.update((size - 1, size, min(size + 1, MAX_SMALL_SIZE)))
+    for size in sorted(sizes):
+        p = heap.alloc(size, noscan=True)
+        s = heap.mheap.span_of(p)
+        assert s.spanclass == (size_to_class(size) << 1 | 1), size
+
+
+class _SlowPathTypeError(TypeError):
+    pass
+
+
+def test_type_error_from_a_slow_path_propagates(heap):
+    """Only the fast path's size test is guarded by ``except TypeError``: a TypeError (such
+    as InvalidArgument) raised by a slow path reaches the caller as it was raised."""
+    def broken(*args):
+        raise _SlowPathTypeError("from the slow path")
+
+    heap.alloc(8)      # the thread's mcache exists; its 64-byte run is still empty
+    heap._alloc_small = broken
+    with pytest.raises(_SlowPathTypeError):
+        heap.alloc(64)

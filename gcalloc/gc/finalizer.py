@@ -38,7 +38,6 @@ import numpy as np
 from gcalloc.errors import (
     FinalizerAlreadySet,
     FinalizerNotCallable,
-    HeapClosed,
     InteriorPointer,
     NotHeapPointer,
 )
@@ -167,8 +166,7 @@ class Finalizers:
         # No collection while the specials change; inside(): close() waits for this call.
         with heap.gc.lock, heap.inside():
             p = heap._check_addr(p)
-            if heap.closed:
-                raise HeapClosed("heap is closed")
+            heap._check_open()
             if p == heap.zerobase:
                 return                     # zero-size objects: accepted, never run
             s, offset = self._object_offset(p)
