@@ -48,8 +48,7 @@ def free(a: Allocator, p: int) -> None:
     a._safepoint(c)
     try:
         s = _span_for_free(a, p)
-        if a.ensure_swept is not None:
-            a.ensure_swept(s)
+        a.hooks.ensure_swept(s)
         if s.sizeclass == 0:
             _free_large(a, s, p)
         else:
@@ -59,7 +58,7 @@ def free(a: Allocator, p: int) -> None:
 
 
 def _span_for_free(a: Allocator, p: int) -> MSpan:
-    a._check_open()
+    a.check_open()
     s = a.mheap.span_of_heap(p)
     if s is None:
         raise NotHeapPointer(f"free of {p:#x}: not an object of this heap", p)
@@ -73,8 +72,7 @@ def _free_large(a: Allocator, s: MSpan, p: int) -> None:
         if p != s.base:
             raise InteriorPointer(f"free of {p:#x}: inside the object at {s.base:#x}", p)
         s.allocCount = 0
-    if a.on_free is not None:
-        a.on_free(s, 0)
+    a.hooks.on_free(s, 0)
     release_large_span(a, s)
 
 
@@ -117,8 +115,7 @@ def _free_small(a: Allocator, c: MCache, s: MSpan, p: int) -> None:
             raise InteriorPointer(f"free of {p:#x}: inside the object at {base:#x}", p)
         if s.is_free(gcbits.bits8, idx) or (s.pending_frees and idx in s.pending_frees):
             raise DoubleFree(f"free of {p:#x}: object already freed", p)
-        if a.on_free is not None:
-            a.on_free(s, idx)
+        a.hooks.on_free(s, idx)
         a.stats.small_free_count[s.spanclass] += 1
         if s.cached_by is not None and s.cached_by is not c:
             # Another thread allocates from this span without a lock: let it apply the
@@ -137,8 +134,7 @@ def _free_small(a: Allocator, c: MCache, s: MSpan, p: int) -> None:
             # it to the pacer: it stays charged until release_all (gc/pacer.py), so
             # on_free's refund is taken back.
             a.stats.small_alloc_count[s.spanclass] += 1
-            if a.charge_live is not None:
-                a.charge_live(s.elemsize)
+            a.hooks.charge_live(s.elemsize)
 
 
 def in_unused_run(s: MSpan, p: int) -> bool:

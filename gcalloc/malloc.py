@@ -35,24 +35,23 @@ thread parked at one) raises HeapClosed, so no allocator code runs on the unmapp
 call already past its fast path's ``next`` when close() stops the world may still return that
 address: using it races with close(), as a use after free does in C.
 
-The GC layer plugs in through hooks, all off the fast path: ``sweep_span`` (mcentral met an
-unswept span), ``charge_live`` (pacing; True once the heap reached its goal, and only then
-does the slow path call ``gc_poll(p)``: maybe collect, with p as a root), ``on_sample``
-(profiling countdown hit zero), ``on_free`` (explicit free: specials, heap bits),
-``alloc_typed`` (a typed allocation), ``ensure_swept``.
+The GC layer plugs in through one ``GCHooks`` object given at construction (hooks.py), all
+off the fast path: the slow paths charge the pacer and poll the collector, the sampling
+countdown records a profile sample, free sweeps and tells the collector, a typed
+allocation is the collector's, and the page heap and centrals sweep through it.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import math
 import operator
 import random
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from gcalloc import free as _free
 from gcalloc import verify as checks
@@ -63,11 +62,11 @@ from gcalloc.errors import (
     InvalidSize,
 )
 from gcalloc.fixalloc import FixAlloc
+from gcalloc.hooks import GCHooks
 from gcalloc.mcache import EMPTY_RUN, EMPTY_SPAN, MCACHE_RECORD_BYTES, MCache
 from gcalloc.mcentral import MCentral
 from gcalloc.memclr import memclr
 from gcalloc.mheap import MHeap
-from gcalloc.mspan import MSpan
 from gcalloc.mstats import HeapStats, MemStats, memstats
 from gcalloc.persistent import PersistentAlloc
 from gcalloc.sizeclasses import (
@@ -85,6 +84,9 @@ from gcalloc.sizeclasses import (
     size_to_class128,
 )
 from gcalloc.world import World
+
+if TYPE_CHECKING:
+    from gcalloc.gc.mark import Marker
 
 # Go's maxAlloc on 64-bit: the largest allocation the address space could hold.
 MAX_ALLOC = 1 << 48
@@ -106,22 +108,20 @@ NEVER_SAMPLE = 1 << 62
 _NO_RUN = range(0)
 
 
-def _never_swept(s: MSpan, preserve: bool) -> bool:
-    raise HeapCorruption(f"span needs sweeping but no collector is attached: {s!r}")
-
-
 class Allocator:
-    """The allocator half of a Heap: page heap, centrals, per-thread caches, mallocgc, free."""
+    """The allocator a Heap holds: page heap, centrals, per-thread caches, mallocgc, free.
+    ``hooks`` is how it calls the collector (gcalloc/hooks.py); ``efence``: see above."""
 
     TINY_SPAN_CLASS = TINY_SPAN_CLASS
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: GCHooks, efence: bool = False) -> None:
+        self.hooks = hooks
         self.stats = HeapStats()
         self.persistent = PersistentAlloc(self.stats.other_sys)
-        self.mheap = MHeap(self.stats, self.persistent)
+        self.mheap = MHeap(self.stats, self.persistent, hooks)
         try:
             self._bits64 = self.mheap.gcbits.bits64   # every span's alloc bits, as words
-            self.central = [MCentral(spc, self.mheap, _never_swept)
+            self.central = [MCentral(spc, self.mheap, hooks.sweep_span)
                             for spc in range(NUM_SPAN_CLASSES)]
             self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
                                         self.stats.mcache_sys, reset=MCache.__init__)
@@ -132,20 +132,15 @@ class Allocator:
             self.mheap.release()      # a failed construction keeps no reservation
             raise
         self._closed = False
-        self._unreleased = False  # close() met an OS refusal to unmap: the next close retries
+        self.unreleased = False  # close() met an OS refusal to unmap: the next close retries
         self._mem_profile_rate = DEFAULT_MEM_PROFILE_RATE
         self._rand = random.Random()
         self._world = World()    # see the module comment
-        self.marking = None      # the collector's Marker while it marks (allocate black)
-        self.efence = False      # see the module comment
+        # The collector's Marker while it marks (it sets and clears this with the world
+        # stopped): the slow paths allocate black into it.
+        self.marking: Marker | None = None
+        self.efence = efence
         self.efence_unprotected = 0   # efence frees the OS refused to fault (see above)
-        # Hooks for the GC layer (see the module comment); set_sweeper sets sweep_span.
-        self.sweep_span: Callable[[MSpan, bool], bool] = _never_swept
-        self.gc_poll: Callable[[int], None] | None = None
-        self.charge_live: Callable[[int], bool] | None = None
-        self.on_sample: Callable[[int, int], None] | None = None
-        self.on_free: Callable[[MSpan, int], None] | None = None
-        self.ensure_swept: Callable[[MSpan], None] | None = None
 
     # --- allocation: the fast path -----------------------------------------------------
 
@@ -197,8 +192,8 @@ class Allocator:
             p, due = self._take_run(c, spc, zero)
         finally:
             c.mallocing = False
-        if due and self.gc_poll is not None:
-            self.gc_poll(p)
+        if due:
+            self.hooks.gc_poll(p)
         return p
 
     def _take_run(self, c: MCache, spc: int, zero: bool) -> tuple[int, bool]:
@@ -217,10 +212,9 @@ class Allocator:
         run = s.take_run(self._bits64, limit or 1) if s.freeindex < s.nelems else _NO_RUN
         due = False
         if not run:
-            self._check_open()
+            self.check_open()
             s = c.refill(spc, self.central[spc], self.stats)
-            if self.charge_live is not None:
-                due = self.charge_live((s.nelems - s.allocCount) * elemsize)
+            due = self.hooks.charge_live((s.nelems - s.allocCount) * elemsize)
             run = s.take_run(self._bits64, limit or 1)
             if not run:
                 raise HeapCorruption(f"no free slot after refill: {s!r}")
@@ -262,17 +256,17 @@ class Allocator:
         finally:
             c.mallocing = False
         # Only now may a cycle start: the block is recorded and, as c.tiny, a root.
-        if due and self.gc_poll is not None:
-            self.gc_poll(p)
+        if due:
+            self.hooks.gc_poll(p)
         return p
 
     def _alloc_other(self, c: MCache, size: object, type: object, noscan: bool,
                      zero: bool) -> int:
         """Everything the fast path does not take: checks, size 0, types, large objects."""
-        self._check_open()
-        size = self._check_size(size)
+        self.check_open()
+        size = self.check_size(size)
         if type is not None:
-            return self.alloc_typed(size, type, noscan, zero)
+            return self.hooks.alloc_typed(size, type, noscan, zero)
         if size == 0:
             return self.zerobase
         if size <= SMALL_FAST_MAX:
@@ -283,7 +277,7 @@ class Allocator:
         return self._alloc_large(c, size, noscan, zero)
 
     @staticmethod
-    def _check_size(size: object) -> int:
+    def check_size(size: object) -> int:
         if isinstance(size, bool):
             raise InvalidArgument("size must be an integer, not bool")
         try:
@@ -295,17 +289,6 @@ class Allocator:
         if n > MAX_ALLOC:
             raise InvalidSize(f"allocation size {n:#x} exceeds the maximum {MAX_ALLOC:#x}")
         return n
-
-    def alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
-        """A typed allocation; the GC layer (Heap) writes the type's pointer bits. Here only
-        the size is used: it must be a multiple of the type's size."""
-        try:
-            tsize = ctypes.sizeof(type)  # type: ignore[arg-type]
-        except TypeError:
-            raise InvalidArgument(f"type must be a ctypes type, not {type!r}") from None
-        if size and tsize and size % tsize:
-            raise InvalidSize(f"size {size} is not a multiple of the type's size {tsize}")
-        return self.alloc(size, None, noscan, zero) if size and tsize else self.zerobase
 
     def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool) -> int:
         """A span of its own for an object over 32 KiB (Go's largeAlloc)."""
@@ -319,7 +302,7 @@ class Allocator:
             s.allocCount = 1
             with self.mheap.lock:
                 self.mheap.table.mark_dirty(s)
-            due = self.charge_live is not None and self.charge_live(npages << PAGE_SHIFT)
+            due = self.hooks.charge_live(npages << PAGE_SHIFT)
             if self.marking is not None:
                 self.marking.allocated_black(s.base)
             # Go 1.16: size = span.elemsize before profiling, for large objects too.
@@ -328,8 +311,8 @@ class Allocator:
                 self._sampled(c, s.base, npages << PAGE_SHIFT)
         finally:
             c.mallocing = False
-        if due and self.gc_poll is not None:
-            self.gc_poll(s.base)
+        if due:
+            self.hooks.gc_poll(s.base)
         return s.base
 
     # --- stopping the world ------------------------------------------------------------
@@ -429,14 +412,14 @@ class Allocator:
 
     def _sampled(self, c: MCache, p: int, size: int) -> None:
         c.next_sample = self.next_sample()
-        if self.on_sample is not None and self._mem_profile_rate:
-            self.on_sample(p, size)
+        if self._mem_profile_rate:
+            self.hooks.on_sample(p, size)
 
     # --- per-thread caches -------------------------------------------------------------
 
     def _attach_mcache(self) -> MCache:
         with self.mheap.lock:
-            self._check_open()   # under the lock: close() drops the mcaches under it
+            self.check_open()   # under the lock: close() drops the mcaches under it
             c = self._cachealloc.alloc()
             c.next_sample = self.next_sample()
             self.mcaches.add(c)
@@ -464,8 +447,8 @@ class Allocator:
 
     def _release_mcache(self, c: MCache, keep_tiny: bool = False) -> None:
         unused = c.release_all(self.central, self.stats, keep_tiny)
-        if unused and self.charge_live is not None:
-            self.charge_live(-unused)
+        if unused:
+            self.hooks.charge_live(-unused)
         with self.mheap.lock:
             self.stats.tiny_allocs += c.tiny_allocs
             c.tiny_allocs = 0
@@ -484,28 +467,14 @@ class Allocator:
     lookup = _free.lookup
     usable_size = _free.usable_size
     release_large_span = _free.release_large_span
-    _check_addr = staticmethod(_free.check_addr)
+    check_addr = staticmethod(_free.check_addr)
 
     # --- statistics --------------------------------------------------------------------
 
     def read_memstats(self) -> MemStats:
         """A snapshot of the heap's statistics (Go's ReadMemStats)."""
         with self.inside(), self.mheap.lock:
-            return memstats(self.stats, self.mcaches, self.gc_memstats())
-
-    def gc_memstats(self) -> dict:
-        """The collector's MemStats fields; the GC layer overrides this."""
-        return dict(next_gc=0, last_gc=0, pause_total_ns=0, pause_ns=(0,) * 256,
-                    pause_end=(0,) * 256, num_gc=0, num_forced_gc=0, gc_cpu_fraction=0.0,
-                    enable_gc=False, debug_gc=False)
-
-    # --- sweeping hook -----------------------------------------------------------------
-
-    def set_sweeper(self, sweep: Callable[[MSpan, bool], bool]) -> None:
-        """Give every mcentral the collector's sweep(span, preserve) function."""
-        self.sweep_span = sweep
-        for central in self.central:
-            central.sweep = sweep
+            return memstats(self.stats, self.mcaches, self.hooks.gc_memstats())
 
     # --- verify and close --------------------------------------------------------------
 
@@ -532,7 +501,7 @@ class Allocator:
     def closed(self) -> bool:
         return self._closed
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         """Raise HeapClosed once the heap is closed: the one closed-heap check."""
         if self._closed:
             raise HeapClosed("heap is closed")
@@ -540,12 +509,12 @@ class Allocator:
     def close(self) -> None:
         """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent,
         except that a close the OS refused an unmap to (SysMemoryError) is retried."""
-        if self._closed and not self._unreleased:
+        if self._closed and not self.unreleased:
             return
-        if self._closed or self._shut_down():
-            self._release_memory()
+        if self._closed or self.shut_down():
+            self.release_memory()
 
-    def _shut_down(self) -> bool:
+    def shut_down(self) -> bool:
         """close()'s first half: stop the world for good (waiting for a collection in
         progress and for every thread inside a safepoint region), so that every later call,
         and every thread parked at a safepoint, raises HeapClosed. The memory is still
@@ -566,17 +535,17 @@ class Allocator:
         self._world.close()
         return True
 
-    def _release_memory(self) -> None:
-        """close()'s second half, after _shut_down: unmap. Everything is returned that the OS
+    def release_memory(self) -> None:
+        """close()'s second half, after shut_down: unmap. Everything is returned that the OS
         takes back; a refusal is raised afterwards and what was refused stays recorded
-        (``_unreleased``) for the next close()."""
-        self._unreleased = True
+        (``unreleased``) for the next close()."""
+        self.unreleased = True
         try:
             self.mheap.release()
         finally:
             self._cachealloc.clear()
             self.persistent.release_all()
-        self._unreleased = False
+        self.unreleased = False
 
 
 class _ThreadGuard:

@@ -39,11 +39,11 @@ ERRORS = (NotHeapPointer, InteriorPointer, DoubleFree, TinyObjectFree, InvalidSi
 def live_objects(h) -> list[tuple[int, int]]:
     """(base, size) of every allocated object, found slot by slot."""
     out = []
-    with h.mheap.lock:
-        spans = [s for s in h.mheap.live_spans() if s.state == SPAN_IN_USE]
+    with h._alloc.mheap.lock:
+        spans = [s for s in h._alloc.mheap.live_spans() if s.state == SPAN_IN_USE]
     for s in spans:
         for i in range(s.nelems):
-            found = h.find_object(s.base + i * s.elemsize)
+            found = h._alloc.find_object(s.base + i * s.elemsize)
             if found is not None:
                 out.append((s.base + i * s.elemsize, s.elemsize))
     return out
@@ -68,7 +68,7 @@ def assert_rejected(h, exc, fn, *args):
 
 
 def span_class_of(h, p: int) -> int:
-    return h.mheap.span_of(p).spanclass
+    return h._alloc.mheap.span_of(p).spanclass
 
 
 # --- the error classes ------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_double_free_in_uncached_span(h):
     size = 1024                            # 8 objects per one-page span
     ps = [h.alloc(size) for _ in range(30)]
     old = ps[0]
-    s = h.mheap.span_of(old)
+    s = h._alloc.mheap.span_of(old)
     assert s.cached_by is None
     h.free(old)
     assert_rejected(h, DoubleFree, h.free, old)
@@ -152,7 +152,7 @@ def test_not_heap_pointers(h):
 
 def test_address_in_a_free_span(h):
     h.alloc(32)
-    free_span = next(iter(h.mheap.free_spans()))
+    free_span = next(iter(h._alloc.mheap.free_spans()))
     assert free_span.state == SPAN_FREE
     for addr in (free_span.base, free_span.base + 4096):
         assert_rejected(h, NotHeapPointer, h.free, addr)
@@ -161,7 +161,7 @@ def test_address_in_a_free_span(h):
 
 def test_address_in_a_span_tail(h):
     p = h.alloc(48)                        # 8192 // 48 = 170 objects, 32 bytes of tail
-    s = h.mheap.span_of(p)
+    s = h._alloc.mheap.span_of(p)
     assert s.limit == s.base + 170 * 48
     assert_rejected(h, NotHeapPointer, h.free, s.limit)
     assert h.lookup(s.limit) is None
@@ -225,7 +225,7 @@ def test_freed_slot_in_an_old_span_is_reused_eventually(h):
     size = 1024                            # 8 per span
     ps = [h.alloc(size) for _ in range(40)]
     victim = ps[3]
-    assert h.mheap.span_of(victim).cached_by is None
+    assert h._alloc.mheap.span_of(victim).cached_by is None
     h.free(victim)
     again = [h.alloc(size) for _ in range(200)]
     assert victim in again
@@ -234,7 +234,7 @@ def test_freed_slot_in_an_old_span_is_reused_eventually(h):
 
 def test_free_into_own_cached_span_with_a_reserved_run(h):
     p0, p1, p2 = (h.alloc(80) for _ in range(3))
-    s = h.mheap.span_of(p0)
+    s = h._alloc.mheap.span_of(p0)
     c = s.cached_by
     assert c is not None and c.run_left(s) > 0          # a run is reserved after p2
     h.free(p1)
@@ -253,13 +253,13 @@ def _full_uncached_span(h, size: int = 1024):
     the mcache has moved on and the first span is full and back in its mcentral."""
     nelems = 8192 // size
     ps = [h.alloc(size) for _ in range(nelems + 1)]
-    return ps, h.mheap.span_of(ps[0]), nelems
+    return ps, h._alloc.mheap.span_of(ps[0]), nelems
 
 
 def test_free_into_full_uncached_span_moves_it_to_partial(h):
     ps, s, nelems = _full_uncached_span(h)
-    central = h.central[s.spanclass]
-    sg = h.mheap.sweepgen
+    central = h._alloc.central[s.spanclass]
+    sg = h._alloc.mheap.sweepgen
     assert s.cached_by is None and s.allocCount == nelems
     assert s.central_set is central.full_swept(sg)
     h.free(ps[2])
@@ -275,10 +275,10 @@ def test_free_emptying_an_uncached_span_returns_it_to_the_page_heap(h):
     for p in ps[:nelems - 1]:
         h.free(p)
     inuse = h.read_memstats().heap_inuse
-    assert h.mheap.span_of(ps[0]).state == SPAN_IN_USE
+    assert h._alloc.mheap.span_of(ps[0]).state == SPAN_IN_USE
     h.free(ps[nelems - 1])
     assert h.read_memstats().heap_inuse == inuse - PAGE_SIZE
-    assert h.mheap.span_of(ps[0]).state == SPAN_FREE
+    assert h._alloc.mheap.span_of(ps[0]).state == SPAN_FREE
     assert all(h.lookup(p) is None for p in ps[:nelems])
     assert h.lookup(ps[nelems]) == (ps[nelems], size)
     h.verify()
@@ -323,9 +323,9 @@ def test_free_from_another_thread_is_pending_until_uncache(h):
     t.start()
     try:
         assert ready.wait(120)                 # a hang guard
-        s = h.mheap.span_of(ps[0])
+        s = h._alloc.mheap.span_of(ps[0])
         owner = s.cached_by
-        assert owner is not None and owner in h.mcaches
+        assert owner is not None and owner in h._alloc.mcaches
         freed = ps[::2]
         for p in freed:
             h.free(p)
@@ -343,7 +343,7 @@ def test_free_from_another_thread_is_pending_until_uncache(h):
         done.set()
         t.join()
     gc.collect()
-    assert owner not in h.mcaches
+    assert owner not in h._alloc.mcaches
     assert s.cached_by is None and not s.pending_frees
     assert s.allocCount == n - n // 2
     assert all(h.lookup(p) is None for p in freed)
@@ -406,7 +406,7 @@ def test_lookup_large(h):
 
 def test_lookup_reserved_run_slot_is_not_an_object(h):
     p = h.alloc(96)
-    s = h.mheap.span_of(p)
+    s = h._alloc.mheap.span_of(p)
     assert s.cached_by.run_left(s) > 0
     assert h.lookup(p + 96) is None        # in this thread's run, not handed out yet
     with pytest.raises(NotHeapPointer):

@@ -8,6 +8,7 @@ not roots, so an automatic collection would free objects under them.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import types
 
 import pytest
@@ -58,7 +59,7 @@ def test_size_zero_returns_zerobase_every_time(h):
     assert h.alloc(0, noscan=True) == z
     assert h.alloc(0, type=ctypes.c_uint64) == z
     assert h.alloc(0, zero=False) == z
-    assert z == h.zerobase
+    assert z == h._alloc.zerobase
 
 
 def test_zerobase_is_not_an_object(h):
@@ -218,7 +219,7 @@ def test_every_size_class_boundary(h, noscan):
             assert h.usable_size(p) == class_to_size[c], (c, size)
             assert h.lookup(p) == (p, class_to_size[c])
             assert h.lookup(p + size - 1) == (p, class_to_size[c])
-            s = h.mheap.span_of(p)
+            s = h._alloc.mheap.span_of(p)
             assert (s.sizeclass, s.noscan) == (c, noscan), (c, size)
             assert (p - s.base) % class_to_size[c] == 0
     h.verify()
@@ -235,9 +236,9 @@ def test_objects_of_one_class_do_not_overlap(h):
 def test_max_small_size_and_first_large_size(h):
     p = h.alloc(MAX_SMALL_SIZE)
     assert h.usable_size(p) == MAX_SMALL_SIZE
-    assert h.mheap.span_of(p).sizeclass == NUM_SIZE_CLASSES - 1
+    assert h._alloc.mheap.span_of(p).sizeclass == NUM_SIZE_CLASSES - 1
     q = h.alloc(MAX_SMALL_SIZE + 1)
-    assert h.mheap.span_of(q).sizeclass == 0
+    assert h._alloc.mheap.span_of(q).sizeclass == 0
     assert h.usable_size(q) == page_round(MAX_SMALL_SIZE + 1)
 
 
@@ -246,7 +247,7 @@ def test_max_small_size_and_first_large_size(h):
 @pytest.mark.parametrize("size", [32769, 40000, 65536, 100001, 1 << 20, (3 << 20) + 5])
 def test_large_object(h, size):
     p = h.alloc(size, noscan=True)
-    s = h.mheap.span_of(p)
+    s = h._alloc.mheap.span_of(p)
     assert s.sizeclass == 0 and s.base == p and p % PAGE == 0
     usable = page_round(size)
     assert h.usable_size(p) == usable
@@ -394,7 +395,8 @@ def test_dirty_memory_is_cleared_once_and_rawmem_never(h, memset_log):
 @pytest.fixture
 def samples(h):
     log: list[tuple[int, int]] = []
-    h.on_sample = lambda p, size: log.append((p, size))
+    a = h._alloc
+    a.hooks = dataclasses.replace(a.hooks, on_sample=lambda p, size: log.append((p, size)))
     return log
 
 
@@ -574,7 +576,7 @@ def test_collection_keeps_the_threads_tiny_block():
     next tiny allocation continues inside it, and the block's earlier objects stay live."""
     with gcalloc.Heap(gc_percent=-1, debug="") as heap:
         first = heap.alloc(4, noscan=True)
-        c = heap._tls.mcache
+        c = heap._alloc._tls.mcache
         block, used = c.tiny, c.tinyoffset
         heap.collect()
         assert (c.tiny, c.tinyoffset) == (block, used)
@@ -597,7 +599,7 @@ def test_fast_path_tables_agree_with_size_to_class(heap):
             sizes.update((size - 1, size, min(size + 1, MAX_SMALL_SIZE)))
     for size in sorted(sizes):
         p = heap.alloc(size, noscan=True)
-        s = heap.mheap.span_of(p)
+        s = heap._alloc.mheap.span_of(p)
         assert s.spanclass == (size_to_class(size) << 1 | 1), size
 
 
@@ -612,6 +614,6 @@ def test_type_error_from_a_slow_path_propagates(heap):
         raise _SlowPathTypeError("from the slow path")
 
     heap.alloc(8)      # the thread's mcache exists; its 64-byte run is still empty
-    heap._alloc_small = broken
+    heap._alloc._alloc_small = broken
     with pytest.raises(_SlowPathTypeError):
         heap.alloc(64)

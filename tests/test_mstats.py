@@ -54,8 +54,8 @@ def _large(h):
 
 def _manual(h):
     h.alloc(64)
-    spans = [h.mheap.alloc_manual(n) for n in (1, 4, 9)]
-    h.mheap.free_manual(spans[1])
+    spans = [h._alloc.mheap.alloc_manual(n) for n in (1, 4, 9)]
+    h._alloc.mheap.free_manual(spans[1])
 
 
 def _scavenged(h):
@@ -83,10 +83,10 @@ def _sum_sys(m) -> int:
 
 def _mapped_bytes(h) -> int:
     """Bytes the heap really holds from the OS, counted from its own records."""
-    arenas = h.mheap.arenas
+    arenas = h._alloc.mheap.arenas
     return (sum(n for _, n in arenas.reservations)
             + arenas._bitmap_region.mapped_bytes + arenas._pages_region.mapped_bytes
-            + h.mheap.gcbits._linear.mapped_bytes + h.persistent.mapped_bytes)
+            + h._alloc.mheap.gcbits._linear.mapped_bytes + h._alloc.persistent.mapped_bytes)
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=lambda f: f.__name__.strip("_"))
@@ -102,7 +102,7 @@ def test_invariants(heap, workload):
     assert m.mspan_inuse <= m.mspan_sys and m.mcache_inuse <= m.mcache_sys
     assert m.stack_inuse <= m.stack_sys
     # heap_sys is the arena space, less what manual spans took out.
-    reserved = sum(n for _, n in heap.mheap.arenas.reservations)
+    reserved = sum(n for _, n in heap._alloc.mheap.arenas.reservations)
     assert m.heap_sys == reserved - m.stack_inuse
     # Every byte mapped is counted: sys is what is mapped plus the notional fixalloc chunks
     # (mspan/mcache records live on the Python heap and are charged as Go would).
@@ -193,11 +193,11 @@ def test_lookups_counted(heap):
 def _heap_ranges(h) -> list[tuple[int, int]]:
     """Every address range the heap took from the OS: arenas, metadata regions, gcBits,
     persistentalloc chunks."""
-    arenas = h.mheap.arenas
+    arenas = h._alloc.mheap.arenas
     ranges = [(b, b + n) for b, n in arenas.reservations]
-    for region in (arenas._bitmap_region, arenas._pages_region, h.mheap.gcbits._linear):
+    for region in (arenas._bitmap_region, arenas._pages_region, h._alloc.mheap.gcbits._linear):
         ranges.append((region.base, region.end))
-    ranges += [(b, b + n) for b, n in h.persistent.mappings()]
+    ranges += [(b, b + n) for b, n in h._alloc.persistent.mappings()]
     return ranges
 
 

@@ -145,7 +145,7 @@ def _unswept_typed_spans(h: gcalloc.Heap) -> None:
     allocations of that class sweep them through mcentral."""
     _many_typed_spans(h)
     h.set_gc_percent(1)
-    h.gc.collect(forced=False)
+    h._gc.collect(forced=False)
     h.set_gc_percent(-1)
 
 
@@ -173,12 +173,12 @@ def _alloc_until_os_call(h: gcalloc.Heap, st: Any) -> None:
 
 def _persistent_sys(h: gcalloc.Heap) -> int:
     """Bytes persistentalloc has mapped for the heap's small records: grows by a chunk."""
-    return h.stats.other_sys.value + h.stats.buckhash_sys.value
+    return h._alloc.stats.other_sys.value + h._alloc.stats.buckhash_sys.value
 
 
 def _fill_persistent_chunk(h: gcalloc.Heap) -> None:
     """Use up persistentalloc's current chunk, so that the next record needs a new one."""
-    p = h.persistent
+    p = h._alloc.persistent
     while p._off + 2048 <= PERSISTENT_CHUNK_SIZE:
         p.alloc(1024)
 
@@ -273,7 +273,7 @@ def _heap(op: Op) -> gcalloc.Heap:
 def _after(h: gcalloc.Heap) -> None:
     """The heap is valid and usable after a failed operation."""
     h.verify()
-    for fa in (h.specials.finalizer_alloc, h.specials.profile_alloc):
+    for fa in (h._specials.finalizer_alloc, h._specials.profile_alloc):
         # what the record allocator counts is what it took from persistentalloc
         assert fa.sys_bytes == fa._sys_stat.value, f"{fa!r} charged {fa._sys_stat!r}"
     h.alloc(64)
@@ -358,7 +358,7 @@ def _inject(op: Op | None, k: int) -> str | None:
         failed = calls[k] if k < len(calls) else None
         if raised is None and failed not in op.absorbs:
             return f"completed although {failed} failed" if failed else "call never made"
-        if raised is None and failed == "sys_fault" and h.efence_unprotected != 1:
+        if raised is None and failed == "sys_fault" and h._alloc.efence_unprotected != 1:
             return "an unprotected efence span was not counted"
         if op.name == "close":
             h.close()           # a failed close is finished by the next one

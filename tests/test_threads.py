@@ -93,7 +93,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
 def test_eight_threads_alloc_write_free():
     h = gcalloc.Heap(gc_percent=-1, scavenger=False, debug="")
     try:
-        mcaches_before = len(h.mcaches)
+        mcaches_before = len(h._alloc.mcaches)
         out: dict = {}
         errors: list[BaseException] = []
         start = threading.Barrier(THREADS + 1)
@@ -111,7 +111,7 @@ def test_eight_threads_alloc_write_free():
             t.start()
         start.wait()
         # Every thread has allocated once and waits at the barrier: one mcache each.
-        assert len(h.mcaches) == mcaches_before + THREADS
+        assert len(h._alloc.mcaches) == mcaches_before + THREADS
         for t in threads:
             t.join()
         assert not errors, errors
@@ -119,7 +119,7 @@ def test_eight_threads_alloc_write_free():
         problems = [b for made, freed, bad, _ in out.values() for b in bad]
         assert problems == []
         gc.collect()
-        assert len(h.mcaches) == mcaches_before
+        assert len(h._alloc.mcaches) == mcaches_before
         h.verify()
         ms = h.read_memstats()
         tiny = [p for *_, t in out.values() for p in t]
@@ -157,20 +157,20 @@ def test_thread_exit_gives_the_mcache_back():
             t.start()
         try:
             ready.wait()
-            assert len(h.mcaches) == 4        # the four threads are alive, one mcache each
+            assert len(h._alloc.mcaches) == 4        # the four threads are alive, one mcache each
             assert h.read_memstats().mcache_inuse == 4 * MCACHE_RECORD_BYTES
         finally:
             leave.set()
             for t in threads:
                 t.join()
         gc.collect()
-        assert len(h.mcaches) == 0
+        assert len(h._alloc.mcaches) == 0
         ms = h.read_memstats()
         assert ms.mcache_inuse == 0
         assert (ms.mallocs, ms.heap_objects) == (20, 20)
         assert ms.heap_alloc == 4 * (24 + 24 + 208 + 5376 + 13 * 8192)
         # Their spans went back to mcentral: nothing is cached, every object survives.
-        assert all(h.mheap.span_of(p).cached_by is None for p in kept)
+        assert all(h._alloc.mheap.span_of(p).cached_by is None for p in kept)
         assert all(h.lookup(p) == (p, h.usable_size(p)) for p in kept)
         h.verify()
         for p in kept:                       # and another thread can free them
@@ -191,7 +191,7 @@ def test_thread_exit_with_a_tiny_block_and_runs():
         t.start()
         t.join()
         gc.collect()
-        assert len(h.mcaches) == 0
+        assert len(h._alloc.mcaches) == 0
         tiny, small = got
         assert h.lookup(tiny) == (tiny, 16)
         assert h.lookup(small + 64) is None  # the unused run came back as free slots
