@@ -36,7 +36,7 @@ def _sizes(rng: random.Random) -> tuple[int, bool]:
     return rng.randrange(16, 1017), rng.random() < 0.5
 
 
-def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> None:
+def _stress(heap: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> None:
     rng = random.Random(tid)
     live: dict[int, tuple[int, int]] = {}     # address -> (size, pattern)
     tiny: dict[int, int] = {}                 # tiny objects: never freed (TinyObjectFree)
@@ -48,7 +48,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
         if u64(p).value != pat or u64(last).value != pat ^ MASK:
             bad.append((tid, p, size))
 
-    first = h.alloc(16)                       # attaches this thread's mcache
+    first = heap.alloc(16)                       # attaches this thread's mcache
     u64(first).value = 0
     u64(first + 8).value = MASK
     live[first] = (16, 0)
@@ -60,12 +60,12 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
             seq += 1
             pat = (tid << 56) | seq
             if rng.random() < 0.03:
-                p = h.alloc(8, noscan=True)   # tiny: shares a block with others
+                p = heap.alloc(8, noscan=True)   # tiny: shares a block with others
                 u64(p).value = pat
                 tiny[p] = pat
             else:
                 size, noscan = _sizes(rng)
-                p = h.alloc(size, noscan=noscan)
+                p = heap.alloc(size, noscan=noscan)
                 if p in live:
                     bad.append((tid, p, "handed out twice"))
                 u64(p).value = pat
@@ -77,7 +77,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
         for p in victims:
             size, pat = live.pop(p)
             check(p, size, pat)
-            h.free(p)
+            heap.free(p)
             freed += 1
     for p, (size, pat) in live.items():
         check(p, size, pat)
@@ -85,7 +85,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
         if u64(p).value != pat:
             bad.append((tid, p, "tiny"))
     for p in live:
-        h.free(p)
+        heap.free(p)
         freed += 1
     out[tid] = (made, freed, bad, list(tiny))
 

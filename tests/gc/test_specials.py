@@ -22,11 +22,11 @@ from gcalloc.gc.specials import (
 )
 
 
-def _mapped_bytes(h: gcalloc.Heap) -> int:
-    arenas = h._alloc.mheap.arenas
+def _mapped_bytes(heap: gcalloc.Heap) -> int:
+    arenas = heap._alloc.mheap.arenas
     return (sum(n for _, n in arenas.reservations)
             + arenas._bitmap_region.mapped_bytes + arenas._pages_region.mapped_bytes
-            + h._alloc.mheap.gcbits._linear.mapped_bytes + h._alloc.persistent.mapped_bytes)
+            + heap._alloc.mheap.gcbits._linear.mapped_bytes + heap._alloc.persistent.mapped_bytes)
 
 
 def _keys(heap: gcalloc.Heap, s) -> list[tuple[int, int]]:
