@@ -5,9 +5,13 @@ A Heap owns real memory: every address it returns is a mapping made through gcal
 ``close()`` (or leaving its ``with`` block) returns every mapping to the OS. Many heaps can live
 in one process; each has its own arenas, metadata regions, thread caches and collector.
 
-The allocator's hooks are filled here: sweeping (mcentral meets an unswept span), pacing (a
-slow path may start a cycle), explicit free (typed slots get conservative heap bits back),
-new spans (scan spans start with all-pointer heap bits), typed allocation (precise bits).
+The Heap holds an Allocator and a Collector (composition: neither is a base class) and builds
+the one GCHooks (hooks.py) through which the allocator calls up: sweeping, pacing, explicit
+free (typed slots get conservative heap bits back), new spans (scan spans start with
+all-pointer heap bits), typed allocation (precise bits). See docs/architecture.md.
+
+Over 500 lines on purpose: it is the whole public API, and each call's docstring is its
+contract (arguments, exceptions), which the README's table is checked against.
 """
 
 from __future__ import annotations

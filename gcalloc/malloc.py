@@ -39,6 +39,10 @@ The GC layer plugs in through one ``GCHooks`` object given at construction (hook
 off the fast path: the slow paths charge the pacer and poll the collector, the sampling
 countdown records a profile sample, free sweeps and tells the collector, a typed
 allocation is the collector's, and the page heap and centrals sweep through it.
+
+Over 500 lines on purpose: the fast path and the slow paths it falls into (tiny block, run,
+refill, large span, sampling, thread-cache attach) share invariants that are read together;
+free/lookup (free.py), stop-the-world (world.py) and MemStats (mstats.py) live apart.
 """
 
 from __future__ import annotations
