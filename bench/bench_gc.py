@@ -114,19 +114,19 @@ class Boehm:
 def ours_tree(depth: int, repeat: int, workers: int | None = None):
     with gcalloc.Heap(gc_percent=-1) as h:
         if workers is not None:
-            h.gc.mark_workers = workers
+            h._gc.mark_workers = workers
         root = h.handle(build_tree(h.alloc, depth))
         h.collect()
         marker_stats = []
 
         def collect() -> None:
             h.collect()
-            m = h.gc.last_marker
+            m = h._gc.last_marker
             marker_stats.append((m.vector_steps, m.scalar_objects, m.marked_objects))
 
         full = timed(collect, repeat)
         phases = mark_phase_times(h, repeat)
-        nspans = len(h.gc.last_marker.spans)
+        nspans = len(h._gc.last_marker.spans)
         assert h.read_memstats().heap_objects == (1 << (depth + 1)) - 1
         root.release()
         return full, phases, nspans, marker_stats[-1]
@@ -137,18 +137,18 @@ def mark_phase_times(h, repeat: int) -> tuple[float, float]:
     pauses, sweeps = [], []
     for _ in range(repeat):
         t = time.perf_counter()
-        h.stop_the_world()
+        h._alloc.stop_the_world()
         try:
-            h.gc.sweeper.finish()
-            h.flush_mcaches()
-            marker = h.gc._mark([])
-            h.gc._terminate(marker)
+            h._gc.sweeper.finish()
+            h._alloc.flush_mcaches()
+            marker = h._gc._mark([])
+            h._gc._terminate(marker)
             t1 = time.perf_counter()
-            h.gc.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), True)
-            h.gc.sweeper.finish()
+            h._gc.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), True)
+            h._gc.sweeper.finish()
             t2 = time.perf_counter()
         finally:
-            h.start_the_world()
+            h._alloc.start_the_world()
         pauses.append(t1 - t)
         sweeps.append(t2 - t1)
     return statistics.median(pauses), statistics.median(sweeps)
@@ -159,7 +159,7 @@ def ours_list(n: int, repeat: int) -> tuple[float, int]:
         root = h.handle(build_list(h.alloc, n))
         h.collect()
         t = timed(h.collect, repeat)
-        scalar = h.gc.last_marker.scalar_objects
+        scalar = h._gc.last_marker.scalar_objects
         root.release()
         return t, scalar
 
@@ -171,7 +171,7 @@ def ours_graph(n: int, repeat: int) -> tuple[float, int, int]:
         token = h.add_root_range(ctypes.addressof(table), ctypes.sizeof(table))
         h.collect()
         t = timed(h.collect, repeat)
-        m = h.gc.last_marker
+        m = h._gc.last_marker
         h.remove_root_range(token)
         return t, m.vector_steps, m.scalar_objects
 
@@ -186,18 +186,18 @@ def garbage_cycles(repeat: int, spans: int = 500) -> tuple[float, float, int]:
             for size in sizes:
                 for _ in range(spans * 8192 // size // len(sizes)):
                     h.alloc(size)
-            h.stop_the_world()
+            h._alloc.stop_the_world()
             try:
-                h.gc.sweeper.finish()
-                h.flush_mcaches()
+                h._gc.sweeper.finish()
+                h._alloc.flush_mcaches()
                 t0 = time.perf_counter()
-                marker = h.gc._mark([])
+                marker = h._gc._mark([])
                 t1 = time.perf_counter()
-                h.gc._terminate(marker)
-                h.gc.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), False)
+                h._gc._terminate(marker)
+                h._gc.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), False)
                 t2 = time.perf_counter()
             finally:
-                h.start_the_world()
+                h._alloc.start_the_world()
             marks.append(t1 - t0)
             cycles.append(t2 - t0)
             nspans = len(marker.spans)
@@ -211,16 +211,16 @@ def sweep_per_span(n: int, repeat: int) -> float:
         with gcalloc.Heap(gc_percent=-1) as h:
             ps = [h.alloc(64) for _ in range(n)]
             keep = [h.handle(p) for p in ps[::2]]
-            h.stop_the_world()
+            h._alloc.stop_the_world()
             try:
-                h.flush_mcaches()
-                marker = h.gc._mark([])
-                h.gc._terminate(marker)
+                h._alloc.flush_mcaches()
+                marker = h._gc._mark([])
+                h._gc._terminate(marker)
                 t = time.perf_counter()
-                h.gc.sweeper.finish()
+                h._gc.sweeper.finish()
                 times.append((time.perf_counter() - t) / len(marker.spans))
             finally:
-                h.start_the_world()
+                h._alloc.start_the_world()
             del keep
     return statistics.median(times)
 

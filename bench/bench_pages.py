@@ -37,7 +37,7 @@ def measure(n_free: int, pairs: int, rounds: int = 5,
     keeps other processes' noise out of the comparison between rows.
     """
     with gcalloc.Heap(-1, scavenger=False, debug="") as h:
-        mh = h.mheap
+        mh = h._alloc.mheap
         spans = [mh.alloc(1, LARGE, False) for _ in range(2 * n_free)]
         for s in spans[::2]:
             mh.free_span(s)

@@ -5,9 +5,13 @@ A Heap owns real memory: every address it returns is a mapping made through gcal
 ``close()`` (or leaving its ``with`` block) returns every mapping to the OS. Many heaps can live
 in one process; each has its own arenas, metadata regions, thread caches and collector.
 
-The allocator's hooks are filled here: sweeping (mcentral meets an unswept span), pacing (a
-slow path may start a cycle), explicit free (typed slots get conservative heap bits back),
-new spans (scan spans start with all-pointer heap bits), typed allocation (precise bits).
+The Heap holds an Allocator and a Collector (composition: neither is a base class) and builds
+the one GCHooks (hooks.py) through which the allocator calls up: sweeping, pacing, explicit
+free (typed slots get conservative heap bits back), new spans (scan spans start with
+all-pointer heap bits), typed allocation (precise bits). See docs/architecture.md.
+
+Over 500 lines on purpose: it is the whole public API, and each call's docstring is its
+contract (arguments, exceptions), which the README's table is checked against.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from collections.abc import Callable, Iterator
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
 from gcalloc.errors import (
-    HeapClosed,
     HeapCorruption,
     InvalidArgument,
     InvalidRootRange,
     InvalidSize,
     NotHeapPointer,
 )
+from gcalloc.free import check_addr
 from gcalloc.gc import bitmap, pprof
 from gcalloc.gc.finalizer import Finalizers
 from gcalloc.gc.mgc import Collector
@@ -37,14 +41,16 @@ from gcalloc.gc.pacer import check_gc_percent
 from gcalloc.gc.roots import Handle, align_range
 from gcalloc.gc.specials import Specials
 from gcalloc.gc.types import Type, check_array, ctype_size, type_of
+from gcalloc.hooks import GCHooks
 from gcalloc.malloc import MAX_ALLOC, Allocator
 from gcalloc.mspan import MSpan
+from gcalloc.mstats import MemStats
 from gcalloc.os.probe import readable
 from gcalloc.scavenge import Scavenger, scavenge
 from gcalloc.sizeclasses import PAGE_SHIFT
 
 
-class Heap(Allocator):
+class Heap:
     """A managed, garbage-collected heap over OS memory: Go's allocator and collector.
 
     ``Heap(gc_percent=None, *, scavenger=None, debug=None)``: ``gc_percent`` is GOGC (default
@@ -54,6 +60,10 @@ class Heap(Allocator):
     Every argument is checked before any memory is taken: InvalidArgument for a gc_percent
     that is not an int, a scavenger that is not a bool or None, a debug that is not a str or
     None; ConfigError for a malformed GCALLOC_DEBUG, GCALLOC_GOGC or debug string.
+
+    The Heap holds its Allocator (``_alloc``) and Collector (``_gc``) and shows only the
+    public calls below; ``alloc``, ``free``, ``lookup`` and ``usable_size`` are the
+    allocator's own bound methods on each instance (one call, no wrapper), documented here.
     """
 
     def __init__(self, gc_percent: int | None = None, *, scavenger: bool | None = None,
@@ -61,26 +71,29 @@ class Heap(Allocator):
         if scavenger is not None and not isinstance(scavenger, bool):
             raise InvalidArgument(f"scavenger must be a bool or None, not "
                                   f"{type(scavenger).__name__}")
-        self.debug: DebugFlags = parse_debug(debug)
+        self._debug: DebugFlags = parse_debug(debug)
         gogc = check_gc_percent(parse_gogc() if gc_percent is None else gc_percent)
-        super().__init__()
+        # The one place the layers meet: the allocator calls the collector only through
+        # these hooks. The page heap's two hold the Heap weakly: the page heap outlives a
+        # dropped Heap (the finalizer below holds it).
+        hooks = GCHooks(
+            sweep_span=self._sweep_span, ensure_swept=self._ensure_swept,
+            charge_live=self._charge_live, gc_poll=self._gc_poll,
+            on_sample=self._on_sample, on_free=self._on_free, alloc_typed=self._alloc_typed,
+            gc_memstats=self._gc_memstats, reclaim=_weak_method(self, "_reclaim"),
+            on_new_spans=_weak_method(self, "_init_span_bits"))
+        self._alloc = a = Allocator(hooks, efence=bool(self._debug.efence))
+        self.alloc = a.alloc          # the fast path: one bound call
+        self.free = a.free
+        self.lookup = a.lookup
+        self.usable_size = a.usable_size
         try:
-            self.efence = bool(self.debug.efence)
-            self.gc = Collector(self, gogc, self.debug)
-            self.set_sweeper(self.gc.sweeper.sweep)
-            self.ensure_swept = self.gc.sweeper.ensure_swept
-            self.gc_poll = self.gc.poll
-            self.charge_live = self.gc.pacer.charge
-            self.on_free = self._on_free
-            # The page heap outlives a dropped Heap (the finalizer below holds it), so its hooks
-            # must not hold the Heap: they call back through a weak reference.
-            self.mheap.on_new_spans = _weak_method(self, "_init_span_bits")
-            self.mheap.reclaim = _weak_method(self, "_reclaim")
+            self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._scavenger: Scavenger | None = None
-            if scavenger or (scavenger is None and self.debug.scavenger):
-                self._scavenger = Scavenger(self.mheap)
+            if scavenger or (scavenger is None and self._debug.scavenger):
+                self._scavenger = Scavenger(a.mheap)
             # A heap dropped without close() still gives its memory back.
-            self._finalizer = weakref.finalize(self, _release, self.mheap, self.persistent,
+            self._finalizer = weakref.finalize(self, _release, a.mheap, a.persistent,
                                                self._scavenger)
             self._init_specials()
         except BaseException:
@@ -90,37 +103,74 @@ class Heap(Allocator):
                 scav.stop()
             if hasattr(self, "_finalizer"):
                 self._finalizer.detach()
-            Allocator.close(self)
+            a.close()
             raise
 
     def _init_specials(self) -> None:
         """Special records, finalizers and the heap profile (gc/specials.py, finalizer.py,
         mprof.py): sweep and explicit free free a dead object's specials, sampled allocations
         record a profile bucket, the collector runs the finalizer pass."""
-        self.specials = Specials(self.persistent, self.gc.sweeper.ensure_swept)
-        self.mprof = MemProfiler(self.mheap.span_of, self.specials, self.persistent,
-                                 self.stats.buckhash_sys)
-        self.specials.on_profile_free = self.mprof.free
-        self.mprof.install(self.gc)
-        self.finalizers = Finalizers(self, self.specials)
-        self.gc.sweeper.on_free_objects = self.specials.free_objects
-        self.on_sample = self.mprof.record
+        a = self._alloc
+        self._specials = Specials(a.persistent, self._gc.sweeper.ensure_swept)
+        self._mprof = MemProfiler(a.mheap.span_of, self._specials, a.persistent,
+                                  a.stats.buckhash_sys)
+        self._specials.on_profile_free = self._mprof.free
+        self._mprof.install(self._gc)
+        self._finalizers = Finalizers(self._gc, self._specials)
+        self._gc.sweeper.on_free_objects = self._specials.free_objects
         # A heap dropped without close() stops its finalizer thread (not at exit: a daemon).
-        self._stop_finalizers = weakref.finalize(self, self.finalizers.queue.stop)
+        self._stop_finalizers = weakref.finalize(self, self._finalizers.queue.stop)
         self._stop_finalizers.atexit = False
 
-    # alloc, free, lookup, usable_size, read_memstats come from Allocator.
+    # --- allocation, free, lookup: the allocator's (bound per instance in __init__) -------
+
+    def alloc(self, size: int, type: object = None, noscan: bool = False,  # type: ignore[no-redef]
+              zero: bool = True) -> int:
+        """mallocgc: allocate ``size`` bytes and return the address (a raw int, not a root).
+        ``type`` (a ctypes type or gcalloc.Type) gives the collector the object's pointer
+        layout; ``noscan=True`` says it holds no pointers (never scanned); ``zero=False``
+        may leave old bytes. Size 0 returns one shared address. Raises InvalidSize,
+        InvalidArgument, InvalidType, OutOfMemory, HeapClosed (see the README's table)."""
+        return self._alloc.alloc(size, type, noscan, zero)
+
+    def free(self, p: int) -> None:  # type: ignore[no-redef]
+        """gccgo's __go_free: free the object starting at p now (0 and size-0 objects: a
+        no-op). Raises NotHeapPointer, InteriorPointer, DoubleFree, TinyObjectFree,
+        InvalidArgument, HeapClosed, all before anything changes."""
+        self._alloc.free(p)
+
+    def lookup(self, p: int) -> tuple[int, int] | None:  # type: ignore[no-redef]
+        """gccgo's mlookup: (base, usable size) of the allocated object holding p, or None.
+        Raises InvalidArgument, HeapClosed."""
+        return self._alloc.lookup(p)
+
+    def usable_size(self, p: int) -> int:  # type: ignore[no-redef]
+        """Bytes usable at object start p (its size class, or the page-rounded size of a
+        large object). Raises NotHeapPointer, InteriorPointer, InvalidArgument, HeapClosed."""
+        return self._alloc.usable_size(p)
+
+    def read_memstats(self) -> MemStats:
+        """runtime.ReadMemStats: a snapshot of the heap's statistics. Raises HeapClosed."""
+        return self._alloc.read_memstats()
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() ran (closing is for good)."""
+        return self._alloc.closed
+
+    def _check_open(self) -> None:
+        self._alloc.check_open()
 
     # --- typed allocation and Handles ---------------------------------------------------
 
-    def alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
+    def _alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
         """``alloc(size, type=T)``: size must be a multiple of T's size. A zero-size T only
         allocates size 0 (the zerobase): n bytes of it would be no whole number of Ts, and
         handing out the zerobase for them would let the caller write over the allocator's
         own memory. Raises InvalidSize, InvalidArgument, InvalidType."""
         t = type_of(type)
         if size == 0:
-            return self.zerobase
+            return self._alloc.zerobase
         if t.size == 0:
             raise InvalidSize(f"{size} bytes of a zero-size type: only size 0 is possible")
         if size % t.size:
@@ -129,10 +179,10 @@ class Heap(Allocator):
         noscan = noscan or t.noscan
         p = self.alloc(size, None, noscan, zero)
         if not noscan:
-            with self.inside():     # close() must not unmap the bitmap under this write
-                s = self.mheap.span_of(p)
+            with self._alloc.inside():     # close() must not unmap the bitmap under this write
+                s = self._alloc.mheap.span_of(p)
                 extent = s.npages << PAGE_SHIFT if s.sizeclass == 0 else s.elemsize
-                bitmap.set_object_type(self.mheap.arenas, p, extent, t, size)
+                bitmap.set_object_type(self._alloc.mheap.arenas, p, extent, t, size)
                 s.typed = True
         return p
 
@@ -151,9 +201,9 @@ class Heap(Allocator):
         size = t.size * n
         if size > MAX_ALLOC:
             raise InvalidSize(f"{n} x {t.size} bytes exceeds the maximum allocation")
-        with self.gc.lock:   # no cycle between the allocation and its root
+        with self._gc.lock:   # no cycle between the allocation and its root
             p = self.alloc(size, ctype)
-            return Handle(self.gc.roots, p, view_type, n)
+            return Handle(self._gc.roots, p, view_type, n)
 
     def handle(self, p: int, ctype: type | None = None) -> Handle:
         """Root the object holding p for the life of the returned Handle; its ``view`` is
@@ -167,11 +217,11 @@ class Heap(Allocator):
             if size > objsize:
                 raise InvalidSize(f"a {size}-byte {ctype.__name__} does not fit the "
                                   f"{objsize}-byte object at {base:#x}")
-        return Handle(self.gc.roots, base, ctype, 1)
+        return Handle(self._gc.roots, base, ctype, 1)
 
     def _object(self, p: object) -> tuple[int, int]:
         """(base, usable size) of the allocated object holding p."""
-        p = self._check_addr(p)
+        p = check_addr(p)
         self._check_open()
         found = self.lookup(p)
         if found is None:
@@ -181,20 +231,16 @@ class Heap(Allocator):
     def _object_base(self, p: object) -> int:
         return self._object(p)[0]
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise HeapClosed("heap is closed")
-
     # --- roots -------------------------------------------------------------------------
 
     def add_root(self, p: int) -> None:
         """Keep the object holding p alive until a matching remove_root (counted). Raises
         NotHeapPointer, HeapClosed."""
-        self.gc.roots.add(self._object_base(p))
+        self._gc.roots.add(self._object_base(p))
 
     def remove_root(self, p: int) -> None:
         """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""
-        self.gc.roots.remove(self._object_base(p))
+        self._gc.roots.remove(self._object_base(p))
 
     def add_root_range(self, addr: int, size: int, conservative: bool = True,
                        type: object = None) -> int:
@@ -209,15 +255,15 @@ class Heap(Allocator):
         (gcalloc/os/probe.py); unmapping the memory while it is a root range is the caller's
         error, as in C. Raises InvalidArgument, InvalidSize, InvalidType, InvalidRootRange,
         HeapClosed."""
-        addr = self._check_addr(addr)
-        size = self._check_size(size)
+        addr = check_addr(addr)
+        size = self._alloc.check_size(size)
         self._check_open()
         if conservative:
             if type is not None:
                 raise InvalidArgument("a conservative range takes no type")
             start, nbytes = align_range(addr, size)
             self._check_range(addr, size, start, nbytes)
-            return self.gc.roots.add_range(start, nbytes, None)
+            return self._gc.roots.add_range(start, nbytes, None)
         if type is None:
             raise InvalidArgument("a precise root range needs a type")
         t = type_of(type)
@@ -226,7 +272,7 @@ class Heap(Allocator):
                               f"a multiple of the type's size {t.size}")
         check_array(t, size)
         self._check_range(addr, size, addr, size)
-        return self.gc.roots.add_range(addr, size, t)
+        return self._gc.roots.add_range(addr, size, t)
 
     def _check_range(self, addr: int, size: int, start: int, nbytes: int) -> None:
         """Refuse a root range the collector could not read: [start, start+nbytes) is what
@@ -237,7 +283,7 @@ class Heap(Allocator):
         if not nbytes:
             return
         end = start + nbytes
-        for base, length in self.mheap.arenas.reservations:
+        for base, length in self._alloc.mheap.arenas.reservations:
             if start < base + length and base < end:
                 raise InvalidRootRange(f"root range {addr:#x}+{size} overlaps the heap's "
                                        f"arenas at {base:#x}", addr)
@@ -248,26 +294,25 @@ class Heap(Allocator):
     def remove_root_range(self, token: int) -> None:
         """Stop scanning a range. Raises NotARoot, HeapClosed."""
         self._check_open()
-        self.gc.roots.remove_range(token)
+        self._gc.roots.remove_range(token)
 
     # --- collection control ------------------------------------------------------------
 
     def collect(self) -> None:
         """runtime.GC: a full collection, with sweeping finished before it returns.
         Raises HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        self.gc.collect(forced=True)
+        self._check_open()
+        self._gc.collect(forced=True)
 
     def set_gc_percent(self, n: int) -> int:
         """debug.SetGCPercent: set GOGC, return the previous value (-1 means off). Raises
         InvalidArgument, HeapClosed."""
         self._check_open()
-        return self.gc.pacer.set_gc_percent(n)
+        return self._gc.pacer.set_gc_percent(n)
 
     @property
     def gc_percent(self) -> int:
-        return self.gc.pacer.gc_percent
+        return self._gc.pacer.gc_percent
 
     @contextlib.contextmanager
     def no_gc(self) -> Iterator[None]:
@@ -275,12 +320,12 @@ class Heap(Allocator):
         heap pointers outside gcalloc calls while other threads allocate. Raises HeapClosed
         on entry."""
         self._check_open()
-        with self.gc.lock:
-            self.gc.inhibit += 1
+        with self._gc.lock:
+            self._gc.inhibit += 1
             try:
                 yield
             finally:
-                self.gc.inhibit -= 1
+                self._gc.inhibit -= 1
 
     def scavenge(self, limit: float = 0.0) -> int:
         """Return to the OS the pages of free spans idle more than ``limit`` seconds (a
@@ -288,7 +333,7 @@ class Heap(Allocator):
         InvalidArgument (limit not a real number), HeapClosed."""
         limit = _check_seconds("limit", limit)
         self._check_open()
-        return scavenge(self.mheap, limit)
+        return scavenge(self._alloc.mheap, limit)
 
     def free_os_memory(self) -> int:
         """debug.FreeOSMemory: collect, then return every free page to the OS. Returns the
@@ -296,8 +341,6 @@ class Heap(Allocator):
         self.collect()
         return self.scavenge(-1.0)
 
-    def gc_memstats(self) -> dict:
-        return self.gc.memstats()
 
     # --- finalizers and the heap profile -----------------------------------------------
 
@@ -311,7 +354,7 @@ class Heap(Allocator):
         See docs/finalizers.md. Raises FinalizerNotCallable (TypeError), NotHeapPointer,
         InteriorPointer, FinalizerAlreadySet (ValueError), InvalidArgument, HeapClosed;
         a raising call changes nothing."""
-        self.finalizers.set(p, fn)
+        self._finalizers.set(p, fn)
 
     def run_finalizers(self, timeout: float | None = None) -> bool:
         """Wait until no finalizer is queued or running (for tests and shutdown). Returns
@@ -325,15 +368,14 @@ class Heap(Allocator):
             if timeout == float("inf"):
                 timeout = None     # threading's waits refuse an infinite timeout
         self._check_open()
-        return self.finalizers.run(timeout)
+        return self._finalizers.run(timeout)
 
     def memprofile(self, inuse_zero: bool = True) -> list[MemProfileRecord]:
         """runtime.MemProfile: the heap profile as of the last completed collection, one
         record per (allocation stack, object size), with raw sampled counts.
         ``inuse_zero=False`` leaves out records with no bytes in use. Raises HeapClosed."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        return self.mprof.records(inuse_zero)
+        self._check_open()
+        return self._mprof.records(inuse_zero)
 
     def write_heap_profile(self, path: str | os.PathLike | io.RawIOBase | io.BufferedIOBase
                            ) -> None:
@@ -356,14 +398,32 @@ class Heap(Allocator):
     def mem_profile_rate(self) -> int:
         """Average bytes allocated between heap-profile samples; 0 off, 1 every allocation.
         Setting it raises InvalidArgument (not an int), InvalidSize (negative), HeapClosed."""
-        return self._mem_profile_rate
+        return self._alloc.mem_profile_rate
 
     @mem_profile_rate.setter
     def mem_profile_rate(self, rate: int) -> None:
         self._check_open()
-        Allocator.mem_profile_rate.fset(self, rate)  # type: ignore[attr-defined]
+        self._alloc.mem_profile_rate = rate
 
-    # --- hooks from the allocator ------------------------------------------------------
+    # --- the allocator's hooks (GCHooks, gcalloc/hooks.py, documents each) -------------
+
+    def _sweep_span(self, s: MSpan, preserve: bool) -> bool:
+        return self._gc.sweeper.sweep(s, preserve)
+
+    def _ensure_swept(self, s: MSpan) -> None:
+        self._gc.sweeper.ensure_swept(s)
+
+    def _charge_live(self, n: int) -> bool:
+        return self._gc.pacer.charge(n)
+
+    def _gc_poll(self, p: int) -> None:
+        self._gc.poll(p)
+
+    def _on_sample(self, p: int, size: int) -> None:
+        self._mprof.record(p, size)
+
+    def _gc_memstats(self) -> dict:
+        return self._gc.memstats()
 
     def _init_span_bits(self, spans: list[MSpan]) -> None:
         """New in-use spans of a scan class start with all-pointer heap bits."""
@@ -371,28 +431,28 @@ class Heap(Allocator):
         if first.noscan:
             return
         nbytes = sum(s.npages for s in spans) << PAGE_SHIFT
-        bitmap.fill_span(self.mheap.arenas, first.base, nbytes, bitmap.ALL_ONES)
+        bitmap.fill_span(self._alloc.mheap.arenas, first.base, nbytes, bitmap.ALL_ONES)
 
     def _on_free(self, s: MSpan, idx: int) -> None:
         if s.typed and s.sizeclass:
-            bitmap.reset_object(self.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
+            bitmap.reset_object(self._alloc.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
         # The allocator re-charges the slot when it stays charged (gc/pacer.py).
-        self.gc.pacer.refund(s.elemsize if s.sizeclass else s.npages << PAGE_SHIFT)
+        self._gc.pacer.refund(s.elemsize if s.sizeclass else s.npages << PAGE_SHIFT)
         if s.specials:
-            self.specials.free_objects(s, [idx], explicit=True)
+            self._specials.free_objects(s, [idx], explicit=True)
 
     def _reclaim(self, npages: int) -> None:
-        if not self.gc.sweeper.done():
-            self.gc.sweeper.reclaim(npages)
+        if not self._gc.sweeper.done():
+            self._gc.sweeper.reclaim(npages)
 
     # --- verify and close --------------------------------------------------------------
 
     def verify(self) -> None:
         """Raise HeapCorruption if any invariant of any layer is broken. Call it with no
         other thread allocating. Raises HeapClosed."""
-        with self.inside():
-            super().verify()
-            problems = (self.specials.verify() + self._bitmap_problems()
+        with self._alloc.inside():
+            self._alloc.verify()
+            problems = (self._specials.verify() + self._bitmap_problems()
                         + self._root_problems())
         if problems:
             raise HeapCorruption("collector: " + "; ".join(problems[:20]))
@@ -401,17 +461,17 @@ class Heap(Allocator):
         """The heap-bitmap invariant: every scan span holding no typed object has all-ones
         bits (gc/bitmap.py)."""
         out = []
-        with self.mheap.lock:
-            spans = [s for s in self.mheap.in_use_spans()
+        with self._alloc.mheap.lock:
+            spans = [s for s in self._alloc.mheap.in_use_spans()
                      if not s.noscan and not s.typed and not s.faulted]
         for s in spans:
-            if not bitmap.span_all_ones(self.mheap.arenas, s.base, s.npages << PAGE_SHIFT):
+            if not bitmap.span_all_ones(self._alloc.mheap.arenas, s.base, s.npages << PAGE_SHIFT):
                 out.append(f"untyped scan span without all-ones heap bits: {s!r}")
         return out
 
     def _root_problems(self) -> list[str]:
         """The root table's bookkeeping agrees with itself."""
-        roots = self.gc.roots
+        roots = self._gc.roots
         with roots.lock:
             live = int((roots.handle_addrs != 0).sum())
             counts_ok = all(n > 0 for n in roots.counted.values())
@@ -428,28 +488,28 @@ class Heap(Allocator):
         OS. Every later call, from any thread, raises HeapClosed. Idempotent. Raises
         SysMemoryError if the OS refused to unmap something: the heap is closed anyway, and
         the next close() retries what is left."""
-        if self._closed:
-            if self._unreleased:      # an earlier close could not unmap everything
-                self._release_memory()
+        if self._alloc.closed:
+            if self._alloc.unreleased:      # an earlier close could not unmap everything
+                self._alloc.release_memory()
                 self._finalizer.detach()
             return
-        if not self._shut_down():
+        if not self._alloc.shut_down():
             return
         # No thread is inside the allocator or the collector now and none will enter: each
         # raises HeapClosed. The background threads may still be running (a finalizer, a
         # scavenge); the memory stays mapped until they have stopped.
-        self.finalizers.close()        # waits for a running finalizer; drops queued ones
+        self._finalizers.close()        # waits for a running finalizer; drops queued ones
         self._stop_finalizers.detach()
         if self._scavenger is not None:
             self._scavenger.stop()
             self._scavenger = None
-        self.gc.roots.close()
-        self.gc.close()
+        self._gc.roots.close()
+        self._gc.close()
         try:
-            self._release_memory()
+            self._alloc.release_memory()
         finally:
-            self.specials.close()
-            self.mprof.close()
+            self._specials.close()
+            self._mprof.close()
         self._finalizer.detach()
 
     def __enter__(self) -> Heap:
@@ -459,7 +519,8 @@ class Heap(Allocator):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.stats.heap_inuse >> 10} KiB in use"
+        state = ("closed" if self._alloc.closed
+                 else f"{self._alloc.stats.heap_inuse >> 10} KiB in use")
         return f"<gcalloc.Heap {state}>"
 
 

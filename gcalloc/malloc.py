@@ -15,8 +15,8 @@ used up) or ``_alloc_other`` (size 0, types, large objects, bad arguments).
 Zeroing: a span fresh from the OS is zero; ``span.needzero`` says whether a slot may hold old
 bytes, and only then is it cleared (``zero=False`` is Go's rawmem: never cleared).
 
-Explicit free (gccgo's __go_free) returns a small object's slot to its span or a large span to
-the page heap. It validates everything first and raises without changing anything.
+Explicit free and lookup (gccgo's __go_free and mlookup) live in free.py, bound here as
+methods.
 
 efence (GCALLOC_DEBUG=efence=1, gccgo's debug.efence): every object gets a span of its own and
 a freed span (by free or by sweep) is made inaccessible with sys_fault and never reused, so a
@@ -24,13 +24,10 @@ use after free faults at once (where the OS refuses sys_fault, that span is free
 see ``release_large_span``). The runs and tiny blocks stay empty, so every allocation takes
 the slow path.
 
-Stopping the world (``World``, Go's m.mallocing and stopTheWorld): slow paths, free and the
-calls that read heap memory (lookup, usable_size, verify, ...) are *safepoints*. A thread sets
-its mcache's ``mallocing`` then checks ``World.stopped``; a stopper (a collection, or close())
-sets ``stopped`` then waits until no other mcache is ``mallocing``. One stopper at a time: a
-second one waits until the first starts the world. The fast path needs no flag: a run's
-``next`` is atomic, and a stopper exhausts the runs (the iterators themselves, so a thread
-holding one gets 0) while the world is stopped.
+Stopping the world (world.py's ``World``, shared with the collector): slow paths, free and
+the calls that read heap memory are safepoints; ``_safepoint`` raises the mcache's
+``mallocing`` flag and parks while another thread has the world stopped. A stopper exhausts
+the runs (the iterators themselves, so a thread holding one gets 0).
 
 Closing is stopping the world for good: close() stops it, exhausts every run, drops every tiny
 block, marks the heap closed and only then unmaps. Every safepoint from then on (and every
@@ -38,91 +35,97 @@ thread parked at one) raises HeapClosed, so no allocator code runs on the unmapp
 call already past its fast path's ``next`` when close() stops the world may still return that
 address: using it races with close(), as a use after free does in C.
 
-The GC layer plugs in through hooks, all off the fast path: ``sweep_span`` (mcentral met an
-unswept span), ``charge_live`` (pacing; True once the heap reached its goal, and only then
-does the slow path call ``gc_poll(p)``: maybe collect, with p as a root), ``on_sample``
-(profiling countdown hit zero), ``on_free`` (explicit free: specials, heap bits),
-``alloc_typed`` (a typed allocation), ``ensure_swept``.
+The GC layer plugs in through one ``GCHooks`` object given at construction (hooks.py), all
+off the fast path: the slow paths charge the pacer and poll the collector, the sampling
+countdown records a profile sample, free sweeps and tells the collector, a typed
+allocation is the collector's, and the page heap and centrals sweep through it.
+
+Over 500 lines on purpose: the fast path and the slow paths it falls into (tiny block, run,
+refill, large span, sampling, thread-cache attach) share invariants that are read together;
+free/lookup (free.py), stop-the-world (world.py) and MemStats (mstats.py) live apart.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import math
 import operator
 import random
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from gcalloc import os as gos
+from gcalloc import free as _free
 from gcalloc import verify as checks
 from gcalloc.errors import (
-    DoubleFree,
     HeapClosed,
     HeapCorruption,
-    InteriorPointer,
     InvalidArgument,
     InvalidSize,
-    NotHeapPointer,
-    SysMemoryError,
-    TinyObjectFree,
 )
 from gcalloc.fixalloc import FixAlloc
+from gcalloc.hooks import GCHooks
 from gcalloc.mcache import EMPTY_RUN, EMPTY_SPAN, MCACHE_RECORD_BYTES, MCache
 from gcalloc.mcentral import MCentral
 from gcalloc.memclr import memclr
 from gcalloc.mheap import MHeap
-from gcalloc.mspan import SPAN_IN_USE, MSpan
-from gcalloc.mstats import HeapStats, MemStats, by_size_rows
+from gcalloc.mstats import HeapStats, MemStats, memstats
 from gcalloc.persistent import PersistentAlloc
 from gcalloc.sizeclasses import (
+    LARGE_SIZE_DIV,
     MAX_SMALL_SIZE,
-    NUM_SIZE_CLASSES,
     NUM_SPAN_CLASSES,
     PAGE_SHIFT,
     PAGE_SIZE,
+    SMALL_SIZE_DIV,
+    SMALL_SIZE_MAX,
     TINY_SIZE_CLASS,
     class_to_size,
     make_span_class,
     size_to_class8,
     size_to_class128,
 )
+from gcalloc.world import World
+
+if TYPE_CHECKING:
+    from gcalloc.gc.mark import Marker
 
 # Go's maxAlloc on 64-bit: the largest allocation the address space could hold.
 MAX_ALLOC = 1 << 48
 TINY_SPAN_CLASS = int(make_span_class(TINY_SIZE_CLASS, True))
-# Span class by size for sizes up to 1016 bytes, scan and noscan: the fast path's one table
-# lookup (Go's size_to_class8[(size + 7) >> 3] with the noscan bit already folded in).
+# The largest size the 8-byte-granular table serves (Go's smallSizeMax-8 = 1016), and the
+# bias that turns a larger small size into its index in the 128-byte table: Go's
+# (size - smallSizeMax + largeSizeDiv - 1) / largeSizeDiv, as (size - 897) >> 7.
+SMALL_FAST_MAX = SMALL_SIZE_MAX - SMALL_SIZE_DIV
+_CLASS128_BIAS = SMALL_SIZE_MAX - LARGE_SIZE_DIV + 1
+# Span class by size for sizes up to SMALL_FAST_MAX, scan and noscan: the fast path's one
+# table lookup (Go's size_to_class8[(size + 7) >> 3] with the noscan bit already folded in).
 _SCAN_SPC = tuple(int(make_span_class(size_to_class8[(n + 7) >> 3], False))
-                  for n in range(1017))
+                  for n in range(SMALL_FAST_MAX + 1))
 _NOSCAN_SPC = tuple(int(make_span_class(size_to_class8[(n + 7) >> 3], True))
-                    for n in range(1017))
+                    for n in range(SMALL_FAST_MAX + 1))
 DEFAULT_MEM_PROFILE_RATE = 512 * 1024
 # Sampling disabled: a countdown no allocation can exhaust.
 NEVER_SAMPLE = 1 << 62
 _NO_RUN = range(0)
 
 
-def _never_swept(s: MSpan, preserve: bool) -> bool:
-    raise HeapCorruption(f"span needs sweeping but no collector is attached: {s!r}")
-
-
 class Allocator:
-    """The allocator half of a Heap: page heap, centrals, per-thread caches, mallocgc, free."""
+    """The allocator a Heap holds: page heap, centrals, per-thread caches, mallocgc, free.
+    ``hooks`` is how it calls the collector (gcalloc/hooks.py); ``efence``: see above."""
 
     TINY_SPAN_CLASS = TINY_SPAN_CLASS
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: GCHooks, efence: bool = False) -> None:
+        self.hooks = hooks
         self.stats = HeapStats()
         self.persistent = PersistentAlloc(self.stats.other_sys)
-        self.mheap = MHeap(self.stats, self.persistent)
+        self.mheap = MHeap(self.stats, self.persistent, hooks)
         try:
             self._bits64 = self.mheap.gcbits.bits64   # every span's alloc bits, as words
-            self.central = [MCentral(spc, self.mheap, _never_swept)
+            self.central = [MCentral(spc, self.mheap, hooks.sweep_span)
                             for spc in range(NUM_SPAN_CLASSES)]
             self._cachealloc = FixAlloc(MCache, MCACHE_RECORD_BYTES, self.stats.mcache_inuse,
                                         self.stats.mcache_sys, reset=MCache.__init__)
@@ -133,20 +136,15 @@ class Allocator:
             self.mheap.release()      # a failed construction keeps no reservation
             raise
         self._closed = False
-        self._unreleased = False  # close() met an OS refusal to unmap: the next close retries
+        self.unreleased = False  # close() met an OS refusal to unmap: the next close retries
         self._mem_profile_rate = DEFAULT_MEM_PROFILE_RATE
         self._rand = random.Random()
         self._world = World()    # see the module comment
-        self.marking = None      # the collector's Marker while it marks (allocate black)
-        self.efence = False      # see the module comment
+        # The collector's Marker while it marks (it sets and clears this with the world
+        # stopped): the slow paths allocate black into it.
+        self.marking: Marker | None = None
+        self.efence = efence
         self.efence_unprotected = 0   # efence frees the OS refused to fault (see above)
-        # Hooks for the GC layer (see the module comment); set_sweeper sets sweep_span.
-        self.sweep_span: Callable[[MSpan, bool], bool] = _never_swept
-        self.gc_poll: Callable[[int], None] | None = None
-        self.charge_live: Callable[[int], bool] | None = None
-        self.on_sample: Callable[[int, int], None] | None = None
-        self.on_free: Callable[[MSpan, int], None] | None = None
-        self.ensure_swept: Callable[[MSpan], None] | None = None
 
     # --- allocation: the fast path -----------------------------------------------------
 
@@ -158,30 +156,32 @@ class Allocator:
         except AttributeError:
             c = self._attach_mcache()
         try:
-            if size.__class__ is int and type is None and 0 < size <= 1016:
-                if noscan:
-                    if size < 16:
-                        off = c.tinyoffset
-                        if not size & 7:
-                            off = (off + 7) & -8
-                        elif not size & 3:
-                            off = (off + 3) & -4
-                        elif not size & 1:
-                            off = (off + 1) & -2
-                        if off + size <= 16 and c.tiny:
-                            c.tinyoffset = off + size
-                            c.tiny_allocs += 1
-                            return c.tiny + off
-                        return self._alloc_tiny_block(c, size)
-                    spc = _NOSCAN_SPC[size]
-                else:
-                    spc = _SCAN_SPC[size]
-                p = next(c.runs[spc], 0)
-                if p:
-                    return p
-                return self._alloc_small(c, spc, zero)
+            # Only the test is guarded: a TypeError from a slow path below must propagate.
+            small = size.__class__ is int and type is None and 0 < size <= SMALL_FAST_MAX
         except TypeError:
-            pass  # size is not comparable to an int: _alloc_other says so
+            small = False   # size is not comparable to an int: _alloc_other says so
+        if small:
+            if noscan:
+                if size < 16:
+                    off = c.tinyoffset
+                    if not size & 7:
+                        off = (off + 7) & -8
+                    elif not size & 3:
+                        off = (off + 3) & -4
+                    elif not size & 1:
+                        off = (off + 1) & -2
+                    if off + size <= 16 and c.tiny:
+                        c.tinyoffset = off + size
+                        c.tiny_allocs += 1
+                        return c.tiny + off
+                    return self._alloc_tiny_block(c, size)
+                spc = _NOSCAN_SPC[size]
+            else:
+                spc = _SCAN_SPC[size]
+            p = next(c.runs[spc], 0)
+            if p:
+                return p
+            return self._alloc_small(c, spc, zero)
         return self._alloc_other(c, size, type, noscan, zero)
 
     # --- allocation: slow paths --------------------------------------------------------
@@ -196,8 +196,8 @@ class Allocator:
             p, due = self._take_run(c, spc, zero)
         finally:
             c.mallocing = False
-        if due and self.gc_poll is not None:
-            self.gc_poll(p)
+        if due:
+            self.hooks.gc_poll(p)
         return p
 
     def _take_run(self, c: MCache, spc: int, zero: bool) -> tuple[int, bool]:
@@ -216,11 +216,9 @@ class Allocator:
         run = s.take_run(self._bits64, limit or 1) if s.freeindex < s.nelems else _NO_RUN
         due = False
         if not run:
-            if self._closed:
-                raise HeapClosed("heap is closed")
+            self.check_open()
             s = c.refill(spc, self.central[spc], self.stats)
-            if self.charge_live is not None:
-                due = self.charge_live((s.nelems - s.allocCount) * elemsize)
+            due = self.hooks.charge_live((s.nelems - s.allocCount) * elemsize)
             run = s.take_run(self._bits64, limit or 1)
             if not run:
                 raise HeapCorruption(f"no free slot after refill: {s!r}")
@@ -262,29 +260,28 @@ class Allocator:
         finally:
             c.mallocing = False
         # Only now may a cycle start: the block is recorded and, as c.tiny, a root.
-        if due and self.gc_poll is not None:
-            self.gc_poll(p)
+        if due:
+            self.hooks.gc_poll(p)
         return p
 
     def _alloc_other(self, c: MCache, size: object, type: object, noscan: bool,
                      zero: bool) -> int:
         """Everything the fast path does not take: checks, size 0, types, large objects."""
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        size = self._check_size(size)
+        self.check_open()
+        size = self.check_size(size)
         if type is not None:
-            return self.alloc_typed(size, type, noscan, zero)
+            return self.hooks.alloc_typed(size, type, noscan, zero)
         if size == 0:
             return self.zerobase
-        if size <= 1016:
+        if size <= SMALL_FAST_MAX:
             return self.alloc(size, None, noscan, zero)
         if size <= MAX_SMALL_SIZE:
-            spc = (size_to_class128[(size - 897) >> 7] << 1) | (1 if noscan else 0)
+            spc = (size_to_class128[(size - _CLASS128_BIAS) >> 7] << 1) | (1 if noscan else 0)
             return next(c.runs[spc], 0) or self._alloc_small(c, spc, zero)
         return self._alloc_large(c, size, noscan, zero)
 
     @staticmethod
-    def _check_size(size: object) -> int:
+    def check_size(size: object) -> int:
         if isinstance(size, bool):
             raise InvalidArgument("size must be an integer, not bool")
         try:
@@ -296,17 +293,6 @@ class Allocator:
         if n > MAX_ALLOC:
             raise InvalidSize(f"allocation size {n:#x} exceeds the maximum {MAX_ALLOC:#x}")
         return n
-
-    def alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
-        """A typed allocation; the GC layer (Heap) writes the type's pointer bits. Here only
-        the size is used: it must be a multiple of the type's size."""
-        try:
-            tsize = ctypes.sizeof(type)  # type: ignore[arg-type]
-        except TypeError:
-            raise InvalidArgument(f"type must be a ctypes type, not {type!r}") from None
-        if size and tsize and size % tsize:
-            raise InvalidSize(f"size {size} is not a multiple of the type's size {tsize}")
-        return self.alloc(size, None, noscan, zero) if size and tsize else self.zerobase
 
     def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool) -> int:
         """A span of its own for an object over 32 KiB (Go's largeAlloc)."""
@@ -320,7 +306,7 @@ class Allocator:
             s.allocCount = 1
             with self.mheap.lock:
                 self.mheap.table.mark_dirty(s)
-            due = self.charge_live is not None and self.charge_live(npages << PAGE_SHIFT)
+            due = self.hooks.charge_live(npages << PAGE_SHIFT)
             if self.marking is not None:
                 self.marking.allocated_black(s.base)
             # Go 1.16: size = span.elemsize before profiling, for large objects too.
@@ -329,8 +315,8 @@ class Allocator:
                 self._sampled(c, s.base, npages << PAGE_SHIFT)
         finally:
             c.mallocing = False
-        if due and self.gc_poll is not None:
-            self.gc_poll(s.base)
+        if due:
+            self.hooks.gc_poll(s.base)
         return s.base
 
     # --- stopping the world ------------------------------------------------------------
@@ -430,15 +416,14 @@ class Allocator:
 
     def _sampled(self, c: MCache, p: int, size: int) -> None:
         c.next_sample = self.next_sample()
-        if self.on_sample is not None and self._mem_profile_rate:
-            self.on_sample(p, size)
+        if self._mem_profile_rate:
+            self.hooks.on_sample(p, size)
 
     # --- per-thread caches -------------------------------------------------------------
 
     def _attach_mcache(self) -> MCache:
         with self.mheap.lock:
-            if self._closed:    # under the lock: close() drops the mcaches under it
-                raise HeapClosed("heap is closed")
+            self.check_open()   # under the lock: close() drops the mcaches under it
             c = self._cachealloc.alloc()
             c.next_sample = self.next_sample()
             self.mcaches.add(c)
@@ -466,8 +451,8 @@ class Allocator:
 
     def _release_mcache(self, c: MCache, keep_tiny: bool = False) -> None:
         unused = c.release_all(self.central, self.stats, keep_tiny)
-        if unused and self.charge_live is not None:
-            self.charge_live(-unused)
+        if unused:
+            self.hooks.charge_live(-unused)
         with self.mheap.lock:
             self.stats.tiny_allocs += c.tiny_allocs
             c.tiny_allocs = 0
@@ -479,245 +464,21 @@ class Allocator:
         for c in list(self.mcaches):
             self._release_mcache(c, keep_tiny=True)
 
-    # --- explicit free -----------------------------------------------------------------
+    # --- explicit free and lookup (free.py) -----------------------------------------------
 
-    def free(self, p: int) -> None:
-        """Free the object starting at p (gccgo's __go_free). See Heap.free."""
-        p = self._check_addr(p)
-        if p == 0 or p == self.zerobase:
-            return
-        c = self._this_mcache()
-        self._safepoint(c)
-        try:
-            s = self._span_for_free(p)
-            if self.ensure_swept is not None:
-                self.ensure_swept(s)
-            if s.sizeclass == 0:
-                self._free_large(s, p)
-            else:
-                self._free_small(c, s, p)
-        finally:
-            c.mallocing = False
-
-    def _span_for_free(self, p: int) -> MSpan:
-        if self._closed:
-            raise HeapClosed("heap is closed")
-        s = self.mheap.span_of(p)
-        if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
-            raise NotHeapPointer(f"free of {p:#x}: not an object of this heap", p)
-        return s
-
-    def _free_large(self, s: MSpan, p: int) -> None:
-        with self.mheap.lock:
-            if s.state != SPAN_IN_USE or s.allocCount != 1:
-                raise DoubleFree(f"free of {p:#x}: large object already freed", p)
-            if p != s.base:
-                raise InteriorPointer(f"free of {p:#x}: inside the object at {s.base:#x}", p)
-            s.allocCount = 0
-        if self.on_free is not None:
-            self.on_free(s, 0)
-        self.release_large_span(s)
-
-    def release_large_span(self, s: MSpan) -> None:
-        """A large span whose object is dead goes back to the page heap; under efence its
-        pages are made inaccessible instead and the span is never used again. If the OS
-        refuses to make them inaccessible, the span goes back to the page heap as without
-        efence (counted in ``efence_unprotected``): the free completes and the heap stays
-        valid, but a use after free of that object is not caught."""
-        if not self.efence:
-            self.mheap.free_span(s)
-            return
-        try:
-            gos.sys_fault(s.base, s.npages << PAGE_SHIFT)
-        except SysMemoryError:
-            self.efence_unprotected += 1
-            self.mheap.free_span(s)
-            return
-        s.faulted = True
-        with self.mheap.lock:
-            self.stats.large_free += s.npages << PAGE_SHIFT
-            self.stats.large_free_count += 1
-
-    def _free_small(self, c: MCache, s: MSpan, p: int) -> None:
-        central = self.central[s.spanclass]
-        gcbits = self.mheap.gcbits
-        with central.lock:
-            if s.state != SPAN_IN_USE or s.spanclass != central.spanclass:
-                raise NotHeapPointer(f"free of {p:#x}: not an object of this heap", p)
-            if s.cached_by is c:
-                c.give_back_run(s.spanclass, gcbits.bits64)
-            elif s.cached_by is not None and self._in_unused_run(s, p):
-                raise DoubleFree(f"free of {p:#x}: object was never handed out", p)
-            idx = s.object_index(p)
-            base = s.base + idx * s.elemsize
-            if s.tiny_blocks is not None and idx in s.tiny_blocks:
-                raise TinyObjectFree(f"free of {p:#x}: inside a shared 16-byte tiny block", p)
-            if p != base:
-                raise InteriorPointer(f"free of {p:#x}: inside the object at {base:#x}", p)
-            if s.is_free(gcbits.bits8, idx) or (s.pending_frees and idx in s.pending_frees):
-                raise DoubleFree(f"free of {p:#x}: object already freed", p)
-            if self.on_free is not None:
-                self.on_free(s, idx)
-            self.stats.small_free_count[s.spanclass] += 1
-            if s.cached_by is not None and s.cached_by is not c:
-                # Another thread allocates from this span without a lock: let it apply the
-                # free when it gives the span back.
-                if s.pending_frees is None:
-                    s.pending_frees = []
-                s.pending_frees.append(idx)
-                return
-            was_full = s.allocCount == s.nelems
-            s.free_slot(gcbits.bits8, gcbits.bits64, idx)
-            if s.cached_by is None:
-                self._refile_after_free(central, s, was_full)
-            else:
-                # refill counted the span's free slots as allocated; this one is free again
-                # and will be counted when the thread allocates it. Likewise refill charged
-                # it to the pacer: it stays charged until release_all (gc/pacer.py), so
-                # on_free's refund is taken back.
-                self.stats.small_alloc_count[s.spanclass] += 1
-                if self.charge_live is not None:
-                    self.charge_live(s.elemsize)
-
-    @staticmethod
-    def _in_unused_run(s: MSpan, p: int) -> bool:
-        """Whether p is a slot of s's run not handed out yet (s cached by some mcache)."""
-        c = s.cached_by
-        left = c.run_left(s) if c is not None else 0
-        return left > 0 and s.run_end - left * s.elemsize <= p < s.run_end
-
-    def _refile_after_free(self, central: MCentral, s: MSpan, was_full: bool) -> None:
-        """Keep an uncached span in the right central set after one of its slots was freed."""
-        if central.release_if_empty(s):
-            return
-        if not was_full:
-            return
-        sg = self.mheap.sweepgen
-        if s.central_set is central.full_swept(sg):
-            central.remove(s)
-            central.push(central.partial_swept(sg), s)
-        elif s.central_set is central.full_unswept(sg):
-            central.remove(s)
-            central.push(central.partial_unswept(sg), s)
-
-    # --- lookup ------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_addr(p: object) -> int:
-        if isinstance(p, bool):
-            raise InvalidArgument("address must be an integer, not bool")
-        try:
-            return operator.index(p)
-        except TypeError:
-            raise InvalidArgument(f"address must be an integer, not {type(p).__name__}") from None
-
-    def find_object(self, p: int) -> tuple[MSpan, int] | None:
-        """(span, slot) of the allocated object holding address p, or None (findObject)."""
-        s = self.mheap.span_of(p)
-        if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
-            return None
-        if s.sizeclass == 0:
-            return (s, 0) if s.allocCount else None
-        if s.cached_by is not None and self._in_unused_run(s, p):
-            return None    # reserved by an mcache, not yet handed out
-        idx = s.object_index(p)
-        if s.is_free(self.mheap.gcbits.bits8, idx):
-            return None
-        if s.pending_frees and idx in s.pending_frees:
-            return None
-        return s, idx
-
-    def lookup(self, p: int) -> tuple[int, int] | None:
-        """(base, size) of the object holding p, or None (gccgo's mlookup)."""
-        p = self._check_addr(p)
-        entered = self._enter()   # not inside(): lookup is called often enough to mind
-        try:
-            self.stats.lookups += 1
-            found = self.find_object(p)
-        finally:
-            self._leave(entered)
-        if found is None:
-            return None
-        s, idx = found
-        return s.base + idx * s.elemsize, s.elemsize
-
-    def usable_size(self, p: int) -> int:
-        """Bytes usable at object start p (its size class or page-rounded large size)."""
-        p = self._check_addr(p)
-        if p == self.zerobase:
-            return 0
-        with self.inside():
-            found = self.find_object(p)
-        if found is None:
-            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        s, idx = found
-        base = s.base + idx * s.elemsize
-        if p != base:
-            raise InteriorPointer(f"{p:#x} is inside the object at {base:#x}", p)
-        return s.elemsize
+    free = _free.free
+    find_object = _free.find_object
+    lookup = _free.lookup
+    usable_size = _free.usable_size
+    release_large_span = _free.release_large_span
+    check_addr = staticmethod(_free.check_addr)
 
     # --- statistics --------------------------------------------------------------------
-
-    def _object_counts(self) -> tuple[list[int], list[int], int]:
-        """Per size class (mallocs, frees) and tiny allocations, with cached spans' unused
-        slots taken back out (exact when no other thread is allocating)."""
-        st = self.stats
-        mallocs = [0] * NUM_SIZE_CLASSES
-        frees = [0] * NUM_SIZE_CLASSES
-        for spc in range(NUM_SPAN_CLASSES):
-            mallocs[spc >> 1] += st.small_alloc_count[spc]
-            frees[spc >> 1] += st.small_free_count[spc]
-        tiny = st.tiny_allocs
-        for c in list(self.mcaches):
-            tiny += c.tiny_allocs
-            for spc, unused in c.uncounted_slots():
-                mallocs[spc >> 1] -= unused
-        mallocs[0] = st.large_alloc_count
-        frees[0] = st.large_free_count
-        return mallocs, frees, tiny
 
     def read_memstats(self) -> MemStats:
         """A snapshot of the heap's statistics (Go's ReadMemStats)."""
         with self.inside(), self.mheap.lock:
-            return self._memstats_locked()
-
-    def _memstats_locked(self) -> MemStats:
-        st = self.stats
-        mallocs, frees, tiny = self._object_counts()
-        total_alloc = st.large_alloc + sum(mallocs[i] * class_to_size[i]
-                                           for i in range(1, NUM_SIZE_CLASSES))
-        total_free = st.large_free + sum(frees[i] * class_to_size[i]
-                                         for i in range(1, NUM_SIZE_CLASSES))
-        nmalloc = sum(mallocs) + tiny
-        nfree = sum(frees) + tiny
-        heap_sys = st.heap_sys.value
-        return MemStats(
-            alloc=total_alloc - total_free, total_alloc=total_alloc, sys=st.total_sys(),
-            lookups=st.lookups, mallocs=nmalloc, frees=nfree,
-            heap_alloc=total_alloc - total_free, heap_sys=heap_sys,
-            heap_idle=heap_sys - st.heap_inuse, heap_inuse=st.heap_inuse,
-            heap_released=st.heap_released, heap_objects=nmalloc - nfree,
-            stack_inuse=st.stacks_inuse, stack_sys=st.stacks_inuse + st.stacks_sys.value,
-            mspan_inuse=st.mspan_inuse.value, mspan_sys=st.mspan_sys.value,
-            mcache_inuse=st.mcache_inuse.value, mcache_sys=st.mcache_sys.value,
-            buck_hash_sys=st.buckhash_sys.value, gc_sys=st.gc_sys.value,
-            other_sys=st.other_sys.value,
-            by_size=by_size_rows(mallocs, frees), **self.gc_memstats(),
-        )
-
-    def gc_memstats(self) -> dict:
-        """The collector's MemStats fields; the GC layer overrides this."""
-        return dict(next_gc=0, last_gc=0, pause_total_ns=0, pause_ns=(0,) * 256,
-                    pause_end=(0,) * 256, num_gc=0, num_forced_gc=0, gc_cpu_fraction=0.0,
-                    enable_gc=False, debug_gc=False)
-
-    # --- sweeping hook -----------------------------------------------------------------
-
-    def set_sweeper(self, sweep: Callable[[MSpan, bool], bool]) -> None:
-        """Give every mcentral the collector's sweep(span, preserve) function."""
-        self.sweep_span = sweep
-        for central in self.central:
-            central.sweep = sweep
+            return memstats(self.stats, self.mcaches, self.hooks.gc_memstats())
 
     # --- verify and close --------------------------------------------------------------
 
@@ -744,15 +505,20 @@ class Allocator:
     def closed(self) -> bool:
         return self._closed
 
+    def check_open(self) -> None:
+        """Raise HeapClosed once the heap is closed: the one closed-heap check."""
+        if self._closed:
+            raise HeapClosed("heap is closed")
+
     def close(self) -> None:
         """Return every mapping to the OS. Later calls raise HeapClosed; close is idempotent,
         except that a close the OS refused an unmap to (SysMemoryError) is retried."""
-        if self._closed and not self._unreleased:
+        if self._closed and not self.unreleased:
             return
-        if self._closed or self._shut_down():
-            self._release_memory()
+        if self._closed or self.shut_down():
+            self.release_memory()
 
-    def _shut_down(self) -> bool:
+    def shut_down(self) -> bool:
         """close()'s first half: stop the world for good (waiting for a collection in
         progress and for every thread inside a safepoint region), so that every later call,
         and every thread parked at a safepoint, raises HeapClosed. The memory is still
@@ -773,78 +539,17 @@ class Allocator:
         self._world.close()
         return True
 
-    def _release_memory(self) -> None:
-        """close()'s second half, after _shut_down: unmap. Everything is returned that the OS
+    def release_memory(self) -> None:
+        """close()'s second half, after shut_down: unmap. Everything is returned that the OS
         takes back; a refusal is raised afterwards and what was refused stays recorded
-        (``_unreleased``) for the next close()."""
-        self._unreleased = True
+        (``unreleased``) for the next close()."""
+        self.unreleased = True
         try:
             self.mheap.release()
         finally:
             self._cachealloc.clear()
             self.persistent.release_all()
-        self._unreleased = False
-
-
-class World:
-    """The stop-the-world state of one heap (see the module comment). A thread is inside a
-    safepoint region while its mcache's ``mallocing`` is set.
-
-    Invariants: while ``stopped``, the thread ``stopper`` owns the world and no other
-    thread's mcache is ``mallocing`` once ``stop`` returned; ``closed`` implies ``stopped``,
-    for good."""
-
-    __slots__ = ("cond", "stopped", "stopper", "closed")
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.stopped = False
-        self.stopper = 0
-        self.closed = False
-
-    def park(self, c: MCache) -> None:
-        """c's thread is at a safepoint with the world stopped (its flag set): pass if it is
-        the stopper, else wait with the flag down until the world restarts."""
-        me = threading.get_ident()
-        if self.stopper == me and not self.closed:
-            return
-        c.mallocing = False
-        with self.cond:
-            while self.stopped and not self.closed:
-                self.cond.wait()
-            if self.closed:
-                raise HeapClosed("heap is closed")
-            # Raised under cond: a stopper sets stopped under it, then sees this flag.
-            c.mallocing = True
-
-    def stop(self, mcaches: set[MCache], mine: MCache | None) -> None:
-        """Become the stopper once the world is free, then wait until no mcache but
-        ``mine`` is ``mallocing``. Raises HeapClosed once closed."""
-        me = threading.get_ident()
-        with self.cond:
-            if self.stopped and self.stopper == me and not self.closed:
-                raise HeapCorruption("stop_the_world: this thread has the world stopped")
-            while self.stopped and not self.closed:
-                self.cond.wait()
-            if self.closed:
-                raise HeapClosed("heap is closed")
-            self.stopped = True
-            self.stopper = me
-        while any(c.mallocing for c in list(mcaches) if c is not mine):
-            time.sleep(0)   # let them run to the end of their region
-
-    def start(self) -> None:
-        with self.cond:
-            if not self.closed:
-                self.stopped = False
-                self.stopper = 0
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        """The stopper closes the heap: the world stays stopped; parked threads raise."""
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
+        self.unreleased = False
 
 
 class _ThreadGuard:

@@ -58,7 +58,7 @@ class MCache:
             raise HeapCorruption(f"refill of span with free space remaining: {s!r}")
         old = None
         if s is not EMPTY_SPAN:
-            if s.sweepgen != central.heap.sweepgen + 3:
+            if s.sweepgen != central.mheap.sweepgen + 3:
                 raise HeapCorruption(f"bad sweepgen in refill: {s!r}")
             self.alloc[spc] = EMPTY_SPAN
             s.run_end = 0   # its run is used up: that is why we are here
@@ -76,7 +76,7 @@ class MCache:
         ``keep_tiny``: leave the tiny block in place (a collection's flush: the owning thread
         may be parked between its check of ``tiny`` and its use, so the block stays, as a
         root). Thread exit and close drop it."""
-        bits64 = centrals[0].heap.gcbits.bits64
+        bits64 = centrals[0].mheap.gcbits.bits64
         unused = 0
         for spc, s in enumerate(self.alloc):
             if s is EMPTY_SPAN:

@@ -36,10 +36,10 @@ GROW_BATCH_MAX = 8
 class MCentral:
     """The central free span sets of one span class."""
 
-    __slots__ = ("spanclass", "sizeclass", "npages", "lock", "partial", "full", "heap",
+    __slots__ = ("spanclass", "sizeclass", "npages", "lock", "partial", "full", "mheap",
                  "sweep")
 
-    def __init__(self, spanclass: int, heap: MHeap,
+    def __init__(self, spanclass: int, mheap: MHeap,
                  sweep: Callable[[MSpan, bool], bool]) -> None:
         self.spanclass = spanclass
         self.sizeclass = span_class_sizeclass(spanclass)
@@ -47,9 +47,9 @@ class MCentral:
         self.lock = threading.Lock()
         self.partial: tuple[dict[int, MSpan], dict[int, MSpan]] = ({}, {})
         self.full: tuple[dict[int, MSpan], dict[int, MSpan]] = ({}, {})
-        self.heap = heap
-        # sweep(span, preserve) -> True if the span went back to the page heap. The GC layer
-        # supplies it; spans only become unswept once a collection has run.
+        self.mheap = mheap
+        # The GC layer's hooks.sweep_span (gcalloc/hooks.py): spans only become unswept once
+        # a collection has run.
         self.sweep = sweep
 
     # --- the four sets -----------------------------------------------------------------
@@ -113,11 +113,11 @@ class MCentral:
 
     def _hand_to(self, owner: object, s: MSpan, alloc_count: list[int]) -> None:
         s.cached_by = owner
-        s.sweepgen = self.heap.sweepgen + 3
+        s.sweepgen = self.mheap.sweepgen + 3
         alloc_count[self.spanclass] += s.nelems - s.allocCount
 
     def _find_span_locked(self) -> MSpan | None:
-        sg = self.heap.sweepgen
+        sg = self.mheap.sweepgen
         s = self.pop(self.partial_swept(sg))
         if s is not None:
             return s
@@ -137,7 +137,7 @@ class MCentral:
             budget -= 1
             if self._claim_and_sweep(s, sg):
                 if s.allocCount < s.nelems:
-                    bits64 = self.heap.gcbits.bits64
+                    bits64 = self.mheap.gcbits.bits64
                     s.freeindex = s.next_free_index(bits64)
                     if s.freeindex != s.nelems:
                         s.reset_alloc_cache(bits64)
@@ -159,7 +159,7 @@ class MCentral:
         made while it was cached. The caller holds ``lock``."""
         if s.nelems == 0:
             raise HeapCorruption(f"uncache of the empty span: {s!r}")
-        sg = self.heap.sweepgen
+        sg = self.mheap.sweepgen
         s.cached_by = None
         if s.pending_frees:
             self.apply_pending_frees(s)
@@ -177,7 +177,7 @@ class MCentral:
     def apply_pending_frees(self, s: MSpan) -> int:
         """Apply the frees other threads queued on s; returns how many."""
         pending, s.pending_frees = s.pending_frees, None
-        gcbits = self.heap.gcbits
+        gcbits = self.mheap.gcbits
         for index in pending:
             s.free_slot(gcbits.bits8, gcbits.bits64, index)
         return len(pending)
@@ -187,7 +187,7 @@ class MCentral:
         if s.allocCount or s.cached_by is not None:
             return False
         self.remove(s)
-        self.heap.free_span(s)
+        self.mheap.free_span(s)
         return True
 
     def grow(self) -> MSpan:
@@ -197,10 +197,10 @@ class MCentral:
         partial swept set (a sweep gives them back to the page heap if they stay unused).
         """
         count = max(1, min(GROW_BATCH_MAX, (GROW_BATCH_BYTES >> PAGE_SHIFT) // self.npages))
-        spans = self.heap.alloc_spans(self.npages, self.spanclass, count, needzero=True)
+        spans = self.mheap.alloc_spans(self.npages, self.spanclass, count, needzero=True)
         if count > 1:
             with self.lock:
-                spare = self.partial_swept(self.heap.sweepgen)
+                spare = self.partial_swept(self.mheap.sweepgen)
                 for s in spans[1:]:
                     self.push(spare, s)
         return spans[0]

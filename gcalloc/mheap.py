@@ -27,7 +27,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from sortedcontainers import SortedList
@@ -37,6 +37,7 @@ from gcalloc.arena import HEAP_ARENA_BYTES, Arenas
 from gcalloc.errors import HeapCorruption, OutOfMemory
 from gcalloc.fixalloc import FixAlloc
 from gcalloc.gcbits import GCBits
+from gcalloc.hooks import GCHooks
 from gcalloc.mspan import (
     MASK64,
     SPAN_DEAD,
@@ -67,7 +68,7 @@ def _free_key(s: MSpan) -> tuple[int, int]:
 class MHeap:
     """The page heap of one Heap."""
 
-    def __init__(self, stats: HeapStats, persistent: PersistentAlloc) -> None:
+    def __init__(self, stats: HeapStats, persistent: PersistentAlloc, hooks: GCHooks) -> None:
         self.lock = threading.Lock()
         self.stats = stats
         self.arenas = Arenas(stats, persistent)
@@ -91,9 +92,11 @@ class MHeap:
         # Go's sweep generation; see gc/sweep.py. Spans are born swept (sweepgen == this).
         self.sweepgen = 0
         self.pages_in_use = 0   # pages in in-use (object) spans
-        # Hooks for the GC layer: sweep before growing; initialise new spans' heap bits.
-        self.reclaim: Callable[[int], None] | None = None
-        self.on_new_spans: Callable[[list[MSpan]], None] | None = None
+        # The GC layer's hooks.reclaim (sweep before growing) and hooks.on_new_spans
+        # (initialise new spans' heap bits), kept alone: the page heap outlives a dropped
+        # Heap (its finalizer holds it), and these two hold the Heap only weakly.
+        self.reclaim = hooks.reclaim
+        self.on_new_spans = hooks.on_new_spans
 
     def _new_span_record(self) -> MSpan:
         s = MSpan(len(self.spans))
@@ -137,8 +140,7 @@ class MHeap:
         """``count`` adjacent in-use spans of npages pages each, taken from the free spans in
         one step: one lock, one best fit, one clear (mcentral grows by a batch so the per-span
         cost of Python is paid once per batch). Raises OutOfMemory."""
-        if self.reclaim is not None:
-            self.reclaim(npages * count)    # sweep before growing (Go 1.8's reclaim)
+        self.reclaim(npages * count)    # sweep before growing (Go 1.8's reclaim)
         # The bitmaps come first: mapping a gcBits chunk can fail, and nothing is taken yet.
         # Bits of a failed allocation are simply never used (their chunk is recycled).
         sizeclass = spanclass >> 1
@@ -163,8 +165,7 @@ class MHeap:
             ctypes.memset(run.base, 0, (npages * count) << PAGE_SHIFT)
             for s in spans:
                 s.needzero = False
-        if self.on_new_spans is not None:
-            self.on_new_spans(spans)
+        self.on_new_spans(spans)
         return spans
 
     def _init_in_use(self, s: MSpan, spanclass: int, alloc_bits: int, mark_bits: int) -> None:

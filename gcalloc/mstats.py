@@ -17,7 +17,9 @@ Invariants (checked by ``HeapStats.check`` and the tests):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.os import SysMemStat
@@ -150,3 +152,57 @@ def by_size_rows(mallocs: list[int], frees: list[int]) -> tuple[SizeClassStats, 
     """Go's BySize: one row per size class, class 0 included (its size is 0)."""
     return tuple(SizeClassStats(class_to_size[i], mallocs[i], frees[i])
                  for i in range(NUM_SIZE_CLASSES))
+
+
+class _CountingCache(Protocol):
+    """What memstats reads of a thread cache (gcalloc.mcache.MCache)."""
+
+    tiny_allocs: int
+
+    def uncounted_slots(self) -> Iterable[tuple[int, int]]: ...
+
+
+def object_counts(st: HeapStats, mcaches: Iterable[_CountingCache]
+                  ) -> tuple[list[int], list[int], int]:
+    """Per size class (mallocs, frees) and tiny allocations, with cached spans' unused
+    slots taken back out (exact when no other thread is allocating)."""
+    mallocs = [0] * NUM_SIZE_CLASSES
+    frees = [0] * NUM_SIZE_CLASSES
+    for spc in range(NUM_SPAN_CLASSES):
+        mallocs[spc >> 1] += st.small_alloc_count[spc]
+        frees[spc >> 1] += st.small_free_count[spc]
+    tiny = st.tiny_allocs
+    for c in list(mcaches):
+        tiny += c.tiny_allocs
+        for spc, unused in c.uncounted_slots():
+            mallocs[spc >> 1] -= unused
+    mallocs[0] = st.large_alloc_count
+    frees[0] = st.large_free_count
+    return mallocs, frees, tiny
+
+
+def memstats(st: HeapStats, mcaches: Iterable[_CountingCache], gc_fields: dict[str, Any]
+             ) -> MemStats:
+    """The MemStats snapshot of the counters ``st``, the thread caches ``mcaches`` and the
+    collector's fields ``gc_fields`` (call under the heap lock, inside a safepoint region)."""
+    mallocs, frees, tiny = object_counts(st, mcaches)
+    total_alloc = st.large_alloc + sum(mallocs[i] * class_to_size[i]
+                                       for i in range(1, NUM_SIZE_CLASSES))
+    total_free = st.large_free + sum(frees[i] * class_to_size[i]
+                                     for i in range(1, NUM_SIZE_CLASSES))
+    nmalloc = sum(mallocs) + tiny
+    nfree = sum(frees) + tiny
+    heap_sys = st.heap_sys.value
+    return MemStats(
+        alloc=total_alloc - total_free, total_alloc=total_alloc, sys=st.total_sys(),
+        lookups=st.lookups, mallocs=nmalloc, frees=nfree,
+        heap_alloc=total_alloc - total_free, heap_sys=heap_sys,
+        heap_idle=heap_sys - st.heap_inuse, heap_inuse=st.heap_inuse,
+        heap_released=st.heap_released, heap_objects=nmalloc - nfree,
+        stack_inuse=st.stacks_inuse, stack_sys=st.stacks_inuse + st.stacks_sys.value,
+        mspan_inuse=st.mspan_inuse.value, mspan_sys=st.mspan_sys.value,
+        mcache_inuse=st.mcache_inuse.value, mcache_sys=st.mcache_sys.value,
+        buck_hash_sys=st.buckhash_sys.value, gc_sys=st.gc_sys.value,
+        other_sys=st.other_sys.value,
+        by_size=by_size_rows(mallocs, frees), **gc_fields,
+    )

@@ -34,11 +34,5 @@ def heap() -> Iterator[gcalloc.Heap]:
 
 
 @pytest.fixture
-def h(heap: gcalloc.Heap) -> gcalloc.Heap:
-    """The same heap under the short name the allocator tests use."""
-    return heap
-
-
-@pytest.fixture
 def rss() -> Callable[[], int]:
     return current_rss

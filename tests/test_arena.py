@@ -62,13 +62,14 @@ def test_hint_series_is_gos():
 
 
 def test_heap_grows_upward_from_the_hint(heap):
-    heap.mheap.alloc(1, LARGE, False)
-    base, size = heap.mheap.arenas.reservations[0]
-    heap.mheap.alloc((HEAP_ARENA_BYTES >> PAGE_SHIFT) + 1, LARGE, False)   # needs more arenas
+    heap._alloc.mheap.alloc(1, LARGE, False)
+    base, size = heap._alloc.mheap.arenas.reservations[0]
+    # needs more arenas
+    heap._alloc.mheap.alloc((HEAP_ARENA_BYTES >> PAGE_SHIFT) + 1, LARGE, False)
     if base == FIRST_HINT:   # first hint was free (no other heap in the way)
-        assert heap.mheap.arenas.reservations[1][0] == base + size
-    assert heap.mheap.arenas.hints[-1].addr == sum(heap.mheap.arenas.reservations[-1])
-    heap.mheap.verify()
+        assert heap._alloc.mheap.arenas.reservations[1][0] == base + size
+    assert heap._alloc.mheap.arenas.hints[-1].addr == sum(heap._alloc.mheap.arenas.reservations[-1])
+    heap._alloc.mheap.verify()
 
 
 # --- the index -------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def test_arena_index_covers_both_halves_on_amd64():
 
 def test_arena_of_heap_and_non_heap(heap):
     p = heap.alloc(100)
-    arenas = heap.mheap.arenas
+    arenas = heap._alloc.mheap.arenas
     a = arenas.arena_of(p)
     assert a is not None and a.base == _arena_floor(p)
     assert arenas.all[a.slot] is a
@@ -112,7 +113,7 @@ def test_arena_of_heap_and_non_heap(heap):
 
 
 def _random_pointers(heap, rng: random.Random) -> list[int]:
-    arenas = heap.mheap.arenas
+    arenas = heap._alloc.mheap.arenas
     ptrs = []
     for a in arenas.all:
         ptrs += [a.base, a.base + HEAP_ARENA_BYTES - 1, a.base - 1, a.base + HEAP_ARENA_BYTES]
@@ -124,9 +125,9 @@ def _random_pointers(heap, rng: random.Random) -> list[int]:
 
 
 def test_slots_of_agrees_with_arena_of(heap):
-    heap.mheap.alloc(1, LARGE, False)
-    heap.mheap.alloc(2 * (HEAP_ARENA_BYTES >> PAGE_SHIFT), LARGE, False)   # 3+ arenas
-    arenas = heap.mheap.arenas
+    heap._alloc.mheap.alloc(1, LARGE, False)
+    heap._alloc.mheap.alloc(2 * (HEAP_ARENA_BYTES >> PAGE_SHIFT), LARGE, False)   # 3+ arenas
+    arenas = heap._alloc.mheap.arenas
     assert len(arenas.all) >= 3
     ptrs = _random_pointers(heap, random.Random(1))
     got = arenas.slots_of(np.array(ptrs, dtype=np.uint64))
@@ -139,8 +140,8 @@ def test_slots_of_agrees_with_arena_of(heap):
 
 
 def test_l2_entries_name_each_arena(heap):
-    heap.mheap.alloc(HEAP_ARENA_BYTES >> PAGE_SHIFT, LARGE, False)
-    arenas = heap.mheap.arenas
+    heap._alloc.mheap.alloc(HEAP_ARENA_BYTES >> PAGE_SHIFT, LARGE, False)
+    arenas = heap._alloc.mheap.arenas
     for a in arenas.all:
         ri = arena_index(a.base)
         l2 = arenas.l1[ri >> ARENA_L2_BITS]
@@ -159,11 +160,11 @@ def test_fallback_when_every_hint_is_taken():
             held.append(v)   # at the hint, or elsewhere if something already sits there
         with gcalloc.Heap(-1, scavenger=False, debug="") as h:
             p = h.alloc(8)
-            (v, size), = h.mheap.arenas.reservations
+            (v, size), = h._alloc.mheap.arenas.reservations
             assert v <= p < v + size
             assert v % HEAP_ARENA_BYTES == 0
             assert v not in {hint.addr for hint in initial_hints()}
-            hints = h.mheap.arenas.hints
+            hints = h._alloc.mheap.arenas.hints
             assert [(x.addr, x.down) for x in hints] == [(v, True), (v + size, False)]
             h.verify()
     finally:
@@ -174,7 +175,7 @@ def test_fallback_when_every_hint_is_taken():
 def test_fallback_then_growth_tries_the_new_up_hint(heap, monkeypatch):
     occupied, size = gos.sys_reserve_aligned(None, HEAP_ARENA_BYTES, HEAP_ARENA_BYTES)
     try:
-        arenas = heap.mheap.arenas
+        arenas = heap._alloc.mheap.arenas
         monkeypatch.setattr(arenas, "hints", [ArenaHint(occupied, down=False)])
         heap.alloc(8)
         (v, vsize), = arenas.reservations
@@ -198,7 +199,7 @@ def test_fallback_then_growth_tries_the_new_up_hint(heap, monkeypatch):
             assert v <= p and p + HEAP_ARENA_BYTES <= nb + nsize
         else:
             assert nb <= p and p + HEAP_ARENA_BYTES <= nb + nsize
-        assert heap.mheap.span_of(p + HEAP_ARENA_BYTES - 1) is heap.mheap.span_of(p)
+        assert heap._alloc.mheap.span_of(p + HEAP_ARENA_BYTES - 1) is heap._alloc.mheap.span_of(p)
         heap.verify()
     finally:
         gos.sys_free(occupied, size, None)
@@ -208,12 +209,12 @@ def test_two_heaps_get_disjoint_arenas(heap):
     with gcalloc.Heap(-1, scavenger=False, debug="") as other:
         p1 = heap.alloc(64)
         p2 = other.alloc(64)
-        r1 = heap.mheap.arenas.reservations
-        r2 = other.mheap.arenas.reservations
+        r1 = heap._alloc.mheap.arenas.reservations
+        r2 = other._alloc.mheap.arenas.reservations
         for b1, n1 in r1:
             for b2, n2 in r2:
                 assert b1 + n1 <= b2 or b2 + n2 <= b1
-        assert heap.mheap.span_of(p2) is None and other.mheap.span_of(p1) is None
+        assert heap._alloc.mheap.span_of(p2) is None and other._alloc.mheap.span_of(p1) is None
         assert heap.lookup(p2) is None and other.lookup(p1) is None
         assert heap.lookup(p1) == (p1, 64)
 
@@ -226,14 +227,14 @@ def _workload(heap) -> None:
         keep.append(heap.alloc([8, 100, 3000, 20000, 70000, 300000][i % 6], noscan=bool(i & 1)))
     for p in keep[::3]:
         heap.free(p)
-    heap.mheap.alloc_manual(5)
-    heap.mheap.alloc((HEAP_ARENA_BYTES >> PAGE_SHIFT) + 7, LARGE, False).allocCount = 1
+    heap._alloc.mheap.alloc_manual(5)
+    heap._alloc.mheap.alloc((HEAP_ARENA_BYTES >> PAGE_SHIFT) + 7, LARGE, False).allocCount = 1
 
 
 def test_page_map_exact_for_every_page(heap):
     _workload(heap)
     heap.verify()
-    mh = heap.mheap
+    mh = heap._alloc.mheap
     arenas = mh.arenas
     seen = 0
     for s in mh.live_spans():
@@ -260,12 +261,12 @@ def test_page_map_exact_for_every_page(heap):
 def test_span_of_in_heap_and_find_object(heap):
     p = heap.alloc(48)
     big = heap.alloc(100000, noscan=True)
-    mh = heap.mheap
+    mh = heap._alloc.mheap
     s = mh.span_of(p)
     assert s is not None and s.base <= p < s.limit
     assert mh.in_heap(p) and mh.in_heap(p + 47)
     assert heap.lookup(p + 20) == (p, 48)
-    assert heap.find_object(p + 47) == (s, (p - s.base) // 48)
+    assert heap._alloc.find_object(p + 47) == (s, (p - s.base) // 48)
     ls = mh.span_of(big)
     whole = ls.npages * PAGE_SIZE                             # a large object owns its span
     assert whole == 13 * PAGE_SIZE and ls.limit == big + whole

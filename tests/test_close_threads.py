@@ -125,7 +125,7 @@ def scenario_collect():
         if armed and not in_cycle.is_set():
             in_cycle.set()
             closing.wait()
-    h.gc.after_mark.append(hook)
+    h._gc.after_mark.append(hook)
     def collect_round(h, i, step):
         if i == 0:
             h.alloc(100)

@@ -68,10 +68,10 @@ def test_same_program_survives_without_efence(how):
 
 def test_every_object_gets_its_own_span_and_freed_spans_are_not_reused():
     with gcalloc.Heap(-1, debug="efence=1") as heap:
-        assert heap.efence
+        assert heap._alloc.efence
         objs = [heap.alloc(n) for n in (8, 8, 24, 64, 64, 1000, 40_000)]
         tiny = [heap.alloc(4, noscan=True) for _ in range(3)]   # no tiny blocks either
-        spans = [heap.mheap.span_of(p) for p in objs + tiny]
+        spans = [heap._alloc.mheap.span_of(p) for p in objs + tiny]
         assert len({id(s) for s in spans}) == len(spans)
         for p, s in zip(objs + tiny, spans, strict=True):
             assert heap.lookup(p) is not None and heap.lookup(p)[0] == p
@@ -91,8 +91,8 @@ def test_efence_from_the_environment(monkeypatch):
     monkeypatch.setenv("GCALLOC_DEBUG", "efence=1")
     with gcalloc.Heap(-1) as heap:
         a, b = heap.alloc(16), heap.alloc(16)
-        assert heap.mheap.span_of(a) is not heap.mheap.span_of(b)
+        assert heap._alloc.mheap.span_of(a) is not heap._alloc.mheap.span_of(b)
     monkeypatch.setenv("GCALLOC_DEBUG", "")
     with gcalloc.Heap(-1) as heap:
         a, b = heap.alloc(16), heap.alloc(16)
-        assert heap.mheap.span_of(a) is heap.mheap.span_of(b)
+        assert heap._alloc.mheap.span_of(a) is heap._alloc.mheap.span_of(b)

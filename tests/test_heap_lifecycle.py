@@ -26,7 +26,7 @@ def test_dropped_heap_is_collected_and_unmapped():
     for _ in range(5000):
         h.alloc(100)
     h.set_finalizer(keep[0].addr, lambda p: None)
-    reservations = list(h.mheap.arenas.reservations)
+    reservations = list(h._alloc.mheap.arenas.reservations)
     assert reservations
     ref = weakref.ref(h)
     threads_before = {t.name for t in threading.enumerate()}

@@ -52,7 +52,7 @@ def test_zero_size_type_allocates_only_size_zero(heap, zero_type):
     with pytest.raises(errors.InvalidSize):
         heap.alloc(64, type=zero_type)
     assert heap.read_memstats().mallocs == before
-    assert heap.alloc(0, type=zero_type) == heap.zerobase
+    assert heap.alloc(0, type=zero_type) == heap._alloc.zerobase
     heap.verify()
 
 
@@ -89,7 +89,7 @@ def test_handle_refuses_a_view_larger_than_the_object(heap):
     h = heap.handle(p, ctypes.c_uint64 * 2)            # exactly the object: fine
     h.view[1] = 5
     assert ctypes.c_uint64.from_address(neighbour).value == 7
-    assert heap.gc.roots.handles_live == 1
+    assert heap._gc.roots.handles_live == 1
     heap.verify()
 
 
@@ -125,7 +125,7 @@ def test_root_range_at_address_zero_is_refused_and_collect_survives():
             pass
         h.collect()
         h.verify()
-        print("survived", len(h.gc.roots.ranges))
+        print("survived", len(h._gc.roots.ranges))
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["survived", "0"]
@@ -179,9 +179,9 @@ def test_heap_arguments_are_checked_before_memory_is_taken():
     made = []
     real = malloc.Allocator.__init__
 
-    def spy(self):
+    def spy(self, *args, **kwargs):
         made.append(self)
-        real(self)
+        real(self, *args, **kwargs)
 
     malloc.Allocator.__init__ = spy
     try:

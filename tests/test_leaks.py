@@ -155,16 +155,16 @@ def test_verify_is_callable_at_any_point():
 
 
 def _in_use_span(heap: gcalloc.Heap, small: bool = True):
-    with heap.mheap.lock:
-        for s in heap.mheap.live_spans():
+    with heap._alloc.mheap.lock:
+        for s in heap._alloc.mheap.live_spans():
             if s.state == SPAN_IN_USE and (s.sizeclass != 0) == small:
                 return s
     raise AssertionError("no span")
 
 
 def _corrupt_stats(heap):
-    heap.stats.heap_inuse += 8192
-    return lambda: setattr(heap.stats, "heap_inuse", heap.stats.heap_inuse - 8192)
+    heap._alloc.stats.heap_inuse += 8192
+    return lambda: setattr(heap._alloc.stats, "heap_inuse", heap._alloc.stats.heap_inuse - 8192)
 
 
 def _corrupt_span_count(heap):
@@ -182,13 +182,13 @@ def _corrupt_sweepgen(heap):
 
 def _corrupt_large_span(heap):
     s = _in_use_span(heap, small=False)
-    del heap.mheap.busy_large[s.id]
-    return lambda: heap.mheap.busy_large.__setitem__(s.id, s)
+    del heap._alloc.mheap.busy_large[s.id]
+    return lambda: heap._alloc.mheap.busy_large.__setitem__(s.id, s)
 
 
 def _corrupt_specials(heap):
-    heap.specials.finalizers += 1
-    return lambda: setattr(heap.specials, "finalizers", heap.specials.finalizers - 1)
+    heap._specials.finalizers += 1
+    return lambda: setattr(heap._specials, "finalizers", heap._specials.finalizers - 1)
 
 
 @pytest.mark.parametrize("corrupt, layer", [
@@ -240,9 +240,9 @@ def test_debug_verify_stops_the_collection_that_finds_corruption():
     with gcalloc.Heap(-1, debug="verify=1") as heap:
         keep = [heap.new(Pair) for _ in range(10)]
         heap.collect()
-        heap.stats.heap_inuse += 8192
+        heap._alloc.stats.heap_inuse += 8192
         with pytest.raises(HeapCorruption, match="heap_inuse"):
             heap.collect()
-        heap.stats.heap_inuse -= 8192
+        heap._alloc.stats.heap_inuse -= 8192
         heap.collect()
         del keep

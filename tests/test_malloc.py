@@ -8,6 +8,7 @@ not roots, so an automatic collection would free objects under them.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import types
 
 import pytest
@@ -31,6 +32,7 @@ from gcalloc.sizeclasses import (
     PAGE_SIZE,
     TINY_SIZE,
     class_to_size,
+    size_to_class,
 )
 
 PAGE = PAGE_SIZE
@@ -50,36 +52,36 @@ def page_round(n: int) -> int:
 
 # --- size 0 -----------------------------------------------------------------------------------
 
-def test_size_zero_returns_zerobase_every_time(h):
-    z = h.alloc(0)
+def test_size_zero_returns_zerobase_every_time(heap):
+    z = heap.alloc(0)
     assert z != 0
-    assert h.alloc(0) == z
-    assert h.alloc(0, noscan=True) == z
-    assert h.alloc(0, type=ctypes.c_uint64) == z
-    assert h.alloc(0, zero=False) == z
-    assert z == h.zerobase
+    assert heap.alloc(0) == z
+    assert heap.alloc(0, noscan=True) == z
+    assert heap.alloc(0, type=ctypes.c_uint64) == z
+    assert heap.alloc(0, zero=False) == z
+    assert z == heap._alloc.zerobase
 
 
-def test_zerobase_is_not_an_object(h):
-    z = h.alloc(0)
-    p = h.alloc(8)
-    before = h.read_memstats()
-    assert h.lookup(z) is None
-    assert h.usable_size(z) == 0
-    h.free(z)
-    h.free(z)           # freeing zerobase is a no-op, as often as you like
-    after = h.read_memstats()
+def test_zerobase_is_not_an_object(heap):
+    z = heap.alloc(0)
+    p = heap.alloc(8)
+    before = heap.read_memstats()
+    assert heap.lookup(z) is None
+    assert heap.usable_size(z) == 0
+    heap.free(z)
+    heap.free(z)           # freeing zerobase is a no-op, as often as you like
+    after = heap.read_memstats()
     assert after.mallocs == before.mallocs == 1
     assert after.frees == before.frees == 0
     assert after.lookups == before.lookups + 1
-    assert h.lookup(p) == (p, 8)
-    h.verify()
+    assert heap.lookup(p) == (p, 8)
+    heap.verify()
 
 
-def test_size_zero_is_not_counted(h):
+def test_size_zero_is_not_counted(heap):
     for _ in range(10):
-        h.alloc(0)
-    ms = h.read_memstats()
+        heap.alloc(0)
+    ms = heap.read_memstats()
     assert ms.mallocs == 0 and ms.total_alloc == 0 and ms.heap_objects == 0
 
 
@@ -97,12 +99,12 @@ def test_size_zero_is_not_counted(h):
     (2, 4, 4),
     (3, 8, 8),
 ])
-def test_tiny_alignment(h, first, second, offset):
-    a = h.alloc(first, noscan=True)
-    b = h.alloc(second, noscan=True)
+def test_tiny_alignment(heap, first, second, offset):
+    a = heap.alloc(first, noscan=True)
+    b = heap.alloc(second, noscan=True)
     assert a % TINY_SIZE == 0          # a fresh heap's first tiny object starts a block
     assert b == a + offset
-    assert h.lookup(b) == (a, TINY_SIZE)
+    assert heap.lookup(b) == (a, TINY_SIZE)
 
 
 def test_tiny_alignment_holds_for_every_size():
@@ -122,63 +124,63 @@ def test_tiny_alignment_holds_for_every_size():
                     assert b % TINY_SIZE == 0
 
 
-def test_tiny_objects_pack_into_one_block(h):
-    ps = [h.alloc(1, noscan=True) for _ in range(TINY_SIZE)]
+def test_tiny_objects_pack_into_one_block(heap):
+    ps = [heap.alloc(1, noscan=True) for _ in range(TINY_SIZE)]
     block = ps[0]
     assert ps == list(range(block, block + TINY_SIZE))
-    assert {h.lookup(p) for p in ps} == {(block, TINY_SIZE)}
-    q = h.alloc(1, noscan=True)           # the block is full: a new one
-    assert h.lookup(q) == (q, TINY_SIZE) and q != block
-    ms = h.read_memstats()
+    assert {heap.lookup(p) for p in ps} == {(block, TINY_SIZE)}
+    q = heap.alloc(1, noscan=True)           # the block is full: a new one
+    assert heap.lookup(q) == (q, TINY_SIZE) and q != block
+    ms = heap.read_memstats()
     assert ms.mallocs == TINY_SIZE + 1
     assert ms.heap_objects == 2           # two 16-byte blocks
     assert ms.by_size[2].mallocs == 2 and ms.by_size[2].size == 16
 
 
-def test_tiny_objects_share_their_block(h):
-    a = h.alloc(4, noscan=True)
-    b = h.alloc(4, noscan=True)
-    c = h.alloc(8, noscan=True)
+def test_tiny_objects_share_their_block(heap):
+    a = heap.alloc(4, noscan=True)
+    b = heap.alloc(4, noscan=True)
+    c = heap.alloc(8, noscan=True)
     assert (b, c) == (a + 4, a + 8)
     for p in (a, b, c):
-        assert h.lookup(p) == (a, TINY_SIZE)
+        assert heap.lookup(p) == (a, TINY_SIZE)
         with pytest.raises(TinyObjectFree):
-            h.free(p)
+            heap.free(p)
     ctypes.c_uint32.from_address(a).value = 0x11111111
     ctypes.c_uint32.from_address(b).value = 0x22222222
     ctypes.c_uint64.from_address(c).value = 0x3333333333333333
     assert ctypes.c_uint32.from_address(a).value == 0x11111111
     assert ctypes.c_uint32.from_address(b).value == 0x22222222
     assert ctypes.c_uint64.from_address(c).value == 0x3333333333333333
-    h.verify()
+    heap.verify()
 
 
-def test_tiny_block_replacement_keeps_new_block_with_more_room(h):
-    a = h.alloc(12, noscan=True)          # block A: 4 bytes left
-    b = h.alloc(8, noscan=True)           # does not fit: block B, 8 bytes left -> keep B
-    assert h.lookup(b) == (b, TINY_SIZE) and b != h.lookup(a)[0]
-    c = h.alloc(8, noscan=True)
+def test_tiny_block_replacement_keeps_new_block_with_more_room(heap):
+    a = heap.alloc(12, noscan=True)          # block A: 4 bytes left
+    b = heap.alloc(8, noscan=True)           # does not fit: block B, 8 bytes left -> keep B
+    assert heap.lookup(b) == (b, TINY_SIZE) and b != heap.lookup(a)[0]
+    c = heap.alloc(8, noscan=True)
     assert c == b + 8
 
 
-def test_tiny_block_replacement_keeps_old_block_with_more_room(h):
-    a = h.alloc(4, noscan=True)           # block A: 12 bytes left
-    b = h.alloc(15, noscan=True)          # does not fit after 4: block B, 1 byte left
-    assert h.lookup(b)[0] != a
-    c = h.alloc(4, noscan=True)           # A kept: 12 bytes left beats 1
+def test_tiny_block_replacement_keeps_old_block_with_more_room(heap):
+    a = heap.alloc(4, noscan=True)           # block A: 12 bytes left
+    b = heap.alloc(15, noscan=True)          # does not fit after 4: block B, 1 byte left
+    assert heap.lookup(b)[0] != a
+    c = heap.alloc(4, noscan=True)           # A kept: 12 bytes left beats 1
     assert c == a + 4
-    d = h.alloc(8, noscan=True)
+    d = heap.alloc(8, noscan=True)
     assert d == a + 8
 
 
-def test_tiny_only_for_noscan_below_16(h):
-    p16 = h.alloc(16, noscan=True)
-    assert h.usable_size(p16) == 16
-    q = h.alloc(16, noscan=True)
-    assert q != p16 and h.lookup(q) == (q, 16)
-    s1 = h.alloc(1)                       # scan objects never share: class 1 (8 B)
-    s2 = h.alloc(1)
-    assert h.usable_size(s1) == h.usable_size(s2) == 8
+def test_tiny_only_for_noscan_below_16(heap):
+    p16 = heap.alloc(16, noscan=True)
+    assert heap.usable_size(p16) == 16
+    q = heap.alloc(16, noscan=True)
+    assert q != p16 and heap.lookup(q) == (q, 16)
+    s1 = heap.alloc(1)                       # scan objects never share: class 1 (8 B)
+    s2 = heap.alloc(1)
+    assert heap.usable_size(s1) == heap.usable_size(s2) == 8
     assert abs(s2 - s1) >= 8
 
 
@@ -208,125 +210,125 @@ def test_tiny_block_is_recorded_when_its_refill_starts_a_collection():
 # --- size classes -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("noscan", [False, True])
-def test_every_size_class_boundary(h, noscan):
+def test_every_size_class_boundary(heap, noscan):
     for c in range(1, NUM_SIZE_CLASSES):
         for size in (class_to_size[c - 1] + 1, class_to_size[c]):
             if noscan and size < TINY_SIZE:
                 continue                  # the tiny allocator's, tested above
-            p = h.alloc(size, noscan=noscan)
-            assert h.usable_size(p) == class_to_size[c], (c, size)
-            assert h.lookup(p) == (p, class_to_size[c])
-            assert h.lookup(p + size - 1) == (p, class_to_size[c])
-            s = h.mheap.span_of(p)
+            p = heap.alloc(size, noscan=noscan)
+            assert heap.usable_size(p) == class_to_size[c], (c, size)
+            assert heap.lookup(p) == (p, class_to_size[c])
+            assert heap.lookup(p + size - 1) == (p, class_to_size[c])
+            s = heap._alloc.mheap.span_of(p)
             assert (s.sizeclass, s.noscan) == (c, noscan), (c, size)
             assert (p - s.base) % class_to_size[c] == 0
-    h.verify()
+    heap.verify()
 
 
-def test_objects_of_one_class_do_not_overlap(h):
+def test_objects_of_one_class_do_not_overlap(heap):
     for size in (8, 24, 48, 112, 1024, 1152, 4096, 27264):
-        ps = sorted(h.alloc(size) for _ in range(40))
-        step = h.usable_size(ps[0])
+        ps = sorted(heap.alloc(size) for _ in range(40))
+        step = heap.usable_size(ps[0])
         assert all(b - a >= step for a, b in zip(ps[:-1], ps[1:], strict=True)), size
-    h.verify()
+    heap.verify()
 
 
-def test_max_small_size_and_first_large_size(h):
-    p = h.alloc(MAX_SMALL_SIZE)
-    assert h.usable_size(p) == MAX_SMALL_SIZE
-    assert h.mheap.span_of(p).sizeclass == NUM_SIZE_CLASSES - 1
-    q = h.alloc(MAX_SMALL_SIZE + 1)
-    assert h.mheap.span_of(q).sizeclass == 0
-    assert h.usable_size(q) == page_round(MAX_SMALL_SIZE + 1)
+def test_max_small_size_and_first_large_size(heap):
+    p = heap.alloc(MAX_SMALL_SIZE)
+    assert heap.usable_size(p) == MAX_SMALL_SIZE
+    assert heap._alloc.mheap.span_of(p).sizeclass == NUM_SIZE_CLASSES - 1
+    q = heap.alloc(MAX_SMALL_SIZE + 1)
+    assert heap._alloc.mheap.span_of(q).sizeclass == 0
+    assert heap.usable_size(q) == page_round(MAX_SMALL_SIZE + 1)
 
 
 # --- large objects ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [32769, 40000, 65536, 100001, 1 << 20, (3 << 20) + 5])
-def test_large_object(h, size):
-    p = h.alloc(size, noscan=True)
-    s = h.mheap.span_of(p)
+def test_large_object(heap, size):
+    p = heap.alloc(size, noscan=True)
+    s = heap._alloc.mheap.span_of(p)
     assert s.sizeclass == 0 and s.base == p and p % PAGE == 0
     usable = page_round(size)
-    assert h.usable_size(p) == usable
+    assert heap.usable_size(p) == usable
     assert s.limit == p + usable          # the object owns its whole span
-    assert h.lookup(p) == (p, usable)
-    assert h.lookup(p + size // 2) == (p, usable)
-    assert h.lookup(p + size - 1) == (p, usable)
-    assert h.lookup(p + usable - 1) == (p, usable)
-    assert h.lookup(p + usable) is None or h.lookup(p + usable)[0] != p
+    assert heap.lookup(p) == (p, usable)
+    assert heap.lookup(p + size // 2) == (p, usable)
+    assert heap.lookup(p + size - 1) == (p, usable)
+    assert heap.lookup(p + usable - 1) == (p, usable)
+    assert heap.lookup(p + usable) is None or heap.lookup(p + usable)[0] != p
     with pytest.raises(InteriorPointer):
-        h.usable_size(p + 8)
+        heap.usable_size(p + 8)
     fill(p, usable)                        # every usable byte is the object's
     assert ctypes.string_at(p + usable - 4, 4) == b"\xa5" * 4
-    ms = h.read_memstats()
+    ms = heap.read_memstats()
     assert ms.by_size[0].mallocs == 1
     assert ms.total_alloc == page_round(size)
-    h.verify()
+    heap.verify()
 
 
-def test_large_objects_are_distinct(h):
-    ps = [h.alloc(50000 + i * 10000) for i in range(6)]
-    spans = [(p, p + h.usable_size(p)) for p in ps]
+def test_large_objects_are_distinct(heap):
+    ps = [heap.alloc(50000 + i * 10000) for i in range(6)]
+    spans = [(p, p + heap.usable_size(p)) for p in ps]
     spans.sort()
     assert all(a[1] <= b[0] for a, b in zip(spans[:-1], spans[1:], strict=True))
-    assert h.read_memstats().heap_objects == 6
+    assert heap.read_memstats().heap_objects == 6
 
 
 # --- zeroing ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size, noscan", [(64, False), (64, True), (24, True), (2048, False)])
-def test_reused_slots_are_zeroed(h, size, noscan):
+def test_reused_slots_are_zeroed(heap, size, noscan):
     n = 30
-    first = [h.alloc(size, noscan=noscan) for _ in range(n)]
+    first = [heap.alloc(size, noscan=noscan) for _ in range(n)]
     for p in first:
         fill(p, size)
     for p in first:
-        h.free(p)
-    again = [h.alloc(size, noscan=noscan) for _ in range(n)]
+        heap.free(p)
+    again = [heap.alloc(size, noscan=noscan) for _ in range(n)]
     assert set(again) & set(first)        # the same span's slots came back
     assert all(is_zero(p, size) for p in again)
-    h.verify()
+    heap.verify()
 
 
-def test_reused_tiny_block_is_zeroed(h):
-    big = [h.alloc(16, noscan=True) for _ in range(20)]      # 16-byte noscan: tiny's class
+def test_reused_tiny_block_is_zeroed(heap):
+    big = [heap.alloc(16, noscan=True) for _ in range(20)]      # 16-byte noscan: tiny's class
     for p in big:
         fill(p, 16)
     for p in big:
-        h.free(p)
-    tiny = [h.alloc(3, noscan=True) for _ in range(40)]
-    blocks = {h.lookup(p)[0] for p in tiny}
+        heap.free(p)
+    tiny = [heap.alloc(3, noscan=True) for _ in range(40)]
+    blocks = {heap.lookup(p)[0] for p in tiny}
     assert blocks & set(big)
     assert all(is_zero(b, TINY_SIZE) for b in blocks)
 
 
-def test_reused_large_object_is_zeroed(h):
+def test_reused_large_object_is_zeroed(heap):
     size = 100000
-    p = h.alloc(size, noscan=True)
+    p = heap.alloc(size, noscan=True)
     fill(p, size)
-    h.free(p)
-    q = h.alloc(size, noscan=True)
+    heap.free(p)
+    q = heap.alloc(size, noscan=True)
     assert q == p                          # best fit, lowest address
     assert is_zero(q, size)
 
 
-def test_zero_false_leaves_the_run_valid(h):
+def test_zero_false_leaves_the_run_valid(heap):
     size = 64
-    first = [h.alloc(size) for _ in range(20)]
+    first = [heap.alloc(size) for _ in range(20)]
     for p in first:
         fill(p, size)
     for p in first:
-        h.free(p)
-    raw = h.alloc(size, zero=False)        # rawmem: may hold old bytes, never asserted
-    rest = [h.alloc(size) for _ in range(19)]
+        heap.free(p)
+    raw = heap.alloc(size, zero=False)        # rawmem: may hold old bytes, never asserted
+    rest = [heap.alloc(size) for _ in range(19)]
     assert raw not in rest
     assert set(rest + [raw]) == set(first)
     assert all(is_zero(p, size) for p in rest)
     fill(raw, size, 0x5A)                  # the raw slot is a valid object of its own
     assert all(is_zero(p, size) for p in rest)
-    assert h.lookup(raw) == (raw, size)
-    h.verify()
+    assert heap.lookup(raw) == (raw, size)
+    heap.verify()
 
 
 class _ClearLog:
@@ -355,156 +357,157 @@ def memset_log(monkeypatch):
     return small, pages
 
 
-def test_fresh_memory_is_not_cleared(h, memset_log):
+def test_fresh_memory_is_not_cleared(heap, memset_log):
     small, pages = memset_log
     ps = []
     for size in (8, 16, 24, 100, 500, 1016, 1024, 5000, 32768):
-        ps += [h.alloc(size) for _ in range(3)]
-        ps += [h.alloc(size, noscan=True) for _ in range(3)]
-    ps += [h.alloc(3, noscan=True) for _ in range(40)]
-    ps += [h.alloc(40000), h.alloc(200000, noscan=True)]
+        ps += [heap.alloc(size) for _ in range(3)]
+        ps += [heap.alloc(size, noscan=True) for _ in range(3)]
+    ps += [heap.alloc(3, noscan=True) for _ in range(40)]
+    ps += [heap.alloc(40000), heap.alloc(200000, noscan=True)]
     assert small.calls == [] and pages.calls == []
     assert all(is_zero(p, 3) for p in ps)
 
 
-def test_dirty_memory_is_cleared_once_and_rawmem_never(h, memset_log):
+def test_dirty_memory_is_cleared_once_and_rawmem_never(heap, memset_log):
     small, pages = memset_log
-    p = h.alloc(48)
-    q = h.alloc(48)
-    h.free(q)
-    assert h.alloc(48) == q                # zero=True on a dirty span: cleared
+    p = heap.alloc(48)
+    q = heap.alloc(48)
+    heap.free(q)
+    assert heap.alloc(48) == q                # zero=True on a dirty span: cleared
     assert small.covers(q)
     small.calls.clear()
-    h.free(q)
-    assert h.alloc(48, zero=False) == q    # rawmem: not cleared
+    heap.free(q)
+    assert heap.alloc(48, zero=False) == q    # rawmem: not cleared
     assert not small.covers(q)
     assert not small.covers(p)
-    big = h.alloc(100000)
-    h.free(big)
-    assert h.alloc(100000, zero=False) == big
+    big = heap.alloc(100000)
+    heap.free(big)
+    assert heap.alloc(100000, zero=False) == big
     assert pages.calls == []
-    h.free(big)
-    assert h.alloc(100000) == big
+    heap.free(big)
+    assert heap.alloc(100000) == big
     assert pages.covers(big)
 
 
 # --- heap-profile sampling --------------------------------------------------------------------
 
 @pytest.fixture
-def samples(h):
+def samples(heap):
     log: list[tuple[int, int]] = []
-    h.on_sample = lambda p, size: log.append((p, size))
+    a = heap._alloc
+    a.hooks = dataclasses.replace(a.hooks, on_sample=lambda p, size: log.append((p, size)))
     return log
 
 
-def test_default_mem_profile_rate(h):
-    assert h.mem_profile_rate == 512 * 1024
+def test_default_mem_profile_rate(heap):
+    assert heap.mem_profile_rate == 512 * 1024
 
 
-def test_rate_one_samples_every_small_allocation(h, samples):
-    h.mem_profile_rate = 1
-    ps = [h.alloc(48) for _ in range(50)] + [h.alloc(2000, noscan=True) for _ in range(10)]
-    assert samples == [(p, h.usable_size(p)) for p in ps]
+def test_rate_one_samples_every_small_allocation(heap, samples):
+    heap.mem_profile_rate = 1
+    ps = [heap.alloc(48) for _ in range(50)] + [heap.alloc(2000, noscan=True) for _ in range(10)]
+    assert samples == [(p, heap.usable_size(p)) for p in ps]
 
 
-def test_rate_one_samples_each_new_tiny_block(h, samples):
-    h.mem_profile_rate = 1
-    a = h.alloc(8, noscan=True)            # new block: sampled as a 16-byte object
-    b = h.alloc(8, noscan=True)            # same block: Go returns before profiling
-    c = h.alloc(8, noscan=True)            # new block
+def test_rate_one_samples_each_new_tiny_block(heap, samples):
+    heap.mem_profile_rate = 1
+    a = heap.alloc(8, noscan=True)            # new block: sampled as a 16-byte object
+    b = heap.alloc(8, noscan=True)            # same block: Go returns before profiling
+    c = heap.alloc(8, noscan=True)            # new block
     assert b == a + 8
     assert samples == [(a, TINY_SIZE), (c, TINY_SIZE)]
 
 
-def test_rate_one_samples_large_allocations(h, samples):
-    h.mem_profile_rate = 1
-    p = h.alloc(100000)
+def test_rate_one_samples_large_allocations(heap, samples):
+    heap.mem_profile_rate = 1
+    p = heap.alloc(100000)
     assert [s[0] for s in samples] == [p]
 
 
-def test_sampled_size_is_the_usable_size(h, samples):
+def test_sampled_size_is_the_usable_size(heap, samples):
     """Go 1.16 mallocgc sets size = span.elemsize before profilealloc, for large objects
     too: the sample records the bytes the object occupies."""
-    h.mem_profile_rate = 1
-    ps = [h.alloc(100), h.alloc(40000), h.alloc(100001, noscan=True)]
-    assert samples == [(p, h.usable_size(p)) for p in ps]
+    heap.mem_profile_rate = 1
+    ps = [heap.alloc(100), heap.alloc(40000), heap.alloc(100001, noscan=True)]
+    assert samples == [(p, heap.usable_size(p)) for p in ps]
 
 
-def test_rate_zero_never_samples(h, samples):
-    h.mem_profile_rate = 0
+def test_rate_zero_never_samples(heap, samples):
+    heap.mem_profile_rate = 0
     for _ in range(2000):
-        h.alloc(512)
-        h.alloc(5, noscan=True)
+        heap.alloc(512)
+        heap.alloc(5, noscan=True)
     for _ in range(5):
-        h.alloc(1 << 20)
+        heap.alloc(1 << 20)
     assert samples == []
 
 
-def test_sampling_is_proportional_to_bytes(h, samples):
+def test_sampling_is_proportional_to_bytes(heap, samples):
     """Samples come every ~rate bytes even inside runs: a run stops short of the next
     sample. With 16-byte objects a run holds up to 64 of them (1 KiB); if runs ignored the
     countdown there would be at most one sample per KiB, a quarter of what is expected."""
     rate = 256
-    h.mem_profile_rate = rate
+    heap.mem_profile_rate = rate
     n = 20000
     ps = set()
     for _ in range(n):
-        ps.add(h.alloc(16))
+        ps.add(heap.alloc(16))
     expected = n * 16 / rate                # 1250, standard deviation ~35
     assert 0.8 * expected < len(samples) < 1.2 * expected
     assert all(p in ps and size == 16 for p, size in samples)
 
 
-def test_mem_profile_rate_change_applies_to_the_next_allocation(h, samples):
-    h.alloc(64)                            # reserves a run under the default rate
-    h.mem_profile_rate = 1
-    p = h.alloc(64)
+def test_mem_profile_rate_change_applies_to_the_next_allocation(heap, samples):
+    heap.alloc(64)                            # reserves a run under the default rate
+    heap.mem_profile_rate = 1
+    p = heap.alloc(64)
     assert samples == [(p, 64)]
-    h.verify()
+    heap.verify()
 
 
 @pytest.mark.parametrize("bad, exc", [
     (-1, InvalidSize), (-(1 << 70), InvalidSize), (1.5, InvalidArgument),
     ("512", InvalidArgument), (None, InvalidArgument), (True, InvalidArgument),
 ])
-def test_mem_profile_rate_validation(h, bad, exc):
-    h.mem_profile_rate = 4096
+def test_mem_profile_rate_validation(heap, bad, exc):
+    heap.mem_profile_rate = 4096
     with pytest.raises(exc):
-        h.mem_profile_rate = bad
-    assert h.mem_profile_rate == 4096
+        heap.mem_profile_rate = bad
+    assert heap.mem_profile_rate == 4096
 
 
 # --- argument errors --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [-1, -(1 << 64), MAX_ALLOC + 1, 1 << 64])
-def test_bad_sizes_raise_invalid_size(h, size):
+def test_bad_sizes_raise_invalid_size(heap, size):
     with pytest.raises(InvalidSize):
-        h.alloc(size)
+        heap.alloc(size)
     with pytest.raises(InvalidSize):
-        h.alloc(size, noscan=True)
-    assert h.read_memstats().mallocs == 0
+        heap.alloc(size, noscan=True)
+    assert heap.read_memstats().mallocs == 0
 
 
 @pytest.mark.parametrize("size", ["8", 8.0, 20.0, None, b"1", [8], True, False])
-def test_non_int_sizes_raise_invalid_argument(h, size):
+def test_non_int_sizes_raise_invalid_argument(heap, size):
     with pytest.raises(InvalidArgument):
-        h.alloc(size)
+        heap.alloc(size)
     with pytest.raises(InvalidArgument):
-        h.alloc(size, noscan=True)
-    assert h.read_memstats().mallocs == 0
-    h.verify()
+        heap.alloc(size, noscan=True)
+    assert heap.read_memstats().mallocs == 0
+    heap.verify()
 
 
-def test_typed_allocation_errors(h):
+def test_typed_allocation_errors(heap):
     with pytest.raises(InvalidSize):
-        h.alloc(12, type=ctypes.c_uint64)     # not a multiple of the type's size
+        heap.alloc(12, type=ctypes.c_uint64)     # not a multiple of the type's size
     with pytest.raises(InvalidArgument):
-        h.alloc(16, type=42)
+        heap.alloc(16, type=42)
     with pytest.raises(InvalidArgument):
-        h.alloc(16, type=ctypes.c_uint64(1))  # an instance, not a type
-    assert h.read_memstats().mallocs == 0
-    p = h.alloc(24, type=ctypes.c_uint64)     # an array of three
-    assert h.usable_size(p) == 24
+        heap.alloc(16, type=ctypes.c_uint64(1))  # an instance, not a type
+    assert heap.read_memstats().mallocs == 0
+    p = heap.alloc(24, type=ctypes.c_uint64)     # an array of three
+    assert heap.usable_size(p) == 24
 
 
 def test_errors_are_gcalloc_errors_and_builtins():
@@ -514,27 +517,27 @@ def test_errors_are_gcalloc_errors_and_builtins():
         assert issubclass(exc, GcallocError) and issubclass(exc, ValueError)
 
 
-def test_index_like_sizes_are_accepted(h):
+def test_index_like_sizes_are_accepted(heap):
     class Size:
         def __index__(self):
             return 40
 
-    p = h.alloc(Size())
-    assert h.usable_size(p) == 48
+    p = heap.alloc(Size())
+    assert heap.usable_size(p) == 48
 
 
 # --- MemStats object counts -------------------------------------------------------------------
 
-def test_memstats_counts_for_a_known_sequence(h):
+def test_memstats_counts_for_a_known_sequence(heap):
     for _ in range(3):
-        h.alloc(24)                        # class 3 (24 B), scan
+        heap.alloc(24)                        # class 3 (24 B), scan
     for _ in range(2):
-        h.alloc(100, noscan=True)          # class 112 B, noscan
-    h.alloc(40000)                         # large: 5 pages
+        heap.alloc(100, noscan=True)          # class 112 B, noscan
+    heap.alloc(40000)                         # large: 5 pages
     for _ in range(5):
-        h.alloc(3, noscan=True)            # 1 tiny block + 4 tiny allocations in it
-    h.alloc(0)                             # not counted
-    ms = h.read_memstats()
+        heap.alloc(3, noscan=True)            # 1 tiny block + 4 tiny allocations in it
+    heap.alloc(0)                             # not counted
+    ms = heap.read_memstats()
     assert ms.mallocs == 3 + 2 + 1 + 5
     assert ms.frees == 4                   # Go counts tiny allocations as freed at once
     assert ms.heap_objects == 3 + 2 + 1 + 1
@@ -547,13 +550,13 @@ def test_memstats_counts_for_a_known_sequence(h):
     assert len(ms.by_size) == NUM_SIZE_CLASSES
 
 
-def test_memstats_after_frees(h):
-    ps = [h.alloc(24) for _ in range(10)]
-    big = h.alloc(70000)
+def test_memstats_after_frees(heap):
+    ps = [heap.alloc(24) for _ in range(10)]
+    big = heap.alloc(70000)
     for p in ps[:4]:
-        h.free(p)
-    h.free(big)
-    ms = h.read_memstats()
+        heap.free(p)
+    heap.free(big)
+    ms = heap.read_memstats()
     assert (ms.mallocs, ms.frees, ms.heap_objects) == (11, 5, 6)
     assert ms.total_alloc == 10 * 24 + 9 * PAGE
     assert ms.heap_alloc == 6 * 24
@@ -561,9 +564,9 @@ def test_memstats_after_frees(h):
     assert rows[24] == (10, 4) and rows[0] == (1, 1)
 
 
-def test_memstats_do_not_count_reserved_run_slots(h):
-    h.alloc(8)                             # reserves a run of up to 63 more slots
-    ms = h.read_memstats()
+def test_memstats_do_not_count_reserved_run_slots(heap):
+    heap.alloc(8)                             # reserves a run of up to 63 more slots
+    ms = heap.read_memstats()
     assert ms.mallocs == 1 and ms.by_size[1].mallocs == 1 and ms.heap_alloc == 8
 
 
@@ -573,10 +576,44 @@ def test_collection_keeps_the_threads_tiny_block():
     next tiny allocation continues inside it, and the block's earlier objects stay live."""
     with gcalloc.Heap(gc_percent=-1, debug="") as heap:
         first = heap.alloc(4, noscan=True)
-        c = heap._tls.mcache
+        c = heap._alloc._tls.mcache
         block, used = c.tiny, c.tinyoffset
         heap.collect()
         assert (c.tiny, c.tinyoffset) == (block, used)
         assert heap.lookup(first) == (block, TINY_SIZE)
         assert heap.alloc(4, noscan=True) == block + used
         heap.verify()
+
+
+def test_fast_path_tables_agree_with_size_to_class(heap):
+    """The fast path's inline tables and _alloc_other's 128-byte index give the class
+    size_to_class gives, at every size up to SMALL_FAST_MAX and at every class boundary
+    above it."""
+    assert malloc_mod.SMALL_FAST_MAX == 1016
+    for n in range(1, malloc_mod.SMALL_FAST_MAX + 1):
+        assert malloc_mod._SCAN_SPC[n] >> 1 == size_to_class(n), n
+        assert malloc_mod._NOSCAN_SPC[n] == malloc_mod._SCAN_SPC[n] | 1
+    sizes = {malloc_mod.SMALL_FAST_MAX + 1, MAX_SMALL_SIZE}
+    for size in class_to_size[1:]:
+        if malloc_mod.SMALL_FAST_MAX < size:
+            sizes.update((size - 1, size, min(size + 1, MAX_SMALL_SIZE)))
+    for size in sorted(sizes):
+        p = heap.alloc(size, noscan=True)
+        s = heap._alloc.mheap.span_of(p)
+        assert s.spanclass == (size_to_class(size) << 1 | 1), size
+
+
+class _SlowPathTypeError(TypeError):
+    pass
+
+
+def test_type_error_from_a_slow_path_propagates(heap):
+    """Only the fast path's size test is guarded by ``except TypeError``: a TypeError (such
+    as InvalidArgument) raised by a slow path reaches the caller as it was raised."""
+    def broken(*args):
+        raise _SlowPathTypeError("from the slow path")
+
+    heap.alloc(8)      # the thread's mcache exists; its 64-byte run is still empty
+    heap._alloc._alloc_small = broken
+    with pytest.raises(_SlowPathTypeError):
+        heap.alloc(64)

@@ -18,7 +18,7 @@ SMALL = make_span_class(5, False)     # 48-byte objects, one page
 
 @pytest.fixture
 def mh(heap):
-    return heap.mheap
+    return heap._alloc.mheap
 
 
 def _pages(npages: int) -> int:

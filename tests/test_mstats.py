@@ -36,41 +36,41 @@ GO_SIZES = [
 
 # --- workloads -------------------------------------------------------------------------------
 
-def _empty(h):
+def _empty(heap):
     pass
 
 
-def _small(h):
-    ps = [h.alloc(n, noscan=bool(i & 1)) for i, n in enumerate(range(1, 3000, 7))]
+def _small(heap):
+    ps = [heap.alloc(n, noscan=bool(i & 1)) for i, n in enumerate(range(1, 3000, 7))]
     for p in ps[::2]:
-        h.free(p)
+        heap.free(p)
 
 
-def _large(h):
-    ps = [h.alloc(n * 40000, noscan=True) for n in range(1, 30)]
+def _large(heap):
+    ps = [heap.alloc(n * 40000, noscan=True) for n in range(1, 30)]
     for p in ps[1::2]:
-        h.free(p)
+        heap.free(p)
 
 
-def _manual(h):
-    h.alloc(64)
-    spans = [h.mheap.alloc_manual(n) for n in (1, 4, 9)]
-    h.mheap.free_manual(spans[1])
+def _manual(heap):
+    heap.alloc(64)
+    spans = [heap._alloc.mheap.alloc_manual(n) for n in (1, 4, 9)]
+    heap._alloc.mheap.free_manual(spans[1])
 
 
-def _scavenged(h):
-    _large(h)
-    p = h.alloc(3 * MiB, noscan=True)
+def _scavenged(heap):
+    _large(heap)
+    p = heap.alloc(3 * MiB, noscan=True)
     ctypes.memset(p, 7, 3 * MiB)
-    h.free(p)
-    h.free_os_memory()
-    h.alloc(MiB, noscan=True)        # reuses part of what was released
+    heap.free(p)
+    heap.free_os_memory()
+    heap.alloc(MiB, noscan=True)        # reuses part of what was released
 
 
-def _multi_arena(h):
-    p = h.alloc(70 * MiB, noscan=True)
-    h.alloc(100)
-    h.free(p)
+def _multi_arena(heap):
+    p = heap.alloc(70 * MiB, noscan=True)
+    heap.alloc(100)
+    heap.free(p)
 
 
 WORKLOADS = [_empty, _small, _large, _manual, _scavenged, _multi_arena]
@@ -81,12 +81,12 @@ def _sum_sys(m) -> int:
             + m.gc_sys + m.other_sys)
 
 
-def _mapped_bytes(h) -> int:
+def _mapped_bytes(heap) -> int:
     """Bytes the heap really holds from the OS, counted from its own records."""
-    arenas = h.mheap.arenas
+    arenas = heap._alloc.mheap.arenas
     return (sum(n for _, n in arenas.reservations)
             + arenas._bitmap_region.mapped_bytes + arenas._pages_region.mapped_bytes
-            + h.mheap.gcbits._linear.mapped_bytes + h.persistent.mapped_bytes)
+            + heap._alloc.mheap.gcbits._linear.mapped_bytes + heap._alloc.persistent.mapped_bytes)
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=lambda f: f.__name__.strip("_"))
@@ -102,7 +102,7 @@ def test_invariants(heap, workload):
     assert m.mspan_inuse <= m.mspan_sys and m.mcache_inuse <= m.mcache_sys
     assert m.stack_inuse <= m.stack_sys
     # heap_sys is the arena space, less what manual spans took out.
-    reserved = sum(n for _, n in heap.mheap.arenas.reservations)
+    reserved = sum(n for _, n in heap._alloc.mheap.arenas.reservations)
     assert m.heap_sys == reserved - m.stack_inuse
     # Every byte mapped is counted: sys is what is mapped plus the notional fixalloc chunks
     # (mspan/mcache records live on the Python heap and are charged as Go would).
@@ -190,14 +190,14 @@ def test_lookups_counted(heap):
 
 # --- close -----------------------------------------------------------------------------------
 
-def _heap_ranges(h) -> list[tuple[int, int]]:
+def _heap_ranges(heap) -> list[tuple[int, int]]:
     """Every address range the heap took from the OS: arenas, metadata regions, gcBits,
     persistentalloc chunks."""
-    arenas = h.mheap.arenas
+    arenas = heap._alloc.mheap.arenas
     ranges = [(b, b + n) for b, n in arenas.reservations]
-    for region in (arenas._bitmap_region, arenas._pages_region, h.mheap.gcbits._linear):
+    for region in (arenas._bitmap_region, arenas._pages_region, heap._alloc.mheap.gcbits._linear):
         ranges.append((region.base, region.end))
-    ranges += [(b, b + n) for b, n in h.persistent.mappings()]
+    ranges += [(b, b + n) for b, n in heap._alloc.persistent.mappings()]
     return ranges
 
 

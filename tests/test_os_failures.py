@@ -102,99 +102,99 @@ def _make_inner(name: str) -> tuple[Any, Callable[[], list]]:
 
 # --- the operations ---------------------------------------------------------------------------
 
-def _garbage(h: gcalloc.Heap) -> None:
+def _garbage(heap: gcalloc.Heap) -> None:
     for n in (16, 48, 100, 700, 3000, 20000):
         for _ in range(50):
-            h.alloc(n)
+            heap.alloc(n)
     for _ in range(4):
-        h.alloc(200000)
+        heap.alloc(200000)
 
 
-def _little_garbage(h: gcalloc.Heap) -> None:
+def _little_garbage(heap: gcalloc.Heap) -> None:
     for n in (16, 48, 100, 700, 3000, 20000, 200000):
         for _ in range(3):
-            h.alloc(n)
+            heap.alloc(n)
 
 
-def _released_span(h: gcalloc.Heap) -> None:
-    h.alloc(16)
-    h.free(h.alloc(300000))
-    h.scavenge(-1.0)
+def _released_span(heap: gcalloc.Heap) -> None:
+    heap.alloc(16)
+    heap.free(heap.alloc(300000))
+    heap.scavenge(-1.0)
 
 
-def _partly_released_span(h: gcalloc.Heap) -> None:
+def _partly_released_span(heap: gcalloc.Heap) -> None:
     # The freed large span coalesces with the untouched (released) rest of the arena.
-    h.alloc(16)
-    h.free(h.alloc(300000))
+    heap.alloc(16)
+    heap.free(heap.alloc(300000))
 
 
-def _many_spans(h: gcalloc.Heap) -> None:
+def _many_spans(heap: gcalloc.Heap) -> None:
     # One object per span: sweeping them needs more than one gcBits chunk of mark bits.
     for _ in range(4000):
-        h.alloc(8000)
+        heap.alloc(8000)
 
 
-def _many_typed_spans(h: gcalloc.Heap) -> None:
+def _many_typed_spans(heap: gcalloc.Heap) -> None:
     # Typed spans are swept one at a time (sweep.py's per-span path), each taking new bits.
     for _ in range(3000):
-        h.alloc(8000, ctypes.c_void_p * 1000)
+        heap.alloc(8000, ctypes.c_void_p * 1000)
 
 
-def _unswept_typed_spans(h: gcalloc.Heap) -> None:
+def _unswept_typed_spans(heap: gcalloc.Heap) -> None:
     """Garbage in typed spans left unswept by an automatic (unforced) cycle: the next
     allocations of that class sweep them through mcentral."""
-    _many_typed_spans(h)
-    h.set_gc_percent(1)
-    h.gc.collect(forced=False)
-    h.set_gc_percent(-1)
+    _many_typed_spans(heap)
+    heap.set_gc_percent(1)
+    heap._gc.collect(forced=False)
+    heap.set_gc_percent(-1)
 
 
-def _alloc_typed_spans(h: gcalloc.Heap, st: Any) -> None:
-    _many_typed_spans(h)
+def _alloc_typed_spans(heap: gcalloc.Heap, st: Any) -> None:
+    _many_typed_spans(heap)
 
 
-def _free_spans_apart(h: gcalloc.Heap) -> None:
+def _free_spans_apart(heap: gcalloc.Heap) -> None:
     """Several free spans, none fully released, kept apart by live ones."""
-    h.alloc(16)
-    big = [h.alloc(100000) for _ in range(8)]
+    heap.alloc(16)
+    big = [heap.alloc(100000) for _ in range(8)]
     for p in big[::2]:
-        h.free(p)
+        heap.free(p)
 
 
-def _alloc_until_os_call(h: gcalloc.Heap, st: Any) -> None:
+def _alloc_until_os_call(heap: gcalloc.Heap, st: Any) -> None:
     """Allocate from a class whose mcache span fills up, until a refill needs the OS."""
     with gos.record_calls() as calls:
         for _ in range(100000):
-            h.alloc(48)
+            heap.alloc(48)
             if calls:
                 return
     raise AssertionError("no OS call")
 
 
-def _persistent_sys(h: gcalloc.Heap) -> int:
+def _persistent_sys(heap: gcalloc.Heap) -> int:
     """Bytes persistentalloc has mapped for the heap's small records: grows by a chunk."""
-    return h.stats.other_sys.value + h.stats.buckhash_sys.value
+    return heap._alloc.stats.other_sys.value + heap._alloc.stats.buckhash_sys.value
 
 
-def _fill_persistent_chunk(h: gcalloc.Heap) -> None:
+def _fill_persistent_chunk(heap: gcalloc.Heap) -> None:
     """Use up persistentalloc's current chunk, so that the next record needs a new one."""
-    p = h.persistent
+    p = heap._alloc.persistent
     while p._off + 2048 <= PERSISTENT_CHUNK_SIZE:
         p.alloc(1024)
 
 
-def _finalizer_targets(h: gcalloc.Heap) -> list[int]:
-    ps = [h.alloc(64) for _ in range(100)]
-    _fill_persistent_chunk(h)
+def _finalizer_targets(heap: gcalloc.Heap) -> list[int]:
+    ps = [heap.alloc(64) for _ in range(100)]
+    _fill_persistent_chunk(heap)
     return ps
 
 
-def _set_finalizers(h: gcalloc.Heap, ps: list[int]) -> None:
+def _set_finalizers(heap: gcalloc.Heap, ps: list[int]) -> None:
     """Set finalizers until their records take a new persistentalloc chunk."""
-    before = _persistent_sys(h)
+    before = _persistent_sys(heap)
     for p in ps:
-        h.set_finalizer(p, _no_op)
-        if _persistent_sys(h) != before:
+        heap.set_finalizer(p, _no_op)
+        if _persistent_sys(heap) != before:
             return
     raise AssertionError("no new persistentalloc chunk")
 
@@ -203,18 +203,18 @@ def _no_op(p: int) -> None:
     pass
 
 
-def _sampled_history(h: gcalloc.Heap) -> None:
-    h.alloc(16)
-    _fill_persistent_chunk(h)
-    h.mem_profile_rate = 1     # every allocation sampled
+def _sampled_history(heap: gcalloc.Heap) -> None:
+    heap.alloc(16)
+    _fill_persistent_chunk(heap)
+    heap.mem_profile_rate = 1     # every allocation sampled
 
 
-def _sampled_allocs(h: gcalloc.Heap, st: Any) -> None:
+def _sampled_allocs(heap: gcalloc.Heap, st: Any) -> None:
     """Sampled allocations until their profile records take a new persistentalloc chunk."""
-    before = _persistent_sys(h)
+    before = _persistent_sys(heap)
     for i in range(100):
-        h.alloc(16 + i % 512)
-        if _persistent_sys(h) != before:
+        heap.alloc(16 + i % 512)
+        if _persistent_sys(heap) != before:
             return
     raise AssertionError("no new persistentalloc chunk")
 
@@ -270,16 +270,16 @@ def _heap(op: Op) -> gcalloc.Heap:
     return h
 
 
-def _after(h: gcalloc.Heap) -> None:
+def _after(heap: gcalloc.Heap) -> None:
     """The heap is valid and usable after a failed operation."""
-    h.verify()
-    for fa in (h.specials.finalizer_alloc, h.specials.profile_alloc):
+    heap.verify()
+    for fa in (heap._specials.finalizer_alloc, heap._specials.profile_alloc):
         # what the record allocator counts is what it took from persistentalloc
         assert fa.sys_bytes == fa._sys_stat.value, f"{fa!r} charged {fa._sys_stat!r}"
-    h.alloc(64)
-    h.alloc(100000)
-    h.collect()
-    h.verify()
+    heap.alloc(64)
+    heap.alloc(100000)
+    heap.collect()
+    heap.verify()
 
 
 @dataclass
@@ -358,7 +358,7 @@ def _inject(op: Op | None, k: int) -> str | None:
         failed = calls[k] if k < len(calls) else None
         if raised is None and failed not in op.absorbs:
             return f"completed although {failed} failed" if failed else "call never made"
-        if raised is None and failed == "sys_fault" and h.efence_unprotected != 1:
+        if raised is None and failed == "sys_fault" and h._alloc.efence_unprotected != 1:
             return "an unprotected efence span was not counted"
         if op.name == "close":
             h.close()           # a failed close is finished by the next one

@@ -83,7 +83,7 @@ def test_free_os_memory_returns_rss(heap, rss):
 # --- the idle limit --------------------------------------------------------------------------
 
 def test_scavenge_respects_limit(heap, clock):
-    mh = heap.mheap
+    mh = heap._alloc.mheap
     a = mh.alloc(4, LARGE, False)
     mh.alloc(1, LARGE, False)
     b = mh.alloc(4, LARGE, False)
@@ -110,7 +110,7 @@ def test_free_os_memory_releases_everything(heap):
     heap.free(p)
     heap.free_os_memory()
     m = heap.read_memstats()
-    assert all(s.npreleased == s.npages for s in heap.mheap.free_spans())
+    assert all(s.npreleased == s.npages for s in heap._alloc.mheap.free_spans())
     assert m.heap_released == m.heap_idle
     heap.verify()
 
@@ -136,7 +136,7 @@ def test_released_span_reused_is_ready_and_zero(heap):
 # --- coalescing keeps npreleased right -------------------------------------------------------
 
 def test_coalescing_released_and_dirty_spans(heap):
-    mh = heap.mheap
+    mh = heap._alloc.mheap
     a = mh.alloc(4, LARGE, False)
     b = mh.alloc(6, LARGE, False)
     mh.alloc(1, LARGE, False)
@@ -156,7 +156,7 @@ def test_coalescing_released_and_dirty_spans(heap):
 
 
 def test_split_of_partly_released_span_makes_it_ready(heap):
-    mh = heap.mheap
+    mh = heap._alloc.mheap
     a = mh.alloc(4, LARGE, False)
     b = mh.alloc(6, LARGE, False)
     mh.alloc(1, LARGE, False)
@@ -175,7 +175,7 @@ def test_split_of_partly_released_span_makes_it_ready(heap):
 
 
 def test_split_of_fully_released_span_keeps_rest_released(heap):
-    mh = heap.mheap
+    mh = heap._alloc.mheap
     s = mh.alloc(8, LARGE, False)
     mh.alloc(1, LARGE, False)
     base = s.base
@@ -201,7 +201,7 @@ def test_background_scavenger_releases_and_stops(heap, scavenged):
     heap.alloc(100000)
     heap.free(p)
     r0 = heap.read_memstats().heap_released
-    sc = Scavenger(heap.mheap, period=0.05, limit=0)
+    sc = Scavenger(heap._alloc.mheap, period=0.05, limit=0)
     try:
         assert scavenged(lambda: sc.released >= 2 * MiB)
         assert heap.read_memstats().heap_released - r0 >= 2 * MiB

@@ -56,7 +56,7 @@ OPS = ("small", "medium", "large", "typed", "tiny", "free", "handle", "root", "u
 WEIGHTS = (30, 6, 1, 10, 6, 25, 5, 5, 5, 3, 0.004)
 
 
-def _soak(h: gcalloc.Heap, tid: int, counts: dict, start: threading.Barrier,
+def _soak(heap: gcalloc.Heap, tid: int, counts: dict, start: threading.Barrier,
           fins: dict[int, list[int]], fin_lock: threading.Lock) -> list:
     rng = random.Random(1000 + tid)
     raw: dict[int, tuple[int, int]] = {}       # rooted raw objects: address -> (size, pattern)
@@ -78,9 +78,9 @@ def _soak(h: gcalloc.Heap, tid: int, counts: dict, start: threading.Barrier,
         nonlocal seq
         seq += 1
         pat = (tid << 56) | seq
-        with h.no_gc():          # until add_root, nothing roots p (Heap.new does the same)
-            p = h.alloc(size, noscan=noscan)
-            h.add_root(p)
+        with heap.no_gc():          # until add_root, nothing roots p (Heap.new does the same)
+            p = heap.alloc(size, noscan=noscan)
+            heap.add_root(p)
         u64(p).value = pat
         u64(p + ((size - 8) & ~7)).value = pat ^ MASK
         raw[p] = (size, pat)
@@ -106,7 +106,7 @@ def _soak(h: gcalloc.Heap, tid: int, counts: dict, start: threading.Barrier,
             new_raw(rng.randrange(32769, 300_000), rng.random() < 0.7)
         elif op == "typed":
             seq += 1
-            hd = h.new(Cell, rng.randrange(2, 5))    # an array: view[0] is a Cell
+            hd = heap.new(Cell, rng.randrange(2, 5))    # an array: view[0] is a Cell
             tag = (tid << 56) | seq
             hd.view[0].tag = tag
             if typed and rng.random() < 0.5:
@@ -118,40 +118,40 @@ def _soak(h: gcalloc.Heap, tid: int, counts: dict, start: threading.Barrier,
                         bad.append((tid, "typed", hex(old.addr)))
                 del typed[:200]
         elif op == "tiny":
-            h.alloc(rng.randrange(1, 16), noscan=True)   # garbage at once; never freed
+            heap.alloc(rng.randrange(1, 16), noscan=True)   # garbage at once; never freed
         elif op == "free" and raw:
             p = pick()
             size, pat = raw.pop(p)
             check(p, size, pat)
-            with h.no_gc():      # unrooted and not yet freed: another cycle would free it
+            with heap.no_gc():      # unrooted and not yet freed: another cycle would free it
                 while p in extra:
                     extra.remove(p)
-                    h.remove_root(p)
-                h.remove_root(p)
-                h.free(p)
+                    heap.remove_root(p)
+                heap.remove_root(p)
+                heap.free(p)
         elif op == "handle" and raw:
             p = pick()
-            hd = h.handle(p)
-            if hd.addr != p or h.lookup(p) != (p, h.usable_size(p)):
+            hd = heap.handle(p)
+            if hd.addr != p or heap.lookup(p) != (p, heap.usable_size(p)):
                 bad.append((tid, "handle", hex(p)))
             hd.release()
         elif op == "root" and raw:
             p = pick()
-            h.add_root(p)
+            heap.add_root(p)
             extra.append(p)
         elif op == "unroot" and extra:
-            h.remove_root(extra.pop(rng.randrange(len(extra))))
+            heap.remove_root(extra.pop(rng.randrange(len(extra))))
         elif op == "finalizer" and raw:
             p = pick()
             if p not in extra:
                 size, pat = raw.pop(p)
                 check(p, size, pat)
-                h.set_finalizer(p, finalizer)
+                heap.set_finalizer(p, finalizer)
                 with fin_lock:
                     fins.setdefault(p, [0, 0])[0] += 1   # [set, run]: an address is reused
-                h.remove_root(p)                 # unreachable: the next cycle queues it
+                heap.remove_root(p)                 # unreachable: the next cycle queues it
         elif op == "collect":
-            h.collect()
+            heap.collect()
     for p, (size, pat) in raw.items():
         check(p, size, pat)
     for hd, tag in typed:

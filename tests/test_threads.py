@@ -36,7 +36,7 @@ def _sizes(rng: random.Random) -> tuple[int, bool]:
     return rng.randrange(16, 1017), rng.random() < 0.5
 
 
-def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> None:
+def _stress(heap: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> None:
     rng = random.Random(tid)
     live: dict[int, tuple[int, int]] = {}     # address -> (size, pattern)
     tiny: dict[int, int] = {}                 # tiny objects: never freed (TinyObjectFree)
@@ -48,7 +48,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
         if u64(p).value != pat or u64(last).value != pat ^ MASK:
             bad.append((tid, p, size))
 
-    first = h.alloc(16)                       # attaches this thread's mcache
+    first = heap.alloc(16)                       # attaches this thread's mcache
     u64(first).value = 0
     u64(first + 8).value = MASK
     live[first] = (16, 0)
@@ -60,12 +60,12 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
             seq += 1
             pat = (tid << 56) | seq
             if rng.random() < 0.03:
-                p = h.alloc(8, noscan=True)   # tiny: shares a block with others
+                p = heap.alloc(8, noscan=True)   # tiny: shares a block with others
                 u64(p).value = pat
                 tiny[p] = pat
             else:
                 size, noscan = _sizes(rng)
-                p = h.alloc(size, noscan=noscan)
+                p = heap.alloc(size, noscan=noscan)
                 if p in live:
                     bad.append((tid, p, "handed out twice"))
                 u64(p).value = pat
@@ -77,7 +77,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
         for p in victims:
             size, pat = live.pop(p)
             check(p, size, pat)
-            h.free(p)
+            heap.free(p)
             freed += 1
     for p, (size, pat) in live.items():
         check(p, size, pat)
@@ -85,7 +85,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
         if u64(p).value != pat:
             bad.append((tid, p, "tiny"))
     for p in live:
-        h.free(p)
+        heap.free(p)
         freed += 1
     out[tid] = (made, freed, bad, list(tiny))
 
@@ -93,7 +93,7 @@ def _stress(h: gcalloc.Heap, tid: int, out: dict, start: threading.Barrier) -> N
 def test_eight_threads_alloc_write_free():
     h = gcalloc.Heap(gc_percent=-1, scavenger=False, debug="")
     try:
-        mcaches_before = len(h.mcaches)
+        mcaches_before = len(h._alloc.mcaches)
         out: dict = {}
         errors: list[BaseException] = []
         start = threading.Barrier(THREADS + 1)
@@ -111,7 +111,7 @@ def test_eight_threads_alloc_write_free():
             t.start()
         start.wait()
         # Every thread has allocated once and waits at the barrier: one mcache each.
-        assert len(h.mcaches) == mcaches_before + THREADS
+        assert len(h._alloc.mcaches) == mcaches_before + THREADS
         for t in threads:
             t.join()
         assert not errors, errors
@@ -119,7 +119,7 @@ def test_eight_threads_alloc_write_free():
         problems = [b for made, freed, bad, _ in out.values() for b in bad]
         assert problems == []
         gc.collect()
-        assert len(h.mcaches) == mcaches_before
+        assert len(h._alloc.mcaches) == mcaches_before
         h.verify()
         ms = h.read_memstats()
         tiny = [p for *_, t in out.values() for p in t]
@@ -157,20 +157,20 @@ def test_thread_exit_gives_the_mcache_back():
             t.start()
         try:
             ready.wait()
-            assert len(h.mcaches) == 4        # the four threads are alive, one mcache each
+            assert len(h._alloc.mcaches) == 4        # the four threads are alive, one mcache each
             assert h.read_memstats().mcache_inuse == 4 * MCACHE_RECORD_BYTES
         finally:
             leave.set()
             for t in threads:
                 t.join()
         gc.collect()
-        assert len(h.mcaches) == 0
+        assert len(h._alloc.mcaches) == 0
         ms = h.read_memstats()
         assert ms.mcache_inuse == 0
         assert (ms.mallocs, ms.heap_objects) == (20, 20)
         assert ms.heap_alloc == 4 * (24 + 24 + 208 + 5376 + 13 * 8192)
         # Their spans went back to mcentral: nothing is cached, every object survives.
-        assert all(h.mheap.span_of(p).cached_by is None for p in kept)
+        assert all(h._alloc.mheap.span_of(p).cached_by is None for p in kept)
         assert all(h.lookup(p) == (p, h.usable_size(p)) for p in kept)
         h.verify()
         for p in kept:                       # and another thread can free them
@@ -191,7 +191,7 @@ def test_thread_exit_with_a_tiny_block_and_runs():
         t.start()
         t.join()
         gc.collect()
-        assert len(h.mcaches) == 0
+        assert len(h._alloc.mcaches) == 0
         tiny, small = got
         assert h.lookup(tiny) == (tiny, 16)
         assert h.lookup(small + 64) is None  # the unused run came back as free slots

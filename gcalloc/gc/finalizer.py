@@ -32,16 +32,20 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gcalloc.errors import (
     FinalizerAlreadySet,
     FinalizerNotCallable,
-    HeapClosed,
     InteriorPointer,
     NotHeapPointer,
 )
+
+if TYPE_CHECKING:
+    from gcalloc.gc.mgc import Collector
+    from gcalloc.gc.specials import Specials
 
 __all__ = ["FinalizerAlreadySet", "FinalizerNotCallable", "NotHeapPointer", "InteriorPointer",
            "FinalizerQueue", "Finalizers"]
@@ -143,14 +147,14 @@ class FinalizerQueue:
 
 class Finalizers:
     """The finalizer side of one heap: the SetFinalizer contract, the collector's pass and
-    the queue. ``heap`` gives find_object/span_of/zerobase/ensure_swept and the collector."""
+    the queue, for ``collector`` and its allocator."""
 
-    def __init__(self, heap, specials) -> None:
-        self.heap = heap
+    def __init__(self, collector: Collector, specials: Specials) -> None:
+        self.collector = collector
+        self.allocator = collector.allocator
         self.specials = specials
         self.queue = FinalizerQueue()
         self.queued_total = 0
-        collector = heap.gc
         collector.extra_roots.append(self.queue.pending_addresses)
         collector.after_mark.append(self.after_mark)
         collector.after_cycle.append(self.queue.wake)
@@ -163,13 +167,12 @@ class Finalizers:
         if fn is not None and not callable(fn):
             raise FinalizerNotCallable(f"finalizer must be callable or None, not "
                                        f"{type(fn).__name__}")
-        heap = self.heap
+        allocator = self.allocator
         # No collection while the specials change; inside(): close() waits for this call.
-        with heap.gc.lock, heap.inside():
-            p = heap._check_addr(p)
-            if heap.closed:
-                raise HeapClosed("heap is closed")
-            if p == heap.zerobase:
+        with self.collector.lock, allocator.inside():
+            p = allocator.check_addr(p)
+            allocator.check_open()
+            if p == allocator.zerobase:
                 return                     # zero-size objects: accepted, never run
             s, offset = self._object_offset(p)
             if fn is None:
@@ -182,11 +185,10 @@ class Finalizers:
     def _object_offset(self, p: int):
         """(span, offset of p in it) for a valid SetFinalizer target, after sweeping the span
         (so a dead object is not mistaken for a live one)."""
-        heap = self.heap
-        s = heap.mheap.span_of_heap(p)
+        s = self.allocator.mheap.span_of_heap(p)
         if s is not None:
-            heap.gc.sweeper.ensure_swept(s)
-        found = heap.find_object(p)
+            self.collector.sweeper.ensure_swept(s)
+        found = self.allocator.find_object(p)
         if found is None:
             raise NotHeapPointer(f"set_finalizer: {p:#x} is not an allocated object of "
                                  f"this heap", p)

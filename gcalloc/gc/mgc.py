@@ -6,7 +6,7 @@
             ─ batch-sweep the spans that need no per-object work
             ─ pacing, statistics ─ [collect(): sweep everything] ─ start the world
 
-Stopping the world (malloc.World, shared with close()): every thread that enters the
+Stopping the world (world.World, shared with close()): every thread that enters the
 allocator's slow paths (or free, or the calls that read heap memory) passes a safepoint that
 parks it while a collection runs; the collector waits until no other thread is inside one (the
 mcaches' ``mallocing`` flags). The allocation fast path is a single atomic step (a run
@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,15 +37,18 @@ from gcalloc.gc.mark import Marker, MarkScratch
 from gcalloc.gc.pacer import Pacer
 from gcalloc.gc.roots import RootSet
 from gcalloc.gc.sweep import Sweeper
+from gcalloc.gc.view import AllocatorView
 
 
 class Collector:
     """The collector of one heap."""
 
-    def __init__(self, heap, gc_percent: int, debug: DebugFlags) -> None:
-        self.heap = heap
+    def __init__(self, allocator: AllocatorView, gc_percent: int, debug: DebugFlags,
+                 verify: Callable[[], None]) -> None:
+        self.allocator = allocator
+        self.verify = verify      # the whole heap's verify, for debug=verify=1
         self.roots = RootSet()
-        self.sweeper = Sweeper(heap)
+        self.sweeper = Sweeper(allocator)
         self.pacer = Pacer(gc_percent)
         self.lock = threading.RLock()       # one cycle at a time; Heap.no_gc() holds it
         self.inhibit = 0                    # no_gc() depth: automatic cycles wait
@@ -94,14 +98,14 @@ class Collector:
     # --- the cycle ---------------------------------------------------------------------
 
     def _cycle(self, forced: bool, extra: list[int]) -> None:
-        heap = self.heap
+        allocator = self.allocator
         wall0, cpu0 = time.perf_counter(), time.process_time()
         start_s = time.monotonic() - self.created
         heap_start = self.pacer.heap_live
-        heap.stop_the_world()
+        allocator.stop_the_world()
         try:
             self.sweeper.finish()
-            heap.flush_mcaches()
+            allocator.flush_mcaches()
             wall1, cpu1 = time.perf_counter(), time.process_time()
             marker = self._mark(extra)
             heap_end = self.pacer.heap_live
@@ -114,12 +118,12 @@ class Collector:
             wall3, cpu3 = time.perf_counter(), time.process_time()
             self._account(forced, wall0, wall3)
             if self.debug.verify:
-                heap.verify()   # world still stopped: no thread changes what it reads
+                self.verify()   # world still stopped: no thread changes what it reads
         finally:
             # A cycle that raised leaves no marker behind: allocating black into it would
             # slow every allocation and grow its list until the next cycle.
-            heap.marking = None
-            heap.start_the_world()
+            allocator.marking = None
+            allocator.start_the_world()
         if self.debug.gctrace:
             trace.emit(trace.CycleTimes(
                 self.num_gc, start_s, wall1 - wall0, wall2 - wall1, wall3 - wall2,
@@ -127,18 +131,18 @@ class Collector:
                 self.pacer.next_gc, forced, self.gc_cpu_fraction(), self.mark_workers))
 
     def _mark(self, extra: list[int]) -> Marker:
-        heap = self.heap
-        with heap.mheap.lock:
+        allocator = self.allocator
+        with allocator.mheap.lock:
             # Faulted (efence) spans hold no object and must not be read.
-            spans = heap.mheap.in_use_spans()
-            if heap.efence:
+            spans = allocator.mheap.in_use_spans()
+            if allocator.efence:
                 spans = [s for s in spans if not s.faulted]
         kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
                                                           self.scalar_frontier}
-        marker = Marker(heap.mheap, spans, pool=self._mark_pool(),
+        marker = Marker(allocator.mheap, spans, pool=self._mark_pool(),
                         scratch=self.mark_scratch, **kwargs)
-        heap.marking = marker
-        tiny = [c.tiny for c in heap.mcaches if c.tiny]
+        allocator.marking = marker
+        tiny = [c.tiny for c in allocator.mcaches if c.tiny]
         with self.roots.lock:
             candidates = self.roots.candidates(extra + tiny)
         parts = [candidates] + [fn() for fn in self.extra_roots]
@@ -148,9 +152,9 @@ class Collector:
         return marker
 
     def _terminate(self, marker: Marker) -> int:
-        heap = self.heap
+        allocator = self.allocator
         marker.finish()
-        heap.marking = None
+        allocator.marking = None
         marked = _marked_bytes(marker)
         self.sweeper.start_cycle(marker.spans)
         self.pacer.cycle_done(marked)

@@ -32,15 +32,16 @@ import numpy as np
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.gc import bitmap
+from gcalloc.gc.view import AllocatorView
 from gcalloc.mspan import MASK64, SPAN_IN_USE, MSpan
 
 
 class Sweeper:
     """The sweep state of one heap."""
 
-    def __init__(self, alloc) -> None:
-        self.alloc = alloc
-        self.mheap = alloc.mheap
+    def __init__(self, allocator: AllocatorView) -> None:
+        self.allocator = allocator
+        self.mheap = allocator.mheap
         self.large_lock = threading.Lock()
         self.unswept: list[MSpan] = []    # spans to sweep this cycle (snapshot at termination)
         self.on_free_objects = None       # specials hook: fn(span, freed slot list)
@@ -53,7 +54,7 @@ class Sweeper:
         """Mark termination: every in-use span now needs sweeping (h.sweepgen += 2)."""
         self.mheap.sweepgen += 2
         self.unswept = list(in_use)
-        self.alloc.mheap.gcbits.next_epoch()
+        self.mheap.gcbits.next_epoch()
 
     def done(self) -> bool:
         return not self.unswept
@@ -72,7 +73,7 @@ class Sweeper:
                     return False
                 s.sweepgen = self.mheap.sweepgen - 1
                 return self.sweep(s, False)
-        central = self.alloc.central[s.spanclass]
+        central = self.allocator.central[s.spanclass]
         with central.lock:
             if s.state != SPAN_IN_USE or s.sweepgen != self.mheap.sweepgen - 2:
                 return False
@@ -137,8 +138,8 @@ class Sweeper:
         # files spans with push's and remove's own two statements (it runs once per span
         # per cycle, where a call apiece is measurable).
         filing = [(c.swept_set(sg, full=False), c.swept_set(sg, full=True))
-                  for c in self.alloc.central]
-        freed_counts = self.alloc.stats.small_free_count
+                  for c in self.allocator.central]
+        freed_counts = self.allocator.stats.small_free_count
         release, large_dead = [], []
         for s, nalloc, bits, cache in zip(spans, marked.tolist(), fresh, caches.tolist()):
             if not s.sizeclass:
@@ -176,7 +177,7 @@ class Sweeper:
         for s in large_dead:
             s.allocCount = 0
             s.sweepgen = sg
-            self.alloc.release_large_span(s)
+            self.allocator.release_large_span(s)
         for s in release:
             mheap.free_span(s)
         self.swept_spans += len(spans)
@@ -220,7 +221,7 @@ class Sweeper:
         s.sweepgen = sg - 2
         self.unswept.append(s)
         if s.sizeclass:
-            central = self.alloc.central[s.spanclass]
+            central = self.allocator.central[s.spanclass]
             full = s.allocCount == s.nelems
             central.push(central.full_unswept(sg) if full else central.partial_unswept(sg), s)
 
@@ -235,7 +236,7 @@ class Sweeper:
             self.on_free_objects(s, [0])
         s.allocCount = 0
         s.sweepgen = self.mheap.sweepgen
-        self.alloc.release_large_span(s)
+        self.allocator.release_large_span(s)
         return True
 
     def _sweep_small(self, s: MSpan, preserve: bool, fresh: int) -> bool:
@@ -252,7 +253,7 @@ class Sweeper:
             if s.specials or s.typed or s.tiny_blocks:
                 self._free_slot_extras(s, self._freed_slots(s, marked))
             s.needzero = True
-            self.alloc.stats.small_free_count[s.spanclass] += nfreed
+            self.allocator.stats.small_free_count[s.spanclass] += nfreed
         s.allocCount = nalloc
         s.freeindex = 0
         self._next_bits(s, fresh)
@@ -263,7 +264,7 @@ class Sweeper:
         self.mheap.table.mark_dirty(s)
         if preserve:
             return False
-        central = self.alloc.central[s.spanclass]
+        central = self.allocator.central[s.spanclass]
         if nalloc == 0:
             self.mheap.free_span(s)
             return True

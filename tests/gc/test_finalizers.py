@@ -143,7 +143,7 @@ def test_resurrection_is_for_good(heap):
 
 @pytest.mark.parametrize("frontier", [0, 10**9], ids=["vector", "scalar"])
 def test_dependency_order_for_many_pairs_on_both_mark_paths(heap, frontier):
-    heap.gc.scalar_frontier = frontier
+    heap._gc.scalar_frontier = frontier
     order: list[int] = []
     pairs = []
     for _ in range(300):
@@ -255,7 +255,7 @@ def test_exception_is_logged_and_the_thread_keeps_going(heap, caplog):
     errors = [r for r in caplog.records if r.name == "gcalloc.finalizer"]
     assert len(errors) == 1 and f"{p:#x}" in errors[0].getMessage()
     assert "finalizer failed on purpose" in caplog.text
-    assert heap.finalizers.queue.failed == 1
+    assert heap._finalizers.queue.failed == 1
 
 
 def test_finalizer_may_use_the_heap(heap):
@@ -302,7 +302,7 @@ def test_close_stops_the_thread_and_drops_queued_finalizers():
         h.set_finalizer(p, fin)
     h.collect()
     assert started.wait(WAIT)
-    queue = h.finalizers.queue
+    queue = h._finalizers.queue
     thread = queue.thread
     closer = threading.Thread(target=h.close)
     closer.start()
@@ -322,7 +322,7 @@ def test_close_stops_the_thread_and_drops_queued_finalizers():
 # --- set_finalizer's checks ----------------------------------------------------------------
 
 def _fin_records(heap: gcalloc.Heap) -> int:
-    return heap.specials.live(KIND_FINALIZER)
+    return heap._specials.live(KIND_FINALIZER)
 
 
 def test_not_a_heap_object(heap):
@@ -332,7 +332,7 @@ def test_not_a_heap_object(heap):
     for p in (ctypes.addressof(outside), freed, 0, 1 << 40):
         with pytest.raises(NotHeapPointer):
             heap.set_finalizer(p, print)
-    assert _fin_records(heap) == 0 and heap.finalizers.queue.thread is None
+    assert _fin_records(heap) == 0 and heap._finalizers.queue.thread is None
 
 
 def test_not_the_start_of_the_object(heap):
@@ -353,8 +353,8 @@ def test_interior_of_a_tiny_block_is_allowed(heap):
     rec = Recorder()
     heap.set_finalizer(a, rec)
     heap.set_finalizer(b, rec)
-    s = heap.mheap.span_of(a)
-    assert [r.offset for r in heap.specials.records(s)] == [a - s.base, b - s.base]
+    s = heap._alloc.mheap.span_of(a)
+    assert [r.offset for r in heap._specials.records(s)] == [a - s.base, b - s.base]
     heap.alloc(8, noscan=True)                   # fills the block ...
     heap.alloc(1, noscan=True)                   # ... so a new one becomes the thread's
     cycle(heap)
@@ -425,16 +425,16 @@ def test_explicit_free_drops_the_finalizer(heap):
 
 
 def test_set_finalizer_after_an_unforced_cycle_sweeps_the_span_first(heap):
-    heap.gc.batch_sweep = False   # the span must be left to lazy sweeping
+    heap._gc.batch_sweep = False   # the span must be left to lazy sweeping
     keep = heap.alloc(64)
     dead = heap.alloc(64)
     heap.add_root(keep)
     old = heap.set_gc_percent(0)
     heap.alloc(40_000)                           # a slow path: an automatic cycle
     heap.set_gc_percent(old)
-    s = heap.mheap.span_of(keep)
-    assert s.sweepgen == heap.mheap.sweepgen - 2    # left unswept
+    s = heap._alloc.mheap.span_of(keep)
+    assert s.sweepgen == heap._alloc.mheap.sweepgen - 2    # left unswept
     heap.set_finalizer(keep, print)
-    assert s.sweepgen == heap.mheap.sweepgen        # ensureSwept ran
+    assert s.sweepgen == heap._alloc.mheap.sweepgen        # ensureSwept ran
     with pytest.raises(NotHeapPointer):
         heap.set_finalizer(dead, print)            # dead since that cycle: not an object

@@ -126,14 +126,14 @@ def test_rate_zero_records_nothing(heap):
     heap.mem_profile_rate = 0
     site_b(heap, 50, 4096)
     heap.collect()
-    assert heap.memprofile() == [] and heap.specials.live(2) == 0
+    assert heap.memprofile() == [] and heap._specials.live(2) == 0
 
 
 def test_sampled_object_carries_a_profile_special(heap):
     heap.mem_profile_rate = 1
     [p] = site_b(heap, 1, 256)
-    s = heap.mheap.span_of(p)
-    [rec] = heap.specials.records(s)
+    s = heap._alloc.mheap.span_of(p)
+    [rec] = heap._specials.records(s)
     assert rec.offset == p - s.base and rec.bucket is not None
 
 
@@ -214,7 +214,7 @@ def test_inuse_zero_false_leaves_out_fully_freed_buckets(heap):
 def test_scaled_estimates_are_within_ten_percent(heap, rate):
     """Two call sites with known allocation volumes: the scaled estimate per site is within
     10% of the truth (about 1500+ samples per site, so the sampling error is ~3%)."""
-    heap._rand.seed(rate)                        # deterministic, the margin is still wide
+    heap._alloc._rand.seed(rate)                        # deterministic, the margin is still wide
     heap.mem_profile_rate = rate
     n_small, n_big = 1500 * rate // 64, 1500 * rate // 2048 + 200
     truth = {"site_a": n_small * 64, "site_b": n_big * 2048}

@@ -104,7 +104,7 @@ def test_root_calls_validate_addresses(heap):
         heap.add_root(p)
     with pytest.raises(NotHeapPointer):
         heap.remove_root(p)
-    assert heap.gc.roots.counted == {}
+    assert heap._gc.roots.counted == {}
 
 
 # --- root ranges ----------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_root_range_argument_errors(heap):
         heap.add_root_range(float(addr), size)
     with pytest.raises(InvalidArgument):
         heap.add_root_range(addr, size, conservative=False, type=42)
-    assert heap.gc.roots.ranges == {}
+    assert heap._gc.roots.ranges == {}
 
 
 class PackedTail(ctypes.Structure):
@@ -205,7 +205,7 @@ def test_precise_range_of_unaligned_array_is_invalid(heap):
     heap.remove_root_range(token)
     with pytest.raises(InvalidType):
         heap.add_root_range(addr, 24, conservative=False, type=PackedTail)
-    assert heap.gc.roots.ranges == {}
+    assert heap._gc.roots.ranges == {}
 
 
 def test_remove_root_range_twice_or_unknown_raises(heap):
@@ -227,11 +227,11 @@ def test_empty_root_range_is_allowed(heap):
     p = heap.alloc(24)
     arr[0] = p                                  # outside the zero-length range: no root
     token = heap.add_root_range(ctypes.addressof(arr), 0)
-    assert token in heap.gc.roots.ranges
+    assert token in heap._gc.roots.ranges
     heap.collect()
     assert heap.lookup(p) is None
     heap.remove_root_range(token)
-    assert token not in heap.gc.roots.ranges
+    assert token not in heap._gc.roots.ranges
     with pytest.raises(NotARoot):
         heap.remove_root_range(token)
 
@@ -316,7 +316,7 @@ def test_handle_and_new_errors(heap):
         heap.new(int)
     with pytest.raises(InvalidSize):
         heap.new(Node, 1 << 50)
-    assert heap.gc.roots.handles_live == 0
+    assert heap._gc.roots.handles_live == 0
 
 
 def test_thousands_of_handles(heap):
@@ -367,7 +367,7 @@ def test_object_reachable_only_through_interior_pointers(heap):
 
 def test_pointer_into_free_slot_is_ignored(heap):
     a, b, c = heap.alloc(64), heap.alloc(64), heap.alloc(64)
-    assert heap.mheap.span_of(a) is heap.mheap.span_of(b)
+    assert heap._alloc.mheap.span_of(a) is heap._alloc.mheap.span_of(b)
     heap.free(b)
     poke(a, b)
     poke(a + 8, b + 16)
@@ -387,7 +387,7 @@ def test_pointer_into_free_slot_is_ignored(heap):
 def test_pointer_into_free_span_is_ignored(heap):
     big = heap.alloc(100_000)
     heap.free(big)
-    assert heap.mheap.span_of(big) is None or heap.lookup(big) is None
+    assert heap._alloc.mheap.span_of(big) is None or heap.lookup(big) is None
     holder = heap.alloc(64)
     poke(holder, big)
     poke(holder + 8, big + 40_000)
@@ -447,7 +447,7 @@ class _WatchedLock:
 
 def test_no_gc_holds_off_collections_from_other_threads(heap):
     done = threading.Event()
-    lock = heap.gc.lock = _WatchedLock(heap.gc.lock)
+    lock = heap._gc.lock = _WatchedLock(heap._gc.lock)
 
     def collector():
         heap.collect()
@@ -548,11 +548,11 @@ def test_threads_building_lists_while_another_collects():
 def test_verify_checks_the_root_table(heap):
     handles = [heap.new(ctypes.c_uint64) for _ in range(3)]
     heap.verify()
-    heap.gc.roots.handles_live += 1            # bookkeeping no longer matches the table
+    heap._gc.roots.handles_live += 1            # bookkeeping no longer matches the table
     try:
         with pytest.raises(HeapCorruption, match="Handles live"):
             heap.verify()
     finally:
-        heap.gc.roots.handles_live -= 1
+        heap._gc.roots.handles_live -= 1
     heap.verify()
     del handles

@@ -99,7 +99,7 @@ def test_encoded_profile_structure():
 
 
 def test_written_file_is_gzipped_and_scaled_by_the_rate(heap, tmp_path):
-    heap._rand.seed(3)
+    heap._alloc._rand.seed(3)
     heap.mem_profile_rate = 4096
     site_small(heap, 2000, 512)
     heap.collect()

@@ -1,7 +1,7 @@
 """Marking (issue 6): reachable objects are never freed and keep their contents; unreachable
 ones (cycles included) are freed; the vectorised and scalar mark paths agree.
 
-Paths are forced through ``heap.gc.scalar_frontier``: 0 drains every frontier with numpy,
+Paths are forced through ``heap._gc.scalar_frontier``: 0 drains every frontier with numpy,
 10**9 drains everything in the Python loop, a small value makes the two hand work back and
 forth, None is the default crossover. Random graphs mix conservative, typed and noscan
 objects, small and large (multi-oblet) ones, interior pointers, scalar decoys and every kind
@@ -47,7 +47,7 @@ def mode(request):
 
 
 def force(heap: gcalloc.Heap, mode: str) -> None:
-    heap.gc.scalar_frontier = MODES[mode]
+    heap._gc.scalar_frontier = MODES[mode]
 
 
 def live(heap: gcalloc.Heap, p: int) -> bool:
@@ -104,7 +104,7 @@ def test_binary_trees_survive_with_contents(heap, mode, typed):
         check_tree(h.addr, depth, key)
     assert not any(live(heap, g) for g in garbage)
     assert objects(heap) == 2 * ((1 << depth) - 1)
-    assert heap.gc.last_marker.marked_objects == 2 * ((1 << depth) - 1)
+    assert heap._gc.last_marker.marked_objects == 2 * ((1 << depth) - 1)
     del keep[0]
     heap.collect()
     assert objects(heap) == (1 << depth) - 1
@@ -148,7 +148,7 @@ def test_dag_shared_nodes_survive_once(heap, mode):
     # From (0, 0) layer r reaches columns 0..r (mod width): min(r + 1, width) nodes.
     expected = sum(min(r + 1, width) for r in range(layers))
     assert objects(heap) == expected
-    assert heap.gc.last_marker.marked_objects == expected
+    assert heap._gc.last_marker.marked_objects == expected
     assert not any(live(heap, p) for p in unreachable_top)
     for r in range(layers):
         for c in range(min(r + 1, width)):
@@ -166,7 +166,7 @@ def test_long_list_marks_on_either_path(heap, mode):
     heap.add_root(ps[0])
     heap.collect()
     assert objects(heap) == n
-    marker = heap.gc.last_marker
+    marker = heap._gc.last_marker
     if mode == "vector":
         assert marker.scalar_objects == 0 and marker.vector_steps >= n - 1
     elif mode in ("scalar", "default"):
@@ -188,7 +188,7 @@ def test_wide_fanout_marks_on_either_path(heap, mode):
     heap.add_root(hub)
     heap.collect()
     assert objects(heap) == n + 1
-    marker = heap.gc.last_marker
+    marker = heap._gc.last_marker
     if mode == "vector":
         assert marker.scalar_objects == 0
     elif mode == "scalar":
@@ -203,26 +203,26 @@ def test_pointer_into_slot_a_sweep_freed_is_ignored(heap, mode):
     last allocBits word has padding bits)."""
     force(heap, mode)
     ps = [heap.alloc(48) for _ in range(400)]
-    s = heap.mheap.span_of(ps[0])
+    s = heap._alloc.mheap.span_of(ps[0])
     assert s.nelems % 64
     table = heap.alloc(8 * len(ps))
     for i, p in enumerate(ps):
         poke(table + 8 * i, p)
     heap.add_root(table)
     heap.collect()                          # every slot of s survives: allocBits all set
-    assert heap.gc.last_marker.freeidx[s.id] == s.nelems
+    assert heap._gc.last_marker.freeidx[s.id] == s.nelems
     dead = ps[5]
-    assert heap.mheap.span_of(dead) is s
+    assert heap._alloc.mheap.span_of(dead) is s
     poke(table + 8 * 5, 0)
     heap.collect()                          # frees dead's slot
     # This cycle marked after a sweep (freeindex 0) over allocBits all set: on its first
     # vector step the popcount found no free slot, so no object of s needed the check.
-    if heap.gc.last_marker.vector_steps:
-        assert heap.gc.last_marker.freeidx[s.id] == s.nelems
+    if heap._gc.last_marker.vector_steps:
+        assert heap._gc.last_marker.freeidx[s.id] == s.nelems
     assert not live(heap, dead)
     poke(ps[6] + 8, dead + 16)              # a stale interior pointer into the free slot
     heap.collect()
-    marker = heap.gc.last_marker
+    marker = heap._gc.last_marker
     assert marker.freeidx[s.id] == 0
     assert not marker.is_marked(s, s.object_index(dead))
     assert not live(heap, dead) and objects(heap) == len(ps)      # 399 + the table
@@ -371,11 +371,11 @@ def reachable(objs: list[Obj], roots: list[int]) -> set[int]:
 
 def mark_only(heap: gcalloc.Heap, scalar_frontier: int, pool=None) -> Marker:
     """Mark without sweeping, as a cycle would (single-threaded test: no world to stop)."""
-    heap.flush_mcaches()
-    spans = [s for s in heap.mheap.live_spans() if s.state == SPAN_IN_USE]
-    marker = Marker(heap.mheap, spans, scalar_frontier=scalar_frontier, pool=pool)
-    with heap.gc.roots.lock:
-        marker.mark_from(heap.gc.roots.candidates())
+    heap._alloc.flush_mcaches()
+    spans = [s for s in heap._alloc.mheap.live_spans() if s.state == SPAN_IN_USE]
+    marker = Marker(heap._alloc.mheap, spans, scalar_frontier=scalar_frontier, pool=pool)
+    with heap._gc.roots.lock:
+        marker.mark_from(heap._gc.roots.candidates())
     return marker
 
 
@@ -392,14 +392,14 @@ def test_random_graph_mark_paths_agree(heap, seed):
         assert np.array_equal(marker.marks, vector.marks), name
         got = set()
         for i, o in enumerate(objs):
-            s = heap.mheap.span_of(o.addr)
+            s = heap._alloc.mheap.span_of(o.addr)
             if marker.is_marked(s, s.object_index(o.addr)):
                 got.add(i)
         assert got == expected, name
         assert marker.marked_objects == len(expected), name
     force(heap, "vector")
     heap.collect()
-    assert np.array_equal(heap.gc.last_marker.marks, vector.marks)
+    assert np.array_equal(heap._gc.last_marker.marks, vector.marks)
     survivors = {i for i, o in enumerate(objs) if live(heap, o.addr)}
     assert survivors == expected
     assert objects(heap) == len(expected)
@@ -523,12 +523,12 @@ def test_objects_allocated_while_marking_are_black(heap):
     def allocate_during_mark(marker):
         made.extend(heap.alloc(48) for _ in range(3))
 
-    heap.gc.after_mark.append(allocate_during_mark)
+    heap._gc.after_mark.append(allocate_during_mark)
     heap.collect()
-    heap.gc.after_mark.remove(allocate_during_mark)
+    heap._gc.after_mark.remove(allocate_during_mark)
     assert len(made) == 3 and all(live(heap, p) for p in made)
     assert objects(heap) == len(keep) + 3
-    assert heap.gc.pacer.heap_marked == 48 * (len(keep) + 3)     # the pacer counts them
+    assert heap._gc.pacer.heap_marked == 48 * (len(keep) + 3)     # the pacer counts them
     heap.verify()
     heap.collect()
     assert not any(live(heap, p) for p in made) and objects(heap) == len(keep)
@@ -540,7 +540,7 @@ def test_mark_buffers_reused_across_cycles_give_fresh_marks(heap):
     (MarkScratch). Cycles of different sizes, one wide enough for two workers, mark exactly
     what a Marker with fresh buffers marks."""
     rng = random.Random(3)
-    heap.gc.scalar_frontier = 0
+    heap._gc.scalar_frontier = 0
     for n in (PARALLEL_FRONTIER * 2, 3000, 200, 20000):
         hub = heap.alloc(8 * n)
         objs = [heap.alloc(rng.choice([16, 32, 48, 64, 128, 2048])) for _ in range(n)]
@@ -551,15 +551,15 @@ def test_mark_buffers_reused_across_cycles_give_fresh_marks(heap):
             poke(q, 0)
         root = heap.handle(hub)
         reference = mark_only(heap, 0)           # fresh buffers
-        heap.stop_the_world()
+        heap._alloc.stop_the_world()
         try:
-            heap.gc.sweeper.finish()
-            heap.flush_mcaches()
-            marker = heap.gc._mark([])            # the collector's kept buffers
+            heap._gc.sweeper.finish()
+            heap._alloc.flush_mcaches()
+            marker = heap._gc._mark([])            # the collector's kept buffers
             got, count = marker.marks.copy(), marker.marked_objects
-            heap.gc._terminate(marker)
+            heap._gc._terminate(marker)
         finally:
-            heap.start_the_world()
+            heap._alloc.start_the_world()
         assert np.array_equal(reference.marks, got)
         assert reference.marked_objects == count
         root.release()

@@ -22,15 +22,15 @@ from gcalloc.gc.specials import (
 )
 
 
-def _mapped_bytes(h: gcalloc.Heap) -> int:
-    arenas = h.mheap.arenas
+def _mapped_bytes(heap: gcalloc.Heap) -> int:
+    arenas = heap._alloc.mheap.arenas
     return (sum(n for _, n in arenas.reservations)
             + arenas._bitmap_region.mapped_bytes + arenas._pages_region.mapped_bytes
-            + h.mheap.gcbits._linear.mapped_bytes + h.persistent.mapped_bytes)
+            + heap._alloc.mheap.gcbits._linear.mapped_bytes + heap._alloc.persistent.mapped_bytes)
 
 
 def _keys(heap: gcalloc.Heap, s) -> list[tuple[int, int]]:
-    return [(r.offset, r.kind) for r in heap.specials.records(s)]
+    return [(r.offset, r.kind) for r in heap._specials.records(s)]
 
 
 def _profile_record(sp: Specials, bucket: object):
@@ -44,9 +44,9 @@ def _profile_record(sp: Specials, bucket: object):
 def test_records_sorted_by_offset_then_kind_finalizer_first(heap):
     heap.mem_profile_rate = 0
     objs = [heap.alloc(64) for _ in range(40)]
-    s = heap.mheap.span_of(objs[0])
-    assert all(heap.mheap.span_of(p) is s for p in objs)
-    sp = heap.specials
+    s = heap._alloc.mheap.span_of(objs[0])
+    assert all(heap._alloc.mheap.span_of(p) is s for p in objs)
+    sp = heap._specials
     rng = random.Random(7)
     plan = [(p, kind) for p in objs[::3] for kind in (KIND_FINALIZER, KIND_PROFILE)]
     rng.shuffle(plan)
@@ -64,8 +64,8 @@ def test_records_sorted_by_offset_then_kind_finalizer_first(heap):
 
 def test_addspecial_refuses_a_duplicate_kind_at_the_same_offset(heap):
     p = heap.alloc(64)
-    s = heap.mheap.span_of(p)
-    sp = heap.specials
+    s = heap._alloc.mheap.span_of(p)
+    sp = heap._specials
     off = p - s.base
     assert sp.add(s, off, _profile_record(sp, "first"))
     dup = _profile_record(sp, "second")
@@ -82,8 +82,8 @@ def test_addspecial_refuses_a_duplicate_kind_at_the_same_offset(heap):
 
 def test_removespecial_matches_the_exact_offset_only(heap):
     p = heap.alloc(64)
-    s = heap.mheap.span_of(p)
-    sp = heap.specials
+    s = heap._alloc.mheap.span_of(p)
+    sp = heap._specials
     off = p - s.base
     assert sp.add_finalizer(s, off, print)
     assert sp.remove(s, off + 8, KIND_FINALIZER) is None
@@ -97,7 +97,7 @@ def test_verify_catches_a_misordered_list(heap):
     a, b = heap.alloc(64), heap.alloc(64)
     heap.set_finalizer(a, print)
     heap.set_finalizer(b, print)
-    s = heap.mheap.span_of(a)
+    s = heap._alloc.mheap.span_of(a)
     s.specials.reverse()
     with pytest.raises(HeapCorruption, match="not sorted"):
         heap.verify()
@@ -112,11 +112,11 @@ def test_sweep_frees_a_dead_objects_records_through_freespecial(heap):
     keep = heap.alloc(64)
     dead = heap.alloc(64)
     heap.add_root(keep)
-    s = heap.mheap.span_of(dead)
+    s = heap._alloc.mheap.span_of(dead)
     assert [k for _, k in _keys(heap, s)] == [KIND_PROFILE, KIND_PROFILE]
     heap.collect()
     assert _keys(heap, s) == [(keep - s.base, KIND_PROFILE)]
-    assert heap.specials.live(KIND_PROFILE) == 1
+    assert heap._specials.live(KIND_PROFILE) == 1
     frees = sum(r.free_objects for r in heap.memprofile())
     assert frees == 1                            # mProf_Free heard of the dead one
 
@@ -124,11 +124,11 @@ def test_sweep_frees_a_dead_objects_records_through_freespecial(heap):
 def test_sweep_of_a_dead_large_object_frees_its_records(heap):
     heap.mem_profile_rate = 1
     big = heap.alloc(100_000)
-    s = heap.mheap.span_of(big)
+    s = heap._alloc.mheap.span_of(big)
     nbytes = s.npages * 8192
     assert _keys(heap, s) == [(0, KIND_PROFILE)]
     heap.collect()
-    assert heap.specials.live(KIND_PROFILE) == 0 and not heap.specials.spans
+    assert heap._specials.live(KIND_PROFILE) == 0 and not heap._specials.spans
     [rec] = [r for r in heap.memprofile() if r.alloc_bytes >= 100_000]
     assert (rec.alloc_objects, rec.alloc_bytes) == (1, nbytes)
     assert (rec.free_objects, rec.free_bytes) == (1, nbytes)
@@ -139,7 +139,7 @@ def test_explicit_free_frees_records_small_and_large(heap):
     small, big = heap.alloc(64), heap.alloc(70_000)
     heap.set_finalizer(small, print)
     heap.set_finalizer(big, print)
-    sp = heap.specials
+    sp = heap._specials
     assert (sp.live(KIND_FINALIZER), sp.live(KIND_PROFILE)) == (2, 2)
     heap.free(small)
     heap.free(big)
@@ -155,7 +155,7 @@ def test_a_reused_slot_starts_without_records(heap):
     heap.free(p)
     q = next(q for q in (heap.alloc(64) for _ in range(10_000)) if q == p)  # slot reused
     heap.set_finalizer(q, repr)                  # not "already set"
-    assert heap.specials.live(KIND_FINALIZER) == 1
+    assert heap._specials.live(KIND_FINALIZER) == 1
 
 
 # --- ensureSwept -------------------------------------------------------------------------
@@ -167,28 +167,28 @@ def _unforced_cycle(heap: gcalloc.Heap) -> None:
 
 
 def test_changes_sweep_the_span_first(heap):
-    heap.gc.batch_sweep = False   # the span must be left to lazy sweeping
+    heap._gc.batch_sweep = False   # the span must be left to lazy sweeping
     heap.mem_profile_rate = 0
     a, b = heap.alloc(64), heap.alloc(64)
     heap.add_root(a)
     heap.add_root(b)
     _unforced_cycle(heap)
-    s = heap.mheap.span_of(a)
-    sg = heap.mheap.sweepgen
+    s = heap._alloc.mheap.span_of(a)
+    sg = heap._alloc.mheap.sweepgen
     assert s.sweepgen == sg - 2
-    assert heap.specials.add_finalizer(s, a - s.base, print)
+    assert heap._specials.add_finalizer(s, a - s.base, print)
     assert s.sweepgen == sg
     _unforced_cycle(heap)
-    assert s.sweepgen == heap.mheap.sweepgen - 2
-    assert heap.specials.remove(s, a - s.base, KIND_FINALIZER) is not None
-    assert s.sweepgen == heap.mheap.sweepgen
+    assert s.sweepgen == heap._alloc.mheap.sweepgen - 2
+    assert heap._specials.remove(s, a - s.base, KIND_FINALIZER) is not None
+    assert s.sweepgen == heap._alloc.mheap.sweepgen
 
 
 # --- accounting --------------------------------------------------------------------------
 
 def test_records_are_charged_as_go_charges_them(heap):
     heap.mem_profile_rate = 0
-    sp = heap.specials
+    sp = heap._specials
     objs = [heap.alloc(32) for _ in range(400)]
     for p in objs:
         heap.set_finalizer(p, print)

@@ -48,7 +48,7 @@ def paced():
 
 
 def in_use(heap: gcalloc.Heap) -> list:
-    return [s for s in heap.mheap.live_spans() if s.state == SPAN_IN_USE]
+    return [s for s in heap._alloc.mheap.live_spans() if s.state == SPAN_IN_USE]
 
 
 def live(heap: gcalloc.Heap, p: int) -> bool:
@@ -64,7 +64,7 @@ def automatic_cycle(heap: gcalloc.Heap) -> None:
     heap.set_gc_percent(old)
     after = heap.read_memstats()
     assert after.num_gc == before + 1
-    assert after.num_forced_gc == heap.gc.num_forced_gc
+    assert after.num_forced_gc == heap._gc.num_forced_gc
 
 
 # --- sweepgen -------------------------------------------------------------------------------
@@ -75,22 +75,22 @@ def test_sweepgen_rises_by_two_and_collect_sweeps_everything(heap):
         heap.add_root(p)
     for cycle in range(1, 4):
         heap.collect()
-        sg = heap.mheap.sweepgen
+        sg = heap._alloc.mheap.sweepgen
         assert sg == 2 * cycle
         spans = in_use(heap)
         assert spans
         assert all(s.sweepgen == sg for s in spans), [s for s in spans if s.sweepgen != sg]
-        assert heap.gc.sweeper.done()
+        assert heap._gc.sweeper.done()
         heap.verify()
 
 
 def test_automatic_cycle_sweeps_lazily(heap):
-    heap.gc.batch_sweep = False             # Go's behaviour: every span swept on demand
+    heap._gc.batch_sweep = False             # Go's behaviour: every span swept on demand
     ps = [heap.alloc(64) for _ in range(3000)]
     for p in ps[::10]:
         heap.add_root(p)
     automatic_cycle(heap)
-    sg = heap.mheap.sweepgen
+    sg = heap._alloc.mheap.sweepgen
     assert sg == 2
     unswept = [s for s in in_use(heap) if s.sweepgen == sg - 2]
     assert unswept                          # left for later, as Go leaves them
@@ -104,7 +104,7 @@ def test_automatic_cycle_sweeps_lazily(heap):
     heap.verify()
     # ... and the next collect finishes the rest before it marks.
     heap.collect()
-    assert all(s.sweepgen == heap.mheap.sweepgen for s in in_use(heap))
+    assert all(s.sweepgen == heap._alloc.mheap.sweepgen for s in in_use(heap))
     assert heap.read_memstats().heap_objects == 300
 
 
@@ -112,8 +112,8 @@ def test_verify_checks_sweepgen(heap):
     p = heap.alloc(64)
     heap.add_root(p)
     heap.collect()
-    s = heap.mheap.span_of(p)
-    sg = heap.mheap.sweepgen
+    s = heap._alloc.mheap.span_of(p)
+    sg = heap._alloc.mheap.sweepgen
     assert s.cached_by is None
     for bad in (sg - 1, sg + 1, sg + 2, sg - 4):
         s.sweepgen = bad
@@ -129,12 +129,12 @@ def test_empty_small_spans_return_to_the_page_heap(heap):
     keep = heap.alloc(64)
     heap.add_root(keep)
     garbage = [heap.alloc(64) for _ in range(128 * 20)]   # 20+ spans of class 64
-    spans = {heap.mheap.span_of(p) for p in garbage} - {heap.mheap.span_of(keep)}
+    spans = {heap._alloc.mheap.span_of(p) for p in garbage} - {heap._alloc.mheap.span_of(keep)}
     assert len(spans) >= 19
     inuse_before = heap.read_memstats().heap_inuse
     heap.collect()
     ms = heap.read_memstats()
-    assert all(s.state != SPAN_IN_USE or s.spanclass != heap.mheap.span_of(keep).spanclass
+    assert all(s.state != SPAN_IN_USE or s.spanclass != heap._alloc.mheap.span_of(keep).spanclass
                for s in spans)
     assert ms.heap_inuse <= inuse_before - 19 * 8192
     assert ms.heap_inuse == sum(s.npages for s in in_use(heap)) * 8192
@@ -153,7 +153,7 @@ def test_dead_large_spans_are_freed(heap):
     assert inuse_before - ms.heap_inuse == 7 * MiB
     assert ms.heap_alloc == 3 * MiB and ms.heap_objects == 3
     for p in bigs[3:]:
-        s = heap.mheap.span_of(p)
+        s = heap._alloc.mheap.span_of(p)
         assert s is None or s.state != SPAN_IN_USE or s.base != p
 
 
@@ -166,9 +166,9 @@ def test_automatic_cycle_batch_sweeps_plain_spans(heap):
     for p in kept:
         heap.add_root(p)
     dropped = [heap.alloc(256) for _ in range(64)]   # two whole 8 KiB spans of garbage
-    spans = {heap.mheap.span_of(p) for p in dropped}
+    spans = {heap._alloc.mheap.span_of(p) for p in dropped}
     automatic_cycle(heap)
-    sg = heap.mheap.sweepgen
+    sg = heap._alloc.mheap.sweepgen
     assert all(s.sweepgen == sg for s in in_use(heap))        # nothing left unswept
     assert all(s.state == SPAN_IN_USE and s.allocCount == 0 for s in spans)
     assert not any(live(heap, p) for p in dropped)
@@ -182,13 +182,13 @@ def test_automatic_cycle_batch_sweeps_plain_spans(heap):
 
 
 def test_page_heap_reclaims_before_it_grows(heap):
-    heap.gc.batch_sweep = False        # exercise lazy sweeping and reclaim
+    heap._gc.batch_sweep = False        # exercise lazy sweeping and reclaim
     garbage = [heap.alloc(1024) for _ in range(6 * 1024)]   # 6 MiB
     lo, hi = min(garbage), max(garbage)
     automatic_cycle(heap)
-    assert heap.gc.sweeper.reclaimed_pages == 0
+    assert heap._gc.sweeper.reclaimed_pages == 0
     big = heap.alloc(2 * MiB)
-    assert heap.gc.sweeper.reclaimed_pages >= 256
+    assert heap._gc.sweeper.reclaimed_pages >= 256
     assert lo <= big < hi                   # carved from the swept garbage's pages
     heap.verify()
 
@@ -197,13 +197,13 @@ def test_free_after_automatic_cycle_sweeps_the_span_first(heap):
     """Explicit free of an object whose span the last (automatic) cycle left unswept: the
     object was marked, so the span must be swept (ensureSwept) before the slot is freed,
     or the sweep would resurrect it from gcmarkBits."""
-    heap.gc.batch_sweep = False            # leave the span to lazy sweeping
+    heap._gc.batch_sweep = False            # leave the span to lazy sweeping
     ps = [heap.alloc(64) for _ in range(10)]
     for p in ps:
         heap.add_root(p)
     automatic_cycle(heap)
-    s = heap.mheap.span_of(ps[0])
-    assert s.sweepgen == heap.mheap.sweepgen - 2        # unswept
+    s = heap._alloc.mheap.span_of(ps[0])
+    assert s.sweepgen == heap._alloc.mheap.sweepgen - 2        # unswept
     heap.remove_root(ps[0])
     heap.free(ps[0])
     assert not live(heap, ps[0])
@@ -309,7 +309,7 @@ def test_allocation_triggers_a_cycle_at_the_goal(paced):
 
 
 def test_triggering_allocation_survives_its_cycle(paced):
-    while paced.read_memstats().next_gc - paced.gc.pacer.heap_live > 64 * 1024:
+    while paced.read_memstats().next_gc - paced._gc.pacer.heap_live > 64 * 1024:
         paced.alloc(1024)
     before = paced.read_memstats().num_gc
     p = paced.alloc(200_000)               # crosses the goal: collects with p as a root
@@ -465,13 +465,13 @@ def uncharged_bytes(heap: gcalloc.Heap) -> int:
     """Bytes of the slots cached spans have not handed out: refill charged them to heap_live,
     MemStats does not count them as allocated."""
     return sum(n * class_to_size[spc >> 1]
-               for c in list(heap.mcaches) for spc, n in c.uncounted_slots())
+               for c in list(heap._alloc.mcaches) for spc, n in c.uncounted_slots())
 
 
 def assert_balanced(heap: gcalloc.Heap) -> None:
     """With no cycle run yet, heap_live is exactly the allocated bytes plus the charged slots
     not handed out: each charge has been refunded once, by a free or by release_all."""
-    live = heap.gc.pacer.heap_live
+    live = heap._gc.pacer.heap_live
     assert live >= 0
     assert live == heap.read_memstats().heap_alloc + uncharged_bytes(heap)
 
@@ -513,7 +513,7 @@ def test_alloc_free_pairs_leave_heap_live_balanced(heap, size):
     for _ in range(20_000):
         heap.free(heap.alloc(size))
     assert_balanced(heap)
-    assert heap.gc.pacer.heap_live <= 2 * 8 * PAGE_SIZE     # one cached span at most
+    assert heap._gc.pacer.heap_live <= 2 * 8 * PAGE_SIZE     # one cached span at most
 
 
 def test_mixed_alloc_and_free_keep_heap_live_balanced(heap):
@@ -583,7 +583,7 @@ def test_cycles_come_at_the_goal_whatever_the_mix_of_alloc_and_free(paced):
     without a cycle; the cycles that came are the ones the goal asks for."""
     rng = random.Random(7)
     kept: list[int] = []
-    pacer = paced.gc.pacer
+    pacer = paced._gc.pacer
     worst_over = -(1 << 62)
 
     def check(heap: gcalloc.Heap) -> None:

@@ -184,9 +184,9 @@ class GCMachine(RuleBasedStateMachine):
 
     @rule()
     def collect(self) -> None:
-        before = self.heap.mheap.sweepgen
+        before = self.heap._alloc.mheap.sweepgen
         self.heap.collect()
-        assert self.heap.mheap.sweepgen == before + 2
+        assert self.heap._alloc.mheap.sweepgen == before + 2
         dead = self.forget_unreachable()
         for o in dead:
             assert self.heap.lookup(o.addr) is None, o

@@ -23,7 +23,7 @@ U64 = ctypes.c_uint64
 
 def bits(heap: gcalloc.Heap, p: int, nwords: int) -> tuple[int, int]:
     """(pointer bits, scan bits) of nwords words at p, bit i for word i."""
-    return bitmap.read_bits(heap.mheap.arenas, p, nwords)
+    return bitmap.read_bits(heap._alloc.mheap.arenas, p, nwords)
 
 
 def ones(n: int) -> int:
@@ -243,11 +243,11 @@ def test_new_with_count_writes_array_bits(heap):
 
 def test_pointer_free_type_goes_to_a_noscan_span(heap):
     p = heap.alloc(ctypes.sizeof(Scalars), type=Scalars)
-    assert heap.mheap.span_of(p).noscan
+    assert heap._alloc.mheap.span_of(p).noscan
     q = heap.alloc(24, type=Node)
-    assert not heap.mheap.span_of(q).noscan
+    assert not heap._alloc.mheap.span_of(q).noscan
     r = heap.alloc(24, noscan=True, type=None)
-    assert heap.mheap.span_of(r).noscan
+    assert heap._alloc.mheap.span_of(r).noscan
 
 
 def test_freed_typed_slot_gets_conservative_bits_back(heap):
@@ -260,7 +260,8 @@ def test_freed_typed_slot_gets_conservative_bits_back(heap):
 def test_swept_typed_slot_gets_conservative_bits_back(heap):
     keep = heap.new(Node)
     dead = [heap.alloc(24, type=Node) for _ in range(20)]
-    same_span = [p for p in dead if heap.mheap.span_of(p) is heap.mheap.span_of(keep.addr)]
+    span_of = heap._alloc.mheap.span_of
+    same_span = [p for p in dead if span_of(p) is span_of(keep.addr)]
     assert same_span
     heap.collect()
     for p in same_span:
@@ -297,7 +298,7 @@ def test_array_of_struct_with_unaligned_tail_is_invalid(heap):
 
 @pytest.fixture(params=["vector", "scalar"])
 def path(request, heap):
-    heap.gc.scalar_frontier = 0 if request.param == "vector" else 10**9
+    heap._gc.scalar_frontier = 0 if request.param == "vector" else 10**9
     return request.param
 
 
@@ -368,8 +369,8 @@ def test_last_element_of_large_typed_array_is_scanned(heap, path):
 def test_typed_slot_reused_conservatively_is_scanned_in_full(heap, path):
     dead = [heap.alloc(32, type=Type(32, 0b0001)) for _ in range(30)]
     keep = heap.handle(dead.pop())           # keeps the span in use
-    span = heap.mheap.span_of(dead[0])
-    assert heap.mheap.span_of(keep.addr) is span
+    span = heap._alloc.mheap.span_of(dead[0])
+    assert heap._alloc.mheap.span_of(keep.addr) is span
     heap.collect()
     assert all(heap.lookup(p) is None for p in dead)
     reused = None
@@ -390,13 +391,13 @@ def test_verify_finds_a_broken_heap_bitmap(heap):
     """verify() covers the collector's layer: an untyped scan span must have all-ones bits."""
     p = heap.alloc(64)
     heap.verify()
-    arena = heap.mheap.arenas.arena_of(p)
+    arena = heap._alloc.mheap.arenas.arena_of(p)
     byte = arena.bitmap_off + ((p - arena.base) >> 5)
-    saved = int(heap.mheap.arenas.bitmap[byte])
-    heap.mheap.arenas.bitmap[byte] = 0
+    saved = int(heap._alloc.mheap.arenas.bitmap[byte])
+    heap._alloc.mheap.arenas.bitmap[byte] = 0
     try:
         with pytest.raises(HeapCorruption, match="heap bits"):
             heap.verify()
     finally:
-        heap.mheap.arenas.bitmap[byte] = saved
+        heap._alloc.mheap.arenas.bitmap[byte] = saved
     heap.verify()

@@ -23,7 +23,7 @@ def test_collect_before_the_first_allocation_with_a_root_range(heap):
     buf = (ctypes.c_uint64 * 4)(0x100000, 8, 0x3FFFFFF, 0)
     heap.add_root_range(ctypes.addressof(buf), ctypes.sizeof(buf))
     heap.collect()
-    assert heap.marking is None
+    assert heap._alloc.marking is None
     p = heap.alloc(64)
     heap.collect()
     assert heap.lookup(p) is None
@@ -37,15 +37,15 @@ def test_a_failed_cycle_leaves_the_collector_consistent(heap):
     def failing(marker):
         raise RuntimeError("hook failed")
 
-    heap.gc.after_mark.append(failing)
+    heap._gc.after_mark.append(failing)
     with pytest.raises(RuntimeError, match="hook failed"):
         heap.collect()
-    heap.gc.after_mark.remove(failing)
-    assert heap.marking is None and not heap._world.stopped
+    heap._gc.after_mark.remove(failing)
+    assert heap._alloc.marking is None and not heap._alloc._world.stopped
     # Not allocating black into a dead marker: runs are whole again (one slot while marking).
     for _ in range(100):
         heap.alloc(32)
-    c = heap._tls.mcache
+    c = heap._alloc._tls.mcache
     assert max(length_hint(r) for r in c.runs) > 1
     heap.collect()
     heap.verify()
@@ -76,7 +76,7 @@ def test_debug_verify_runs_with_the_world_stopped():
         real = h.verify
 
         def spy():
-            seen.append(h._world.stopped)
+            seen.append(h._alloc._world.stopped)
             real()
 
         h.verify = spy
@@ -101,9 +101,9 @@ def test_finalizer_raising_system_exit_is_reported_and_the_thread_goes_on(heap, 
     with caplog.at_level(logging.ERROR, logger="gcalloc.finalizer"):
         heap.collect()
         assert heap.run_finalizers(timeout=30)
-    assert heap.finalizers.queue.failed == 1
+    assert heap._finalizers.queue.failed == 1
     assert any(r.exc_info and r.exc_info[0] is exc for r in caplog.records)
-    assert heap.finalizers.queue.thread.is_alive()
+    assert heap._finalizers.queue.thread.is_alive()
     heap.set_finalizer(heap.alloc(64), ran.append)
     heap.collect()
     assert heap.run_finalizers(timeout=30)
