@@ -1,6 +1,6 @@
 """Allocation speed: gcalloc's Heap.alloc against Boehm GC and libc malloc, all from Python.
 
-The workload is the mixed small-object loop of issue 5: sizes cycle through 8..512 bytes and
+The workload is a mixed small-object loop: sizes cycle through 8..512 bytes and
 every other allocation is noscan (pointer-free), so noscan requests below 16 bytes take the
 tiny allocator and the rest spread over 26 size classes, scan and noscan. Each variant makes
 the same sequence of calls from a Python ``for`` loop:

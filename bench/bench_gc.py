@@ -4,7 +4,7 @@ Workloads (each built once, then collected several times; the table gives the me
 
 - ``gcbench tree``: a GCBench binary tree of depth D (2^(D+1)-1 live 24-byte nodes: left,
   right, value), conservative objects linked through their first two words; Boehm builds the
-  same tree with GC_malloc and roots it with GC_add_roots. This is issue 6's bar: our full
+  same tree with GC_malloc and roots it with GC_add_roots. Side by side: our full
   collection (mark + eager sweep, i.e. runtime.GC) at most 4x GC_gcollect.
 - ``linked list``: 10^6 nodes in one chain: a frontier of one object at every step, so all
   of it runs on the scalar (Python) mark path.

@@ -1,4 +1,4 @@
-"""Page allocation cost against the number of free spans (issue 4's flatness benchmark).
+"""Page allocation cost against the number of free spans, which should stay flat.
 
 For each N, a page heap is given N free one-page spans that cannot coalesce (2N one-page spans
 allocated, every other one freed), then M alloc+free pairs of random page counts (1..16) are

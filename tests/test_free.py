@@ -1,4 +1,4 @@
-"""Explicit free (gccgo's __go_free through Heap.free), lookup and usable_size (issue 5).
+"""Explicit free (gccgo's __go_free through Heap.free), lookup and usable_size.
 
 Every rejected free must raise its own exception class and leave the heap exactly as it was:
 the same live objects, the same MemStats, and verify() passing. Accepted frees return a small

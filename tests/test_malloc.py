@@ -1,5 +1,5 @@
 """mallocgc through Heap.alloc: size 0, the tiny allocator, every size-class boundary, large
-objects, lazy zeroing, heap-profile sampling and the MemStats object counts (issue 5).
+objects, lazy zeroing, heap-profile sampling and the MemStats object counts.
 
 Heaps here run with ``gc_percent=-1``: the tests keep raw addresses in Python lists, which are
 not roots, so an automatic collection would free objects under them.

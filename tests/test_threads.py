@@ -1,5 +1,5 @@
 """Threads: many threads allocating, writing and freeing at once; mcaches given back when threads
-end; the collector running while threads allocate Handles (issue 5).
+end; the collector running while threads allocate Handles.
 
 The stress test keeps raw addresses in Python lists, so its heap runs with ``gc_percent=-1``.
 Every object gets a per-object pattern in its first and last word; a slot handed to two

@@ -1,5 +1,5 @@
-"""Finalizers (issue 7): Heap.set_finalizer's contract (Go's SetFinalizer, seeds 003/004),
-the collector's finalizer pass and the finalizer thread (runfinq).
+"""Finalizers: Heap.set_finalizer's contract (Go's SetFinalizer: Go 1.4 malloc.go, gccgo's
+malloc.goc), the collector's finalizer pass and the finalizer thread (runfinq).
 
 Objects are kept alive by roots (add_root) or by pointers from rooted objects and made
 unreachable by dropping those; ``collect()`` runs a cycle and ``run_finalizers()`` waits for

@@ -1,4 +1,4 @@
-"""Marking (issue 6): reachable objects are never freed and keep their contents; unreachable
+"""Marking: reachable objects are never freed and keep their contents; unreachable
 ones (cycles included) are freed; the vectorised and scalar mark paths agree.
 
 Paths are forced through ``heap._gc.scalar_frontier``: 0 drains every frontier with numpy,

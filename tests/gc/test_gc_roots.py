@@ -1,4 +1,4 @@
-"""Roots (issue 6): counted roots, root ranges outside the heap (conservative and precise),
+"""Roots: counted roots, root ranges outside the heap (conservative and precise),
 Handles, and how candidate pointers are resolved (findObject): interior pointers keep their
 object; pointers into free slots, free spans or outside the heap are ignored.
 

@@ -1,4 +1,4 @@
-"""A hypothesis state machine for the collector (issue 6): alloc, link, unlink, root, unroot,
+"""A hypothesis state machine for the collector: alloc, link, unlink, root, unroot,
 handle, free and collect against a model of the object graph, with ``Heap.verify()`` (which
 checks the sweepgen protocol among the allocator invariants) after every step.
 

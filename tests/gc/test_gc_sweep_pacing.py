@@ -1,4 +1,4 @@
-"""Sweeping, pacing, MemStats and gctrace (issue 6).
+"""Sweeping, pacing, MemStats and gctrace.
 
 Sweep: the sweepgen protocol (after ``collect()`` every in-use span has sweepgen ==
 h.sweepgen, and h.sweepgen rises by 2 per cycle), lazy sweeping after automatic cycles,

@@ -1,4 +1,4 @@
-"""Types and the heap bitmap (issue 6): ``gcalloc.Type``, types derived from ctypes, the bits
+"""Types and the heap bitmap: ``gcalloc.Type``, types derived from ctypes, the bits
 ``heapBitsSetType`` writes, and what the collector does with them.
 
 A type's pointer mask decides which words the collector reads: pointer words keep their

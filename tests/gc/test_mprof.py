@@ -1,4 +1,4 @@
-"""Heap profile (issue 7, seed 002's profilealloc, Go's mprof.go): sampled allocations are
+"""Heap profile (Go 1.16 malloc.go's profilealloc and mprof.go): sampled allocations are
 recorded in buckets keyed by (size, Python call stack outside gcalloc), freed by sweep or
 explicit free through their profile special, published per GC cycle, and, scaled by the
 rate, estimate the true allocation volume per call site.

@@ -1,4 +1,4 @@
-"""pprof heap profiles (issue 7): the hand-written profile.proto encoder, checked by a small
+"""pprof heap profiles: the hand-written profile.proto encoder, checked by a small
 decoder here and by the real reader, ``go tool pprof -top`` (Debian's golang-go; the test
 that needs it is skipped, saying so, where ``go`` is not installed).
 """

@@ -1,4 +1,4 @@
-"""Special records (issue 7, seed 001): per-span lists sorted by (offset, kind) with the
+"""Special records (Go 1.8 mheap.go): per-span lists sorted by (offset, kind) with the
 finalizer kind first, records from fixallocs, addspecial refusing a duplicate, removespecial
 matching the exact offset, sweep and explicit free freeing a dead object's records through
 freespecial, ensureSwept before a change, and the memory accounting Go does for them.
