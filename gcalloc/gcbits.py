@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import cast
 
 import numpy as np
 
@@ -35,7 +36,8 @@ def whole_region_view(base: int, size: int, dtype: type) -> np.ndarray:
     """A numpy array over [base, base+size) without touching it (unmapped parts must not be
     read: callers index only what they mapped)."""
     raw = (ctypes.c_uint8 * size).from_address(base)
-    return np.frombuffer(raw, dtype=np.uint8).view(dtype)
+    # a ctypes array exports the buffer protocol; numpy's stubs do not list it
+    return np.frombuffer(cast(memoryview, raw), dtype=np.uint8).view(dtype)
 
 
 class _Chunk:

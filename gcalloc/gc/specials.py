@@ -37,6 +37,7 @@ import bisect
 import threading
 from collections.abc import Callable
 from itertools import pairwise
+from typing import cast
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.fixalloc import FixAlloc
@@ -167,6 +168,7 @@ class Specials:
 
     def _unlink_locked(self, s: MSpan, i: int) -> Special:
         lst = s.specials
+        assert lst is not None   # callers found record i in it
         rec = lst.pop(i)
         if not lst:
             s.specials = None
@@ -202,7 +204,10 @@ class Specials:
         """Every (span, finalizer record) attached now, in span then offset order of each
         span (the world is stopped or the caller accepts a snapshot)."""
         with self.lock:
-            return [(s, rec) for s in self.spans for rec in s.specials
+            # every span in self.spans has a non-empty list; a KIND_FINALIZER record is a
+            # SpecialFinalizer
+            return [(s, cast(SpecialFinalizer, rec))
+                    for s in self.spans for rec in cast("list[Special]", s.specials)
                     if rec.kind == KIND_FINALIZER]
 
     def take_finalizer(self, s: MSpan, rec: SpecialFinalizer) -> Callable[[int], object]:
@@ -215,6 +220,7 @@ class Specials:
                 raise HeapCorruption(f"finalizer record {rec!r} is not in span {s!r}")
             self._unlink_locked(s, i)
             fn = rec.fn
+            assert fn is not None   # set before the record was linked, cleared only by free
             self._free_record_locked(rec)
         return fn
 
@@ -249,7 +255,7 @@ class Specials:
             elemsize = s.elemsize
             dead = set(slots)
             large = s.sizeclass == 0
-            keep = []
+            keep: list[Special] = []
             for rec in lst:
                 (freed if (0 if large else rec.offset // elemsize) in dead else keep).append(rec)
             if not freed:
@@ -264,7 +270,7 @@ class Specials:
                 if rec.kind == KIND_FINALIZER:
                     self.finalizers -= 1     # dropped without running
                 else:
-                    buckets.append(rec.bucket)
+                    buckets.append(cast(SpecialProfile, rec).bucket)
                 self._free_record_locked(rec)
         # The profiler hears of the frees outside ``lock`` (Go's freespecial calls mProf_Free
         # without the span's lock).
@@ -273,12 +279,15 @@ class Specials:
                 self.on_profile_free(b, s.elemsize, explicit)
 
     def _free_record_locked(self, rec: Special) -> None:
+        # the kind names the record's class
         if rec.kind == KIND_FINALIZER:
-            rec.fn = None
-            self.finalizer_alloc.free(rec)
+            fin = cast(SpecialFinalizer, rec)
+            fin.fn = None
+            self.finalizer_alloc.free(fin)
         elif rec.kind == KIND_PROFILE:
-            rec.bucket = None
-            self.profile_alloc.free(rec)
+            prof = cast(SpecialProfile, rec)
+            prof.bucket = None
+            self.profile_alloc.free(prof)
         else:
             raise HeapCorruption(f"freespecial: bad special kind {rec.kind}")
 
