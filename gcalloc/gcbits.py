@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
@@ -78,7 +79,7 @@ class GCBits:
             chunk.free += nbytes
             return off
 
-    def new_bits_many(self, counts: list[int]) -> list[int]:
+    def new_bits_many(self, counts: Sequence[int] | np.ndarray) -> list[int]:
         """new_bits for each count in one locked pass (sweeping many spans at once): the
         bitmaps are laid end to end, a chunk at a time."""
         nbytes = ((np.asarray(counts, dtype=np.int64) + 63) >> 6) << 3

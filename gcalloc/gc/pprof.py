@@ -19,6 +19,7 @@ string_table[0] is always "".
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import time
@@ -210,7 +211,11 @@ def encode_heap_profile(records: Iterable[MemProfileRecord], rate: int,
     return bytes(out.buf) + bytes(strings.buf)
 
 
-def write_heap_profile(path: str | bytes | os.PathLike | BinaryIO,
+# Where a profile goes: a file name, or a file object open for binary writing.
+ProfileDest: TypeAlias = "str | bytes | os.PathLike | BinaryIO | io.RawIOBase | io.BufferedIOBase"
+
+
+def write_heap_profile(path: ProfileDest,
                        records: Iterable[MemProfileRecord], rate: int) -> None:
     """Write the gzipped heap profile (what ``go tool pprof`` reads) to ``path``: a file name,
     or a binary file object, which is written and left open (Heap.write_heap_profile checks

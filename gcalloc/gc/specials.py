@@ -37,11 +37,14 @@ import bisect
 import threading
 from collections.abc import Callable
 from itertools import pairwise
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.fixalloc import FixAlloc
 from gcalloc.mspan import MSpan
+
+if TYPE_CHECKING:   # annotations only: mprof uses this module
+    from gcalloc.gc.mprof import Bucket
 
 KIND_FINALIZER = 1
 KIND_PROFILE = 2
@@ -84,7 +87,7 @@ class SpecialProfile(Special):
     def __init__(self) -> None:
         super().__init__()
         self.kind = KIND_PROFILE
-        self.bucket: object = None
+        self.bucket: Bucket | None = None
 
 
 class PersistentChunks:
@@ -113,7 +116,7 @@ class Specials:
     needs it; ``on_profile_free(bucket, size, explicit)`` is the profiler's mProf_Free."""
 
     def __init__(self, persistent, ensure_swept: Callable[[MSpan], None],
-                 on_profile_free: Callable[[object, int, bool], None] | None = None) -> None:
+                 on_profile_free: Callable[[Bucket, int, bool], None] | None = None) -> None:
         self.lock = threading.Lock()
         self.ensure_swept = ensure_swept
         self.on_profile_free = on_profile_free
@@ -226,7 +229,7 @@ class Specials:
 
     # --- profile records (Go's setprofilebucket) ----------------------------------------
 
-    def set_profile_bucket(self, s: MSpan, offset: int, bucket: object) -> None:
+    def set_profile_bucket(self, s: MSpan, offset: int, bucket: Bucket) -> None:
         """Attach a profile record for the object at ``offset``. The object was just
         allocated, so its span is swept; a second record for it is a broken invariant."""
         self.ensure_swept(s)
@@ -265,12 +268,14 @@ class Specials:
             else:
                 s.specials = None
                 self.spans.discard(s)
-            buckets = []
+            buckets: list[Bucket] = []
             for rec in freed:
                 if rec.kind == KIND_FINALIZER:
                     self.finalizers -= 1     # dropped without running
                 else:
-                    buckets.append(cast(SpecialProfile, rec).bucket)
+                    bucket = cast(SpecialProfile, rec).bucket
+                    assert bucket is not None   # a linked profile record has its bucket
+                    buckets.append(bucket)
                 self._free_record_locked(rec)
         # The profiler hears of the frees outside ``lock`` (Go's freespecial calls mProf_Free
         # without the span's lock).
