@@ -11,6 +11,7 @@ span in use, a declared root range); touching anything else faults like any wild
 from __future__ import annotations
 
 import ctypes
+from typing import cast
 
 import numpy as np
 
@@ -21,7 +22,8 @@ MEM_RAW = (ctypes.c_uint8 * (ADDRESS_SPACE_END - ADDRESS_SPACE_BASE)).from_addre
     ADDRESS_SPACE_BASE)
 """The user address space [0x1000, 2**47) as one ctypes buffer."""
 
-MEM64 = np.frombuffer(MEM_RAW, dtype=np.uint8).view(np.uint64)
+# ctypes arrays export the buffer protocol, which numpy's stubs do not list for frombuffer
+MEM64 = np.frombuffer(cast(memoryview, MEM_RAW), dtype=np.uint8).view(np.uint64)
 """The same as uint64 words: the word at address a is ``MEM64[(a - 0x1000) >> 3]``."""
 
 MEM_BYTES = memoryview(MEM_RAW).cast("B")

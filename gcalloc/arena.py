@@ -265,10 +265,11 @@ class Arenas:
 
     def _add_arena(self, ri: int) -> None:
         l1i = ri >> ARENA_L2_BITS
-        if self.l1[l1i] is None:
+        l2 = self.l1[l1i]
+        if l2 is None:
             nbytes = (1 << ARENA_L2_BITS) * 4
             p = self._persistent.alloc(nbytes, PTR_SIZE, self._stats.gc_sys)
-            self.l1[l1i] = whole_region_view(p, nbytes, np.int32)
+            l2 = self.l1[l1i] = whole_region_view(p, nbytes, np.int32)
         slot = len(self.all)
         arena = HeapArena(arena_base(ri), slot)
         bm = self._bitmap_region.alloc(HEAP_ARENA_BITMAP_BYTES, PTR_SIZE, self._stats.gc_sys)
@@ -279,7 +280,7 @@ class Arenas:
                 or pm - self._pages_region.base != arena.pages_off * 4):
             raise HeapCorruption(f"arena metadata for slot {slot} out of order")
         self.all.append(arena)
-        self.l1[l1i][ri & ((1 << ARENA_L2_BITS) - 1)] = slot + 1
+        l2[ri & ((1 << ARENA_L2_BITS) - 1)] = slot + 1
 
     # --- teardown ----------------------------------------------------------------------
 

@@ -112,7 +112,8 @@ class ShadowStack:
     def __init__(self, heap: Heap, nslots: int) -> None:
         self.heap = heap
         self.words = (_U64 * nslots)()
-        self.token = heap.add_root_range(ctypes.addressof(self.words), ctypes.sizeof(self.words))
+        self.token: int | None = heap.add_root_range(ctypes.addressof(self.words),
+                                                     ctypes.sizeof(self.words))
 
     def clear(self) -> None:
         ctypes.memset(self.words, 0, ctypes.sizeof(self.words))

@@ -163,7 +163,7 @@ def check_addr(p: object) -> int:
     if isinstance(p, bool):
         raise InvalidArgument("address must be an integer, not bool")
     try:
-        return operator.index(p)
+        return operator.index(p)  # type: ignore[arg-type]  # TypeError is the check
     except TypeError:
         raise InvalidArgument(f"address must be an integer, not {type(p).__name__}") from None
 

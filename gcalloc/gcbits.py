@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -35,7 +37,8 @@ def whole_region_view(base: int, size: int, dtype: type) -> np.ndarray:
     """A numpy array over [base, base+size) without touching it (unmapped parts must not be
     read: callers index only what they mapped)."""
     raw = (ctypes.c_uint8 * size).from_address(base)
-    return np.frombuffer(raw, dtype=np.uint8).view(dtype)
+    # a ctypes array exports the buffer protocol; numpy's stubs do not list it
+    return np.frombuffer(cast(memoryview, raw), dtype=np.uint8).view(dtype)
 
 
 class _Chunk:
@@ -76,7 +79,7 @@ class GCBits:
             chunk.free += nbytes
             return off
 
-    def new_bits_many(self, counts: list[int]) -> list[int]:
+    def new_bits_many(self, counts: Sequence[int] | np.ndarray) -> list[int]:
         """new_bits for each count in one locked pass (sweeping many spans at once): the
         bitmaps are laid end to end, a chunk at a time."""
         nbytes = ((np.asarray(counts, dtype=np.int64) + 63) >> 6) << 3

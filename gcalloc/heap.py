@@ -83,10 +83,12 @@ class Heap:
             gc_memstats=self._gc_memstats, reclaim=_weak_method(self, "_reclaim"),
             on_new_spans=_weak_method(self, "_init_span_bits"))
         self._alloc = a = Allocator(hooks, efence=bool(self._debug.efence))
-        self.alloc = a.alloc          # the fast path: one bound call
-        self.free = a.free
-        self.lookup = a.lookup
-        self.usable_size = a.usable_size
+        # Instance attributes shadow the methods below (which document the API) so each
+        # call is one bound call into the allocator.
+        self.alloc = a.alloc          # type: ignore[method-assign]  # the fast path
+        self.free = a.free            # type: ignore[method-assign]  # same signature
+        self.lookup = a.lookup        # type: ignore[method-assign]  # same signature
+        self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._scavenger: Scavenger | None = None
@@ -124,7 +126,7 @@ class Heap:
 
     # --- allocation, free, lookup: the allocator's (bound per instance in __init__) -------
 
-    def alloc(self, size: int, type: object = None, noscan: bool = False,  # type: ignore[no-redef]
+    def alloc(self, size: int, type: object = None, noscan: bool = False,
               zero: bool = True) -> int:
         """mallocgc: allocate ``size`` bytes and return the address (a raw int, not a root).
         ``type`` (a ctypes type or gcalloc.Type) gives the collector the object's pointer
@@ -133,18 +135,18 @@ class Heap:
         InvalidArgument, InvalidType, OutOfMemory, HeapClosed (see the README's table)."""
         return self._alloc.alloc(size, type, noscan, zero)
 
-    def free(self, p: int) -> None:  # type: ignore[no-redef]
+    def free(self, p: int) -> None:
         """gccgo's __go_free: free the object starting at p now (0 and size-0 objects: a
         no-op). Raises NotHeapPointer, InteriorPointer, DoubleFree, TinyObjectFree,
         InvalidArgument, HeapClosed, all before anything changes."""
         self._alloc.free(p)
 
-    def lookup(self, p: int) -> tuple[int, int] | None:  # type: ignore[no-redef]
+    def lookup(self, p: int) -> tuple[int, int] | None:
         """gccgo's mlookup: (base, usable size) of the allocated object holding p, or None.
         Raises InvalidArgument, HeapClosed."""
         return self._alloc.lookup(p)
 
-    def usable_size(self, p: int) -> int:  # type: ignore[no-redef]
+    def usable_size(self, p: int) -> int:
         """Bytes usable at object start p (its size class, or the page-rounded size of a
         large object). Raises NotHeapPointer, InteriorPointer, InvalidArgument, HeapClosed."""
         return self._alloc.usable_size(p)
@@ -181,6 +183,7 @@ class Heap:
         if not noscan:
             with self._alloc.inside():     # close() must not unmap the bitmap under this write
                 s = self._alloc.mheap.span_of(p)
+                assert s is not None   # p was just allocated: its span is in use
                 extent = s.npages << PAGE_SHIFT if s.sizeclass == 0 else s.elemsize
                 bitmap.set_object_type(self._alloc.mheap.arenas, p, extent, t, size)
                 s.typed = True
@@ -377,8 +380,7 @@ class Heap:
         self._check_open()
         return self._mprof.records(inuse_zero)
 
-    def write_heap_profile(self, path: str | os.PathLike | io.RawIOBase | io.BufferedIOBase
-                           ) -> None:
+    def write_heap_profile(self, path: pprof.ProfileDest) -> None:
         """pprof.WriteHeapProfile: write the heap profile as gzipped profile.proto, counts
         scaled by ``mem_profile_rate`` to estimates (``go tool pprof -top path``).
 

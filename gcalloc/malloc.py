@@ -285,7 +285,7 @@ class Allocator:
         if isinstance(size, bool):
             raise InvalidArgument("size must be an integer, not bool")
         try:
-            n = operator.index(size)
+            n = operator.index(size)  # type: ignore[arg-type]  # TypeError is the check
         except TypeError:
             raise InvalidArgument(f"size must be an integer, not {type(size).__name__}") from None
         if n < 0:

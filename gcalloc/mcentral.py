@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.mheap import MHeap
 from gcalloc.mspan import MSpan
 from gcalloc.sizeclasses import PAGE_SHIFT, class_to_allocnpages, span_class_sizeclass
+
+if TYPE_CHECKING:   # mcache imports this module
+    from gcalloc.mcache import MCache
 
 # Go's spanBudget: how many unswept spans cacheSpan sweeps before it grows instead.
 SPAN_BUDGET = 100
@@ -91,7 +95,7 @@ class MCentral:
 
     # --- handing spans to mcaches ------------------------------------------------------
 
-    def exchange(self, old: MSpan | None, owner: object, alloc_count: list[int]) -> MSpan:
+    def exchange(self, old: MSpan | None, owner: MCache, alloc_count: list[int]) -> MSpan:
         """mcache refill in one visit: take back ``old`` (the mcache's full span, or None)
         as uncacheSpan does and hand out a span with a free slot as cacheSpan does, under
         one acquisition of the lock. The new span's free slots are counted in
@@ -111,7 +115,7 @@ class MCentral:
         # and uncache keep it so; the full-unswept path below resets it).
         return s
 
-    def _hand_to(self, owner: object, s: MSpan, alloc_count: list[int]) -> None:
+    def _hand_to(self, owner: MCache, s: MSpan, alloc_count: list[int]) -> None:
         s.cached_by = owner
         s.sweepgen = self.mheap.sweepgen + 3
         alloc_count[self.spanclass] += s.nelems - s.allocCount
@@ -177,6 +181,7 @@ class MCentral:
     def apply_pending_frees(self, s: MSpan) -> int:
         """Apply the frees other threads queued on s; returns how many."""
         pending, s.pending_frees = s.pending_frees, None
+        assert pending is not None   # callers apply only when s.pending_frees is non-empty
         gcbits = self.mheap.gcbits
         for index in pending:
             s.free_slot(gcbits.bits8, gcbits.bits64, index)

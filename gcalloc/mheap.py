@@ -28,6 +28,7 @@ import ctypes
 import threading
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 from sortedcontainers import SortedList
@@ -83,7 +84,8 @@ class MHeap:
         self.spans: list[MSpan | None] = [None]
         self.spanalloc = FixAlloc(self._new_span_record, MSPAN_RECORD_BYTES,
                                   stats.mspan_inuse, stats.mspan_sys, zero=False)
-        self.free = SortedList()          # (npages, base) of every free span
+        # (npages, base) of every free span
+        self.free: SortedList[tuple[int, int]] = SortedList()
         self.free_by_base: dict[int, MSpan] = {}
         self.busy_large: dict[int, MSpan] = {}   # id -> in-use span of size class 0
         # [cur_base, cur_end): arena space mapped for the heap but not yet made into spans.
@@ -371,7 +373,9 @@ class MHeap:
         holds lock or the world is stopped."""
         self.table.sync()
         spans = self.spans
-        return [spans[i] for i in np.flatnonzero(self.table.state == SPAN_IN_USE).tolist()]
+        # an in-use row's id names a span record, never the None at index 0
+        return cast("list[MSpan]",
+                    [spans[i] for i in np.flatnonzero(self.table.state == SPAN_IN_USE).tolist()])
 
     def free_spans(self) -> Iterator[MSpan]:
         return (self.free_by_base[base] for _, base in self.free)

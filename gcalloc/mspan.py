@@ -26,6 +26,8 @@ The mirror is written when a span changes state or bitmaps, never on the allocat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from gcalloc.sizeclasses import (
@@ -34,6 +36,10 @@ from gcalloc.sizeclasses import (
     span_class_noscan,
     span_class_sizeclass,
 )
+
+if TYPE_CHECKING:   # annotations only: the GC layer and mcache import this module
+    from gcalloc.gc.specials import Special
+    from gcalloc.mcache import MCache
 
 # Span states (Go 1.8's mSpanState; Manual is Go's mSpanManual / old mSpanStack).
 SPAN_DEAD = 0
@@ -75,13 +81,17 @@ class MSpan:
         self.allocCount = 0        # allocated slots; == popcount of allocation state
         self.sweepgen = 0          # see the sweepgen protocol in gc/sweep.py
         self.needzero = False      # True iff some byte of the span may be nonzero when free
-        self.specials = None       # sorted special records, owned by the GC layer
+        # sorted special records, owned by the GC layer
+        self.specials: list[Special] | None = None
         self.unusedsince = 0.0     # free spans: when it became free (scavenger)
         self.npreleased = 0        # free spans: pages returned to the OS; <= npages
-        self.central_set = None    # the mcentral set (dict) holding this span, if any
-        self.cached_by = None      # the mcache allocating from this span, if any
-        self.pending_frees = None  # slots freed by other threads while cached (list)
-        self.tiny_blocks = None    # slots holding 16-byte tiny blocks (set), tiny class only
+        # the mcentral set holding this span, if any
+        self.central_set: dict[int, MSpan] | None = None
+        self.cached_by: MCache | None = None  # the mcache allocating from this span, if any
+        # slots freed by other threads while cached
+        self.pending_frees: list[int] | None = None
+        # slots holding 16-byte tiny blocks, tiny class only
+        self.tiny_blocks: set[int] | None = None
         self.run_end = 0           # end of the reserved run (see above), or 0
         self.typed = False         # a typed object lives here: heap bits not all ones (gc/)
         self.faulted = False       # efence: freed, pages made inaccessible, never reused
@@ -286,6 +296,16 @@ class SpanTable:
     state; readers of the arrays call ``sync()`` first, with the heap lock held or the world
     stopped. Batching keeps numpy scalar writes off the span-allocation path.
     """
+
+    # The columns, made by setattr from FIELDS in __init__ and ensure.
+    base: np.ndarray
+    elemsize: np.ndarray
+    nelems: np.ndarray
+    limit: np.ndarray
+    state: np.ndarray
+    noscan: np.ndarray
+    allocbits: np.ndarray
+    markbits: np.ndarray
 
     # (column, dtype, the span attribute it mirrors)
     FIELDS = (("base", np.uint64, "base"), ("elemsize", np.uint64, "elemsize"),

@@ -19,11 +19,12 @@ string_table[0] is always "".
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import time
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import BinaryIO, TypeAlias
 
 from gcalloc.gc.mprof import Frame, MemProfileRecord
 
@@ -72,6 +73,11 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+# _Message has methods named int, bytes and bool; inside its body those names are the
+# methods, so annotations there spell the builtin through this alias.
+_Int: TypeAlias = int
+
+
 class _Message:
     """An encoder for one protobuf message."""
 
@@ -85,18 +91,18 @@ class _Message:
             self.buf += varint(field << 3 | _VARINT)
             self.buf += varint(value)
 
-    def bool(self, field: int, value: bool) -> None:
+    def bool(self, field: _Int, value: bool) -> None:
         self.int(field, 1 if value else 0)
 
-    def bytes(self, field: int, data: bytes) -> None:
+    def bytes(self, field: _Int, data: bytes) -> None:
         self.buf += varint(field << 3 | _BYTES)
         self.buf += varint(len(data))
         self.buf += data
 
-    def message(self, field: int, msg: _Message) -> None:
+    def message(self, field: _Int, msg: _Message) -> None:
         self.bytes(field, bytes(msg.buf))
 
-    def packed(self, field: int, values: Iterable[int]) -> None:
+    def packed(self, field: _Int, values: Iterable[_Int]) -> None:
         data = b"".join(varint(v) for v in values)
         if data:
             self.bytes(field, data)
@@ -205,7 +211,11 @@ def encode_heap_profile(records: Iterable[MemProfileRecord], rate: int,
     return bytes(out.buf) + bytes(strings.buf)
 
 
-def write_heap_profile(path: str | bytes | os.PathLike | BinaryIO,
+# Where a profile goes: a file name, or a file object open for binary writing.
+ProfileDest: TypeAlias = "str | bytes | os.PathLike | BinaryIO | io.RawIOBase | io.BufferedIOBase"
+
+
+def write_heap_profile(path: ProfileDest,
                        records: Iterable[MemProfileRecord], rate: int) -> None:
     """Write the gzipped heap profile (what ``go tool pprof`` reads) to ``path``: a file name,
     or a binary file object, which is written and left open (Heap.write_heap_profile checks
@@ -235,10 +245,12 @@ def read_varint(buf: bytes, i: int) -> tuple[int, int]:
 def read_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
     """(field number, value) pairs of one message: varints as ints, length-delimited fields
     as bytes (the only wire types profile.proto uses). Raises ValueError on others."""
-    out, i = [], 0
+    out: list[tuple[int, int | bytes]] = []
+    i = 0
     while i < len(buf):
         key, i = read_varint(buf, i)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, i = read_varint(buf, i)
         elif wire == 2:

@@ -37,10 +37,14 @@ import bisect
 import threading
 from collections.abc import Callable
 from itertools import pairwise
+from typing import TYPE_CHECKING, cast
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.fixalloc import FixAlloc
 from gcalloc.mspan import MSpan
+
+if TYPE_CHECKING:   # annotations only: mprof uses this module
+    from gcalloc.gc.mprof import Bucket
 
 KIND_FINALIZER = 1
 KIND_PROFILE = 2
@@ -83,7 +87,7 @@ class SpecialProfile(Special):
     def __init__(self) -> None:
         super().__init__()
         self.kind = KIND_PROFILE
-        self.bucket: object = None
+        self.bucket: Bucket | None = None
 
 
 class PersistentChunks:
@@ -112,7 +116,7 @@ class Specials:
     needs it; ``on_profile_free(bucket, size, explicit)`` is the profiler's mProf_Free."""
 
     def __init__(self, persistent, ensure_swept: Callable[[MSpan], None],
-                 on_profile_free: Callable[[object, int, bool], None] | None = None) -> None:
+                 on_profile_free: Callable[[Bucket, int, bool], None] | None = None) -> None:
         self.lock = threading.Lock()
         self.ensure_swept = ensure_swept
         self.on_profile_free = on_profile_free
@@ -167,6 +171,7 @@ class Specials:
 
     def _unlink_locked(self, s: MSpan, i: int) -> Special:
         lst = s.specials
+        assert lst is not None   # callers found record i in it
         rec = lst.pop(i)
         if not lst:
             s.specials = None
@@ -202,7 +207,10 @@ class Specials:
         """Every (span, finalizer record) attached now, in span then offset order of each
         span (the world is stopped or the caller accepts a snapshot)."""
         with self.lock:
-            return [(s, rec) for s in self.spans for rec in s.specials
+            # every span in self.spans has a non-empty list; a KIND_FINALIZER record is a
+            # SpecialFinalizer
+            return [(s, cast(SpecialFinalizer, rec))
+                    for s in self.spans for rec in cast("list[Special]", s.specials)
                     if rec.kind == KIND_FINALIZER]
 
     def take_finalizer(self, s: MSpan, rec: SpecialFinalizer) -> Callable[[int], object]:
@@ -215,12 +223,13 @@ class Specials:
                 raise HeapCorruption(f"finalizer record {rec!r} is not in span {s!r}")
             self._unlink_locked(s, i)
             fn = rec.fn
+            assert fn is not None   # set before the record was linked, cleared only by free
             self._free_record_locked(rec)
         return fn
 
     # --- profile records (Go's setprofilebucket) ----------------------------------------
 
-    def set_profile_bucket(self, s: MSpan, offset: int, bucket: object) -> None:
+    def set_profile_bucket(self, s: MSpan, offset: int, bucket: Bucket) -> None:
         """Attach a profile record for the object at ``offset``. The object was just
         allocated, so its span is swept; a second record for it is a broken invariant."""
         self.ensure_swept(s)
@@ -249,7 +258,7 @@ class Specials:
             elemsize = s.elemsize
             dead = set(slots)
             large = s.sizeclass == 0
-            keep = []
+            keep: list[Special] = []
             for rec in lst:
                 (freed if (0 if large else rec.offset // elemsize) in dead else keep).append(rec)
             if not freed:
@@ -259,12 +268,14 @@ class Specials:
             else:
                 s.specials = None
                 self.spans.discard(s)
-            buckets = []
+            buckets: list[Bucket] = []
             for rec in freed:
                 if rec.kind == KIND_FINALIZER:
                     self.finalizers -= 1     # dropped without running
                 else:
-                    buckets.append(rec.bucket)
+                    bucket = cast(SpecialProfile, rec).bucket
+                    assert bucket is not None   # a linked profile record has its bucket
+                    buckets.append(bucket)
                 self._free_record_locked(rec)
         # The profiler hears of the frees outside ``lock`` (Go's freespecial calls mProf_Free
         # without the span's lock).
@@ -273,12 +284,15 @@ class Specials:
                 self.on_profile_free(b, s.elemsize, explicit)
 
     def _free_record_locked(self, rec: Special) -> None:
+        # the kind names the record's class
         if rec.kind == KIND_FINALIZER:
-            rec.fn = None
-            self.finalizer_alloc.free(rec)
+            fin = cast(SpecialFinalizer, rec)
+            fin.fn = None
+            self.finalizer_alloc.free(fin)
         elif rec.kind == KIND_PROFILE:
-            rec.bucket = None
-            self.profile_alloc.free(rec)
+            prof = cast(SpecialProfile, rec)
+            prof.bucket = None
+            self.profile_alloc.free(prof)
         else:
             raise HeapCorruption(f"freespecial: bad special kind {rec.kind}")
 

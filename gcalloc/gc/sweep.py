@@ -27,6 +27,7 @@ left before it marks, and ``Heap.collect()`` sweeps everything before it returns
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,7 +45,8 @@ class Sweeper:
         self.mheap = allocator.mheap
         self.large_lock = threading.Lock()
         self.unswept: list[MSpan] = []    # spans to sweep this cycle (snapshot at termination)
-        self.on_free_objects = None       # specials hook: fn(span, freed slot list)
+        # specials hook: fn(span, freed slot list)
+        self.on_free_objects: Callable[[MSpan, list[int]], None] | None = None
         self.swept_spans = 0
         self.reclaimed_pages = 0
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Iterable
+from typing import cast
 
 from gcalloc.errors import InvalidArgument, InvalidType
 
@@ -138,10 +139,12 @@ def _mask_of(ctype: type, offset: int) -> int:
             raise InvalidType(f"pointer field at offset {offset} is not 8-byte aligned")
         return 1 << (offset // PTR_SIZE)
     if issubclass(ctype, ctypes.Array):
-        elem = ctype._type_
+        # typeshed declares _type_/_length_ as instance properties; on the class they are
+        # the element type and the length
+        elem = cast(type, ctype._type_)
         esize = ctypes.sizeof(elem)
         mask = 0
-        for i in range(ctype._length_):
+        for i in range(cast(int, ctype._length_)):
             m = _mask_of(elem, offset + i * esize)
             if not m:
                 break  # no pointers in the element: none in any of them
