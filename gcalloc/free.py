@@ -1,9 +1,11 @@
 """Explicit free and lookup of a heap address (gccgo's __go_free and mlookup, Go's findObject).
 
-Functions of the Allocator (malloc.py binds them as its methods ``free``, ``lookup``,
-``usable_size``, ``find_object``, ``release_large_span``), kept apart from the allocation
-paths: they read a span's bits to decide what an address is, where allocation only hands
-out slots.
+Functions of the Allocator, kept apart from the allocation paths: they read a span's bits to
+decide what an address is, where allocation only hands out slots. The Allocator's ``free``,
+``lookup`` and ``usable_size`` (malloc.py) check the address and enter the safepoint, then
+call the ``*_at_safepoint`` / ``*_in_region`` functions here, so a call goes down through
+this module and never back up to malloc.py; ``find_object`` and ``release_large_span`` are
+bound as Allocator methods as they are.
 
 ``free`` returns a small object's slot to its span or a large span to the page heap. It
 validates everything first and raises without changing anything: NotHeapPointer,
@@ -39,22 +41,27 @@ if TYPE_CHECKING:
     from gcalloc.mcentral import MCentral
 
 
-def free(a: Allocator, p: int) -> None:
-    """Free the object starting at p (gccgo's __go_free). See Heap.free."""
-    p = check_addr(p)
-    if p == 0 or p == a.zerobase:
-        return
-    c = a._this_mcache()
-    a._safepoint(c)
-    try:
-        s = _span_for_free(a, p)
-        a.hooks.ensure_swept(s)
-        if s.sizeclass == 0:
-            _free_large(a, s, p)
-        else:
-            _free_small(a, c, s, p)
-    finally:
-        c.mallocing = False
+def free_at_safepoint(a: Allocator, c: MCache, p: int) -> None:
+    """Free the object starting at p (gccgo's __go_free; see Heap.free). The caller,
+    ``Allocator.free``, has checked p, skipped 0 and the zerobase and entered the safepoint
+    with the thread's mcache c; it leaves the safepoint whatever this raises."""
+    s = _span_for_free(a, p)
+    a.hooks.ensure_swept(s)
+    if s.sizeclass == 0:
+        _free_large(a, s, p)
+    else:
+        _free_small(a, c, s, p)
+
+
+def lookup_in_region(a: Allocator, p: int) -> tuple[int, int] | None:
+    """(base, size) of the object holding p, or None (gccgo's mlookup). The caller,
+    ``Allocator.lookup``, holds a safepoint region."""
+    a.stats.lookups += 1
+    found = find_object(a, p)
+    if found is None:
+        return None
+    s, idx = found
+    return s.base + idx * s.elemsize, s.elemsize
 
 
 def _span_for_free(a: Allocator, p: int) -> MSpan:
@@ -185,28 +192,12 @@ def find_object(a: Allocator, p: int) -> tuple[MSpan, int] | None:
     return s, idx
 
 
-def lookup(a: Allocator, p: int) -> tuple[int, int] | None:
-    """(base, size) of the object holding p, or None (gccgo's mlookup)."""
-    p = check_addr(p)
-    entered = a._enter()   # not inside(): lookup is called often enough to mind
-    try:
-        a.stats.lookups += 1
-        found = find_object(a, p)
-    finally:
-        a._leave(entered)
-    if found is None:
-        return None
-    s, idx = found
-    return s.base + idx * s.elemsize, s.elemsize
-
-
-def usable_size(a: Allocator, p: int) -> int:
-    """Bytes usable at object start p (its size class or page-rounded large size)."""
-    p = check_addr(p)
+def usable_size_in_region(a: Allocator, p: int) -> int:
+    """Bytes usable at object start p (its size class or page-rounded large size). The
+    caller, ``Allocator.usable_size``, has checked p and holds a safepoint region."""
     if p == a.zerobase:
         return 0
-    with a.inside():
-        found = find_object(a, p)
+    found = find_object(a, p)
     if found is None:
         raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
     s, idx = found

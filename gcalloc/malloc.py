@@ -466,10 +466,34 @@ class Allocator:
 
     # --- explicit free and lookup (free.py) -----------------------------------------------
 
-    free = _free.free
+    def free(self, p: int) -> None:
+        """Free the object starting at p (gccgo's __go_free). See Heap.free."""
+        p = _free.check_addr(p)
+        if p == 0 or p == self.zerobase:
+            return
+        c = self._this_mcache()
+        self._safepoint(c)
+        try:
+            _free.free_at_safepoint(self, c, p)
+        finally:
+            c.mallocing = False
+
+    def lookup(self, p: int) -> tuple[int, int] | None:
+        """(base, size) of the object holding p, or None (gccgo's mlookup)."""
+        p = _free.check_addr(p)
+        entered = self._enter()   # not inside(): lookup is called often enough to mind
+        try:
+            return _free.lookup_in_region(self, p)
+        finally:
+            self._leave(entered)
+
+    def usable_size(self, p: int) -> int:
+        """Bytes usable at object start p. See Heap.usable_size."""
+        p = _free.check_addr(p)
+        with self.inside():
+            return _free.usable_size_in_region(self, p)
+
     find_object = _free.find_object
-    lookup = _free.lookup
-    usable_size = _free.usable_size
     release_large_span = _free.release_large_span
     check_addr = staticmethod(_free.check_addr)
 
