@@ -79,7 +79,7 @@ def _free_large(a: Allocator, s: MSpan, p: int) -> None:
         if p != s.base:
             raise InteriorPointer(f"free of {p:#x}: inside the object at {s.base:#x}", p)
         s.allocCount = 0
-    a.hooks.on_free(s, 0)
+    a.hooks.on_free(s, 0, s.npages << PAGE_SHIFT)
     release_large_span(a, s)
 
 
@@ -122,7 +122,10 @@ def _free_small(a: Allocator, c: MCache, s: MSpan, p: int) -> None:
             raise InteriorPointer(f"free of {p:#x}: inside the object at {base:#x}", p)
         if s.is_free(gcbits.bits8, idx) or (s.pending_frees and idx in s.pending_frees):
             raise DoubleFree(f"free of {p:#x}: object already freed", p)
-        a.hooks.on_free(s, idx)
+        # A slot freed into a span this thread caches stays charged to the pacer: refill
+        # charged it, and the thread hands it out again (or release_all refunds it) without
+        # a new charge. Every other slot stops being counted now (gc/pacer.py).
+        a.hooks.on_free(s, idx, 0 if s.cached_by is c else s.elemsize)
         a.stats.small_free_count[s.spanclass] += 1
         if s.cached_by is not None and s.cached_by is not c:
             # Another thread allocates from this span without a lock: let it apply the
@@ -137,11 +140,8 @@ def _free_small(a: Allocator, c: MCache, s: MSpan, p: int) -> None:
             _refile_after_free(a, central, s, was_full)
         else:
             # refill counted the span's free slots as allocated; this one is free again
-            # and will be counted when the thread allocates it. Likewise refill charged
-            # it to the pacer: it stays charged until release_all (gc/pacer.py), so
-            # on_free's refund is taken back.
+            # and will be counted when the thread allocates it.
             a.stats.small_alloc_count[s.spanclass] += 1
-            a.hooks.charge_live(s.elemsize)
 
 
 def in_unused_run(s: MSpan, p: int) -> bool:

@@ -435,11 +435,11 @@ class Heap:
         nbytes = sum(s.npages for s in spans) << PAGE_SHIFT
         bitmap.fill_span(self._alloc.mheap.arenas, first.base, nbytes, bitmap.ALL_ONES)
 
-    def _on_free(self, s: MSpan, idx: int) -> None:
+    def _on_free(self, s: MSpan, idx: int, refund: int) -> None:
         if s.typed and s.sizeclass:
             bitmap.reset_object(self._alloc.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
-        # The allocator re-charges the slot when it stays charged (gc/pacer.py).
-        self._gc.pacer.refund(s.elemsize if s.sizeclass else s.npages << PAGE_SHIFT)
+        if refund:
+            self._gc.pacer.refund(refund)
         if s.specials:
             self._specials.free_objects(s, [idx], explicit=True)
 

@@ -37,8 +37,9 @@ class GCHooks:
     # The heap-profile countdown hit zero at object p of ``size`` bytes: record it.
     on_sample: Callable[[int, int], None]
     # Explicit free of slot idx of span s (0 for a large span), after every check passed and
-    # before the slot is free again: specials, heap bits, the pacer's refund.
-    on_free: Callable[[MSpan, int], None]
+    # before the slot is free again: specials, heap bits, and ``refund`` bytes back to the
+    # pacer (0 for a slot that stays charged: see gc/pacer.py).
+    on_free: Callable[[MSpan, int, int], None]
     # ``alloc(size, type=T)``: check T against size, allocate, write T's pointer bits.
     alloc_typed: Callable[[int, object, bool, bool], int]
     # The collector's MemStats fields (next_gc, num_gc, pause_ns, ...) as a dict.
