@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterator
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
-from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
+from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
     HeapCorruption,
     InvalidArgument,
@@ -35,6 +35,7 @@ from gcalloc.errors import (
 from gcalloc.free import check_addr
 from gcalloc.gc import bitmap, pprof
 from gcalloc.gc.finalizer import Finalizers
+from gcalloc.gc.memlimit import MAX_INT64, MemLimitStats, check_limit
 from gcalloc.gc.mgc import Collector
 from gcalloc.gc.mprof import MemProfiler, MemProfileRecord
 from gcalloc.gc.pacer import check_gc_percent
@@ -73,6 +74,7 @@ class Heap:
                                   f"{type(scavenger).__name__}")
         self._debug: DebugFlags = parse_debug(debug)
         gogc = check_gc_percent(parse_gogc() if gc_percent is None else gc_percent)
+        memlimit = parse_memlimit()
         # The one place the layers meet: the allocator calls the collector only through
         # these hooks. The page heap's two hold the Heap weakly: the page heap outlives a
         # dropped Heap (the finalizer below holds it).
@@ -91,6 +93,7 @@ class Heap:
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
+            self._gc.pacer.set_memory_limit(memlimit)
             self._scavenger: Scavenger | None = None
             if scavenger or (scavenger is None and self._debug.scavenger):
                 self._scavenger = Scavenger(a.mheap)
@@ -317,6 +320,34 @@ class Heap:
     def gc_percent(self) -> int:
         return self._gc.pacer.gc_percent
 
+    def set_memory_limit(self, n: int) -> int:
+        """debug.SetMemoryLimit (Go 1.19): a soft limit, in bytes, on what the heap holds from
+        the OS (``sys - heap_released``); returns the previous limit. A negative n only reads;
+        MAX_INT64 (``(1 << 63) - 1``, Go's math.MaxInt64) means none, the default, or
+        GCALLOC_MEMLIMIT. See docs/memlimit.md. Raises InvalidArgument, HeapClosed."""
+        n = check_limit(n)
+        self._check_open()
+        with self._gc.lock:
+            old = self._gc.pacer.set_memory_limit(n)
+            if 0 <= n < MAX_INT64:
+                self._gc.scavenge_for_limit(0)
+        return old
+
+    def read_memlimit(self) -> MemLimitStats:
+        """The memory limit beside what it bounds: mapped_ready (``sys - heap_released``), the
+        heap goal and the limit's goal, bytes scavenged for it, the CPU limiter's accounting
+        (Go's runtime/metrics for GOMEMLIMIT). Raises HeapClosed."""
+        self._check_open()
+        gc = self._gc
+        with self._alloc.inside(), self._alloc.mheap.lock:
+            ready, _ = gc.pacer.measure()
+        lim = gc.limiter
+        return MemLimitStats(
+            limit=gc.pacer.memory_limit, mapped_ready=ready, heap_goal=gc.pacer.next_gc,
+            limit_goal=gc.pacer.limit_goal, scavenged=gc.limit_scavenged,
+            limiter_skipped=lim.skipped, limiter_enabled_cycles=lim.enabled_cycles,
+            gc_time=lim.gc_time, mutator_time=lim.mutator_time)
+
     @contextlib.contextmanager
     def no_gc(self) -> Iterator[None]:
         """No collection starts while this block runs (in any thread): for code that writes
@@ -446,6 +477,11 @@ class Heap:
     def _reclaim(self, npages: int) -> None:
         if not self._gc.sweeper.done():
             self._gc.sweeper.reclaim(npages)
+        # Scavenge rather than grow past the limit, unless the CPU limiter is on: then the
+        # limit is not being met anyway (Go 1.19 mheap.go allocSpan does the same).
+        gc = self._gc
+        if gc.pacer.memory_limit < MAX_INT64 and not gc.limiter.limiting():
+            gc.scavenge_for_limit(npages << PAGE_SHIFT)
 
     # --- verify and close --------------------------------------------------------------
 

@@ -57,6 +57,8 @@ CASES = [
     C("Heap", "env-debug", "gcalloc.Heap()", "ConfigError",
       env={"GCALLOC_DEBUG": "verify=x"}),
     C("Heap", "env-gogc", "gcalloc.Heap()", "ConfigError", env={"GCALLOC_GOGC": "lots"}),
+    C("Heap", "env-memlimit", "gcalloc.Heap()", "ConfigError",
+      env={"GCALLOC_MEMLIMIT": "64MB"}),
     # --- alloc ---------------------------------------------------------------------------
     C("alloc", "negative", "h.alloc(-1)", "InvalidSize"),
     C("alloc", "too-large", "h.alloc(1 << 60)", "InvalidSize"),
@@ -179,6 +181,10 @@ CASES = [
     # --- collection control ----------------------------------------------------------------
     C("set_gc_percent", "str", "h.set_gc_percent('100')", "InvalidArgument"),
     C("set_gc_percent", "closed", "h.set_gc_percent(100)", "HeapClosed", closed=True),
+    C("set_memory_limit", "str", "h.set_memory_limit('64MiB')", "InvalidArgument"),
+    C("set_memory_limit", "float", "h.set_memory_limit(1e9)", "InvalidArgument"),
+    C("set_memory_limit", "closed", "h.set_memory_limit(1 << 30)", "HeapClosed", closed=True),
+    C("read_memlimit", "closed", "h.read_memlimit()", "HeapClosed", closed=True),
     C("no_gc", "closed", "h.no_gc().__enter__()", "HeapClosed", closed=True),
     C("scavenge", "str", "h.scavenge('x')", "InvalidArgument"),
     C("scavenge", "closed", "h.scavenge()", "HeapClosed", closed=True),
@@ -300,7 +306,7 @@ for line in sys.stdin:
 def _run_batch(cases: list[Case]) -> dict[str, dict]:
     """Run the cases in child processes; a child that dies costs only the case it ran."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for k in ("GCALLOC_DEBUG", "GCALLOC_GOGC"):
+    for k in ("GCALLOC_DEBUG", "GCALLOC_GOGC", "GCALLOC_MEMLIMIT"):
         env.pop(k, None)
     results: dict[str, dict] = {}
     todo = list(cases)
