@@ -196,3 +196,16 @@ def test_gctrace_shows_the_limit() -> None:
     assert trace.format_line(c).endswith("60 MB goal, 2 P, 64 MB limit")
     c.limit = MAX_INT64
     assert trace.format_line(c).endswith("60 MB goal, 2 P")
+
+
+def test_readme_second_tour_runs() -> None:
+    """The README's tour of the features beyond Go 1.16 runs as written."""
+    import re
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    code = blocks[1]
+    assert "set_memory_limit" in code
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "False" not in r.stdout and "True" in r.stdout
