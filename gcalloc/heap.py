@@ -22,6 +22,7 @@ import io
 import os
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
@@ -42,6 +43,7 @@ from gcalloc.gc.pacer import check_gc_percent
 from gcalloc.gc.roots import Handle, align_range
 from gcalloc.gc.specials import Specials
 from gcalloc.gc.types import Type, check_array, ctype_size, type_of
+from gcalloc.gc.weak import Cleanup, WeakAndCleanups, WeakPointer
 from gcalloc.hooks import GCHooks
 from gcalloc.malloc import MAX_ALLOC, Allocator
 from gcalloc.mspan import MSpan
@@ -122,6 +124,7 @@ class Heap:
         self._specials.on_profile_free = self._mprof.free
         self._mprof.install(self._gc)
         self._finalizers = Finalizers(self._gc, self._specials)
+        self._weak = WeakAndCleanups(self._gc, self._specials, self._finalizers)
         self._gc.sweeper.on_free_objects = self._specials.free_objects
         # A heap dropped without close() stops its finalizer thread (not at exit: a daemon).
         self._stop_finalizers = weakref.finalize(self, self._finalizers.queue.stop)
@@ -389,6 +392,25 @@ class Heap:
         InteriorPointer, FinalizerAlreadySet (ValueError), InvalidArgument, HeapClosed;
         a raising call changes nothing."""
         self._finalizers.set(p, fn)
+
+    def make_weak(self, p: int) -> WeakPointer:
+        """weak.Make (Go 1.24): a weak pointer to the object holding p (p may point inside
+        it). ``w.value()`` is p while the object is reachable, None once a collection found
+        it unreachable (before its finalizer, if any, is queued; a resurrected object's old
+        weak pointers stay None) or it was freed; the weak pointer does not keep it alive.
+        Weak pointers made to one address compare and hash equal. See docs/finalizers.md.
+        Raises NotHeapPointer, InvalidArgument, HeapClosed."""
+        return self._weak.make_weak(p)
+
+    def add_cleanup(self, p: int, fn: Callable[[Any], object], arg: object = None) -> Cleanup:
+        """runtime.AddCleanup (Go 1.24): ``fn(arg)`` runs on the finalizer thread once the
+        object holding p is unreachable (or freed); fn never receives p. Several cleanups may
+        attach to one object; ``.stop()`` on the returned Cleanup cancels one not yet queued.
+        An object with a finalizer runs its cleanups only after it was finalized and found
+        unreachable again. See docs/finalizers.md. Raises CleanupNotCallable (TypeError),
+        CleanupArgIsObject (ValueError: arg is an address inside the object or a Handle to
+        it), NotHeapPointer, InvalidArgument, HeapClosed."""
+        return self._weak.add_cleanup(p, fn, arg)
 
     def run_finalizers(self, timeout: float | None = None) -> bool:
         """Wait until no finalizer is queued or running (for tests and shutdown). Returns
