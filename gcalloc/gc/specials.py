@@ -455,9 +455,10 @@ class Specials:
 
     def live(self, kind: int) -> int:
         """Records of ``kind`` handed out and not freed."""
-        alloc = {KIND_FINALIZER: self.finalizer_alloc, KIND_PROFILE: self.profile_alloc,
-                 KIND_WEAK: self.weak_alloc, KIND_CLEANUP: self.cleanup_alloc}[kind]
-        return alloc.live
+        allocs: dict[int, FixAlloc] = {
+            KIND_FINALIZER: self.finalizer_alloc, KIND_PROFILE: self.profile_alloc,
+            KIND_WEAK: self.weak_alloc, KIND_CLEANUP: self.cleanup_alloc}
+        return allocs[kind].live
 
     def verify(self) -> list[str]:
         """Problems with the invariants above (empty when all hold)."""

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from gcalloc.errors import CleanupArgIsObject, CleanupNotCallable, NotHeapPointer
+from gcalloc.errors import CleanupArgIsObject, CleanupNotCallable, HeapClosed, NotHeapPointer
 from gcalloc.gc.roots import Handle
 from gcalloc.gc.specials import KIND_CLEANUP, KIND_WEAK, SpecialCleanup, WeakCell
 from gcalloc.sizeclasses import PAGE_SHIFT
@@ -164,8 +164,10 @@ class WeakAndCleanups:
             return Cleanup(self, s, p - s.base, cid)
 
     def stop(self, s: MSpan, offset: int, cid: int) -> bool:
-        if self.allocator.closed:
-            return False
+        try:
+            self.allocator.check_open()
+        except HeapClosed:
+            return False       # close() dropped every cleanup
         return self.specials.stop_cleanup(s, offset, cid)
 
     def _span(self, p: int, what: str) -> MSpan:
