@@ -24,9 +24,12 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
+    GcallocError,
     HeapCorruption,
     InvalidArgument,
     InvalidRootRange,
@@ -194,6 +197,47 @@ class Heap:
                 bitmap.set_object_type(self._alloc.mheap.arenas, p, extent, t, size)
                 s.typed = True
         return p
+
+    def alloc_many(self, size: int, n: int, type: object = None,
+                   noscan: bool = False) -> np.ndarray:
+        """Boehm's GC_malloc_many: ``n`` zeroed objects of ``size`` bytes (``type`` and
+        ``noscan`` as for alloc) as a numpy uint64 array of their addresses, carved from
+        whole spans at once (gcalloc/batch.py). The array is a root: every object it holds
+        stays alive while the array, or any view of it, lives; a copy (``arr.copy()``,
+        ``arr.tolist()``) is not a root. Overwriting an element drops that object from the
+        roots; the array cannot be resized. See docs/batch.md. Raises InvalidSize (negative
+        n or size, too large, not a multiple of the type), InvalidArgument (n or size not an
+        int, a bad type), InvalidType, OutOfMemory, HeapClosed, all before anything is
+        allocated."""
+        size = self._alloc.check_size(size)
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise InvalidArgument(f"n must be an int, not {n.__class__.__name__}")
+        if n < 0:
+            raise InvalidSize(f"n must be >= 0, got {n}")
+        if n and size * n > MAX_ALLOC:
+            raise InvalidSize(f"{n} x {size} bytes exceeds the maximum allocation")
+        t = None
+        if type is not None:
+            t = type_of(type)
+            if size and t.size == 0:
+                raise InvalidSize(f"{size} bytes of a zero-size type: only size 0 is possible")
+            if size and size % t.size:
+                raise InvalidSize(f"size {size} is not a multiple of the type's size {t.size}")
+            check_array(t, size)
+            noscan = noscan or t.noscan
+        self._check_open()
+        if n == 0 or size == 0:      # the zero-size address is never freed: no root needed
+            return np.full(n, self._alloc.zerobase, dtype=np.uint64)
+        gc = self._gc
+        with gc.lock:        # no cycle between the carving and the root
+            addrs, spans, elemsize, due = self._alloc.alloc_many(size, n, bool(noscan))
+            with self._alloc.inside():
+                if t is not None and not noscan:
+                    _type_batch(self._alloc.mheap.arenas, spans, elemsize, t, size)
+                arr = _rooted_array(gc.roots, addrs)
+        if due:
+            gc.poll(int(arr[0]))
+        return arr
 
     def new(self, ctype: type | Type, n: int = 1) -> Handle:
         """Allocate ``n`` objects of ctypes type ``ctype`` (an array when n > 1), zeroed and
@@ -582,6 +626,38 @@ class Heap:
         state = ("closed" if self._alloc.closed
                  else f"{self._alloc.stats.heap_inuse >> 10} KiB in use")
         return f"<gcalloc.Heap {state}>"
+
+
+def _rooted_array(roots, addrs: np.ndarray) -> np.ndarray:
+    """A root range over an array's own buffer, removed when Python frees the buffer. The
+    caller gets a view: views of views keep the owner (their ``base``) alive, and a view
+    cannot be resized out from under the range."""
+    owner = np.array(addrs, dtype=np.uint64)
+    token = roots.add_range(owner.ctypes.data, owner.nbytes, None)
+    weakref.finalize(owner, _unroot, roots, token)
+    return owner[:]
+
+
+def _unroot(roots, token: int) -> None:
+    with contextlib.suppress(GcallocError):   # the heap may have closed first
+        roots.remove_range(token)
+
+
+def _type_batch(arenas, spans: list[MSpan], elemsize: int, t: Type, size: int) -> None:
+    """The precise bits of a batch's typed objects, one write per span: the slot's pointer
+    mask (bitmap.object_bits) repeated over the span's used slots by bitmap.set_object_type.
+    Words after an object's last pointer keep their scan bit when another object follows
+    (precise pointer bits, a longer scan: never a lost pointer)."""
+    if spans[0].sizeclass == 0:         # a span per object: each its own object
+        for s in spans:
+            bitmap.set_object_type(arenas, s.base, s.npages << PAGE_SHIFT, t, size)
+            s.typed = True
+        return
+    slot = Type(elemsize, bitmap.object_bits(t, size, elemsize)[0])
+    for s in spans:
+        used = s.allocCount * elemsize
+        bitmap.set_object_type(arenas, s.base, used, slot, used)
+        s.typed = True
 
 
 def _check_seconds(name: str, value: object) -> float:

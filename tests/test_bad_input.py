@@ -76,6 +76,17 @@ CASES = [
     C("alloc", "unaligned-array", "h.alloc(24, type=gcalloc.Type(12, 1))", "InvalidType"),
     C("alloc", "out-of-memory", "h.alloc(1 << 40)", "OutOfMemory"),
     C("alloc", "closed", "h.alloc(16)", "HeapClosed", closed=True),
+    # --- alloc_many ------------------------------------------------------------------------
+    C("alloc_many", "negative-n", "h.alloc_many(16, -1)", "InvalidSize"),
+    C("alloc_many", "negative-size", "h.alloc_many(-16, 4)", "InvalidSize"),
+    C("alloc_many", "too-large", "h.alloc_many(1 << 40, 1 << 10)", "InvalidSize"),
+    C("alloc_many", "not-multiple", "h.alloc_many(20, 4, type=Node)", "InvalidSize"),
+    C("alloc_many", "n-float", "h.alloc_many(16, 4.0)", "InvalidArgument"),
+    C("alloc_many", "size-str", "h.alloc_many('16', 4)", "InvalidArgument"),
+    C("alloc_many", "type-str", "h.alloc_many(16, 4, type='Node')", "InvalidArgument"),
+    C("alloc_many", "no-fields", "h.alloc_many(8, 4, type=NoFields)", "InvalidType"),
+    C("alloc_many", "out-of-memory", "h.alloc_many(1 << 20, 1 << 20)", "OutOfMemory"),
+    C("alloc_many", "closed", "h.alloc_many(16, 4)", "HeapClosed", closed=True),
     # --- new -----------------------------------------------------------------------------
     C("new", "n-zero", "h.new(Node, 0)", "InvalidSize"),
     C("new", "n-huge", "h.new(Node, 1 << 50)", "InvalidSize"),
