@@ -204,3 +204,44 @@ def test_bad_input_changes_nothing(heap) -> None:
     after = heap.read_memstats()
     assert (after.heap_inuse, after.mallocs) == (before.heap_inuse, before.mallocs)
     heap.verify()
+
+
+def test_array_outliving_its_heap() -> None:
+    """close() with a batch array alive; the array dies later: nothing raises, nothing is
+    read."""
+    h = gcalloc.Heap(-1, debug="")
+    a = h.alloc_many(64, 100)
+    h.close()
+    assert a.shape == (100,)
+    del a
+    pygc.collect()
+
+
+def test_threads_batch_while_collecting() -> None:
+    """Several threads batch-allocating while automatic cycles run: every batch survives
+    every cycle while its array lives."""
+    import threading
+    with gcalloc.Heap(100, debug="") as h:
+        errors: list[BaseException] = []
+
+        def work(seed: int) -> None:
+            try:
+                for _ in range(30):
+                    a = h.alloc_many(64 + 16 * (seed % 4), 2000)
+                    for p in a[::250].tolist():
+                        ctypes.c_uint64.from_address(p).value = seed
+                    h.alloc_many(512, 500)          # garbage: drives the pacer
+                    assert all(ctypes.c_uint64.from_address(p).value == seed
+                               for p in a[::250].tolist())
+                    assert all(h.lookup(p) for p in a[::100].tolist())
+            except BaseException as e:      # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert h.read_memstats().num_gc > 0
+        h.verify()
