@@ -209,3 +209,15 @@ def test_readme_second_tour_runs() -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert "False" not in r.stdout and "True" in r.stdout
+
+
+def test_gctrace_line_of_a_limited_heap() -> None:
+    """A heap with a limit and gctrace=1 prints the limit in each cycle's line."""
+    code = ("import gcalloc; h = gcalloc.Heap(-1, debug='gctrace=1'); "
+            "h.set_memory_limit(48 << 20); h.collect(); h.close()")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("GCALLOC_MEMLIMIT", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("gc ")]
+    assert lines and lines[-1].endswith(" P, 48 MB limit (forced)"), r.stderr
