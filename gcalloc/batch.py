@@ -107,12 +107,16 @@ def carve(allocator: Allocator, c: MCache, size: int, n: int, noscan: bool
             del full[last.id]
             central.push(central.swept_set(sg, full=False), last)
         allocator.stats.small_alloc_count[spc] += n
-    # Every slot of every span (span base + slot * elemsize), the first n of them.
-    bases = np.fromiter((s.base for s in spans), np.uint64, len(spans))
-    slots = np.arange(spans[0].nelems, dtype=np.uint64) * np.uint64(elemsize)
-    grid = bases[:, None] + slots[None, :]
-    addrs = grid.reshape(-1)[:n] if len(spans) == 1 or last.nelems == spans[0].nelems else \
-        np.concatenate([grid[:-1].reshape(-1), grid[-1, :used_last]])
+    # Span base + slot * elemsize for every slot used, written in place: the full spans as
+    # one (spans, nelems) grid, then the last span's used slots.
+    addrs = np.empty(n, np.uint64)
+    per = spans[0].nelems
+    slots = np.arange(per, dtype=np.uint64) * np.uint64(elemsize)
+    nfull = len(spans) - 1
+    if nfull:
+        bases = np.fromiter((s.base for s in spans[:-1]), np.uint64, nfull)
+        np.add(bases[:, None], slots[None, :], out=addrs[:nfull * per].reshape(nfull, per))
+    np.add(np.uint64(last.base), slots[:used_last], out=addrs[nfull * per:])
     due = allocator.hooks.charge_live(n * elemsize)
     _after(allocator, c, addrs, elemsize)
     return addrs, spans, elemsize, due

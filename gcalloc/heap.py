@@ -632,7 +632,8 @@ def _rooted_array(roots, addrs: np.ndarray) -> np.ndarray:
     """A root range over an array's own buffer, removed when Python frees the buffer. The
     caller gets a view: views of views keep the owner (their ``base``) alive, and a view
     cannot be resized out from under the range."""
-    owner = np.array(addrs, dtype=np.uint64)
+    owner = addrs if addrs.flags.owndata and addrs.dtype == np.uint64 else \
+        np.array(addrs, dtype=np.uint64)
     token = roots.add_range(owner.ctypes.data, owner.nbytes, None)
     weakref.finalize(owner, _unroot, roots, token)
     return owner[:]
