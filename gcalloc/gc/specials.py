@@ -342,15 +342,24 @@ class Specials:
             return [(s, rec) for s in self.spans for rec in cast("list[Special]", s.specials)
                     if rec.kind >= KIND_WEAK]
 
-    def take(self, s: MSpan, rec: Special) -> None:
-        """Unlink and free ``rec`` (a collection found its object unreachable): a weak cell
-        is cleared; a cleanup record's cleanups are the caller's, read before this call."""
+    def take(self, s: MSpan, recs: list[Special]) -> None:
+        """Unlink and free ``recs``, weak or cleanup records of span s (a collection found
+        their objects unreachable), in one pass over the span's list: a weak cell is
+        cleared; a cleanup record's cleanups are the caller's, read before this call."""
         with self.lock:
             lst = s.specials
-            if not lst or rec not in lst:
-                raise HeapCorruption(f"special {rec!r} is not in span {s!r}")
-            self._unlink_locked(s, lst.index(rec))
-            self._free_record_locked(rec)
+            gone = {id(r) for r in recs}
+            keep = [r for r in lst or () if id(r) not in gone]
+            if not lst or len(lst) - len(keep) != len(gone):
+                raise HeapCorruption(f"specials {recs!r} are not all in span {s!r}")
+            if keep:
+                s.specials = keep
+            else:
+                s.specials = None
+                self.spans.discard(s)
+            self.weak_or_cleanup -= len(recs)
+            for rec in recs:
+                self._free_record_locked(rec)
 
     def _find_locked(self, s: MSpan, offset: int, kind: int) -> Special | None:
         lst = s.specials

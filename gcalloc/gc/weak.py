@@ -50,7 +50,7 @@ from gcalloc.sizeclasses import PAGE_SHIFT
 if TYPE_CHECKING:
     from gcalloc.gc.finalizer import Finalizers
     from gcalloc.gc.mgc import Collector
-    from gcalloc.gc.specials import Specials
+    from gcalloc.gc.specials import Special, Specials
     from gcalloc.mspan import MSpan
 
 # The cell of weak pointers to size-0 objects: they all share one address that is never
@@ -194,15 +194,18 @@ class WeakAndCleanups:
         slots = np.array([0 if s.sizeclass == 0 else rec.offset // s.elemsize
                           for s, rec in records], dtype=np.int64)
         calls: list[tuple[Callable[[object], object], object]] = []
+        dead: dict[MSpan, list[Special]] = {}
         for (s, rec), idx in zip(records, slots.tolist(), strict=True):
             if marker.is_marked(s, idx) and (s.id, idx) not in revived:
                 continue
             if rec.kind == KIND_WEAK:
-                self.specials.take(s, rec)
+                dead.setdefault(s, []).append(rec)
                 self.cleared += 1
             elif rec.kind == KIND_CLEANUP and (s.id, idx) not in revived:
                 calls.extend(cast(SpecialCleanup, rec).cleanups.values())
-                self.specials.take(s, rec)
+                dead.setdefault(s, []).append(rec)
+        for s, recs in dead.items():
+            self.specials.take(s, recs)
         if calls:
             self.queued += len(calls)
             self.queue.push_calls(calls)   # woken after the cycle, with the finalizers
