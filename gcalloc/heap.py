@@ -29,7 +29,6 @@ import numpy as np
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
-    GcallocError,
     HeapCorruption,
     InvalidArgument,
     InvalidRootRange,
@@ -38,6 +37,7 @@ from gcalloc.errors import (
 )
 from gcalloc.free import check_addr
 from gcalloc.gc import bitmap, pprof
+from gcalloc.gc.batch import rooted_array, type_batch
 from gcalloc.gc.finalizer import Finalizers
 from gcalloc.gc.memlimit import MAX_INT64, MemLimitStats, check_limit
 from gcalloc.gc.mgc import Collector
@@ -233,8 +233,8 @@ class Heap:
             addrs, spans, elemsize, due = self._alloc.alloc_many(size, n, bool(noscan))
             with self._alloc.inside():
                 if t is not None and not noscan:
-                    _type_batch(self._alloc.mheap.arenas, spans, elemsize, t, size)
-                arr = _rooted_array(gc.roots, addrs)
+                    type_batch(self._alloc.mheap.arenas, spans, elemsize, t, size)
+                arr = rooted_array(gc.roots, addrs)
         if due:
             gc.poll(int(arr[0]))
         return arr
@@ -626,39 +626,6 @@ class Heap:
         state = ("closed" if self._alloc.closed
                  else f"{self._alloc.stats.heap_inuse >> 10} KiB in use")
         return f"<gcalloc.Heap {state}>"
-
-
-def _rooted_array(roots, addrs: np.ndarray) -> np.ndarray:
-    """A root range over an array's own buffer, removed when Python frees the buffer. The
-    caller gets a view: views of views keep the owner (their ``base``) alive, and a view
-    cannot be resized out from under the range."""
-    owner = addrs if addrs.flags.owndata and addrs.dtype == np.uint64 else \
-        np.array(addrs, dtype=np.uint64)
-    token = roots.add_range(owner.ctypes.data, owner.nbytes, None)
-    weakref.finalize(owner, _unroot, roots, token)
-    return owner[:]
-
-
-def _unroot(roots, token: int) -> None:
-    with contextlib.suppress(GcallocError):   # the heap may have closed first
-        roots.remove_range(token)
-
-
-def _type_batch(arenas, spans: list[MSpan], elemsize: int, t: Type, size: int) -> None:
-    """The precise bits of a batch's typed objects, one write per span: the slot's pointer
-    mask (bitmap.object_bits) repeated over the span's used slots by bitmap.set_object_type.
-    Words after an object's last pointer keep their scan bit when another object follows
-    (precise pointer bits, a longer scan: never a lost pointer)."""
-    if spans[0].sizeclass == 0:         # a span per object: each its own object
-        for s in spans:
-            bitmap.set_object_type(arenas, s.base, s.npages << PAGE_SHIFT, t, size)
-            s.typed = True
-        return
-    slot = Type(elemsize, bitmap.object_bits(t, size, elemsize)[0])
-    for s in spans:
-        used = s.allocCount * elemsize
-        bitmap.set_object_type(arenas, s.base, used, slot, used)
-        s.typed = True
 
 
 def _check_seconds(name: str, value: object) -> float:
