@@ -1,4 +1,5 @@
-"""GCALLOC_DEBUG and GCALLOC_GOGC: the environment switches, parsed like GODEBUG and GOGC.
+"""GCALLOC_DEBUG, GCALLOC_GOGC and GCALLOC_MEMLIMIT: the environment switches, parsed like
+GODEBUG, GOGC and GOMEMLIMIT.
 
 ``GCALLOC_DEBUG=gctrace=1,scavenger=1,verify=1,efence=1`` (comma-separated name=value pairs;
 unknown names are ignored as Go ignores unknown GODEBUG keys, malformed values are an error).
@@ -10,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from gcalloc.errors import ConfigError, InvalidArgument
+from gcalloc.gc.memlimit import MAX_INT64, parse_limit
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,10 @@ def parse_gogc(default: int = 100) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"GCALLOC_GOGC={text!r} is not an integer or 'off'") from None
+
+
+def parse_memlimit() -> int:
+    """GCALLOC_MEMLIMIT as Go reads GOMEMLIMIT: bytes with an optional suffix (B, KiB, MiB,
+    GiB, TiB), or "off"; unset or empty is no limit (MAX_INT64). Raises ConfigError."""
+    text = os.environ.get("GCALLOC_MEMLIMIT", "").strip()
+    return parse_limit(text) if text else MAX_INT64

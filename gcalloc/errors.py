@@ -102,5 +102,14 @@ class FinalizerNotCallable(InvalidArgument):
     """The finalizer given to set_finalizer is neither callable nor None."""
 
 
+class CleanupNotCallable(InvalidArgument):
+    """The function given to add_cleanup is not callable."""
+
+
+class CleanupArgIsObject(GcallocError, ValueError):
+    """add_cleanup's arg is the object itself (an address inside it, or a Handle to it): the
+    cleanup would keep it alive for ever or receive its dead address (Go panics alike)."""
+
+
 class ConfigError(GcallocError, ValueError):
-    """A GCALLOC_DEBUG or GCALLOC_GOGC value cannot be parsed."""
+    """A GCALLOC_DEBUG, GCALLOC_GOGC or GCALLOC_MEMLIMIT value cannot be parsed."""

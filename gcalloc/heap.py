@@ -22,9 +22,12 @@ import io
 import os
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
-from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
+from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
     HeapCorruption,
     InvalidArgument,
@@ -34,13 +37,16 @@ from gcalloc.errors import (
 )
 from gcalloc.free import check_addr
 from gcalloc.gc import bitmap, pprof
+from gcalloc.gc.batch import rooted_array, type_batch
 from gcalloc.gc.finalizer import Finalizers
+from gcalloc.gc.memlimit import MAX_INT64, MemLimitStats, check_limit
 from gcalloc.gc.mgc import Collector
 from gcalloc.gc.mprof import MemProfiler, MemProfileRecord
 from gcalloc.gc.pacer import check_gc_percent
 from gcalloc.gc.roots import Handle, align_range
 from gcalloc.gc.specials import Specials
 from gcalloc.gc.types import Type, check_array, ctype_size, type_of
+from gcalloc.gc.weak import Cleanup, WeakAndCleanups, WeakPointer
 from gcalloc.hooks import GCHooks
 from gcalloc.malloc import MAX_ALLOC, Allocator
 from gcalloc.mspan import MSpan
@@ -73,6 +79,7 @@ class Heap:
                                   f"{type(scavenger).__name__}")
         self._debug: DebugFlags = parse_debug(debug)
         gogc = check_gc_percent(parse_gogc() if gc_percent is None else gc_percent)
+        memlimit = parse_memlimit()
         # The one place the layers meet: the allocator calls the collector only through
         # these hooks. The page heap's two hold the Heap weakly: the page heap outlives a
         # dropped Heap (the finalizer below holds it).
@@ -91,6 +98,7 @@ class Heap:
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
+            self._gc.pacer.set_memory_limit(memlimit)
             self._scavenger: Scavenger | None = None
             if scavenger or (scavenger is None and self._debug.scavenger):
                 self._scavenger = Scavenger(a.mheap)
@@ -119,6 +127,7 @@ class Heap:
         self._specials.on_profile_free = self._mprof.free
         self._mprof.install(self._gc)
         self._finalizers = Finalizers(self._gc, self._specials)
+        self._weak = WeakAndCleanups(self._gc, self._specials, self._finalizers)
         self._gc.sweeper.on_free_objects = self._specials.free_objects
         # A heap dropped without close() stops its finalizer thread (not at exit: a daemon).
         self._stop_finalizers = weakref.finalize(self, self._finalizers.queue.stop)
@@ -188,6 +197,47 @@ class Heap:
                 bitmap.set_object_type(self._alloc.mheap.arenas, p, extent, t, size)
                 s.typed = True
         return p
+
+    def alloc_many(self, size: int, n: int, type: object = None,
+                   noscan: bool = False) -> np.ndarray:
+        """Boehm's GC_malloc_many: ``n`` zeroed objects of ``size`` bytes (``type`` and
+        ``noscan`` as for alloc) as a numpy uint64 array of their addresses, carved from
+        whole spans at once (gcalloc/batch.py). The array is a root: every object it holds
+        stays alive while the array, or any view of it, lives; a copy (``arr.copy()``,
+        ``arr.tolist()``) is not a root. Overwriting an element drops that object from the
+        roots; the array cannot be resized. See docs/batch.md. Raises InvalidSize (negative
+        n or size, too large, not a multiple of the type), InvalidArgument (n or size not an
+        int, a bad type), InvalidType, OutOfMemory, HeapClosed, all before anything is
+        allocated."""
+        size = self._alloc.check_size(size)
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise InvalidArgument(f"n must be an int, not {n.__class__.__name__}")
+        if n < 0:
+            raise InvalidSize(f"n must be >= 0, got {n}")
+        if n and size * n > MAX_ALLOC:
+            raise InvalidSize(f"{n} x {size} bytes exceeds the maximum allocation")
+        t = None
+        if type is not None:
+            t = type_of(type)
+            if size and t.size == 0:
+                raise InvalidSize(f"{size} bytes of a zero-size type: only size 0 is possible")
+            if size and size % t.size:
+                raise InvalidSize(f"size {size} is not a multiple of the type's size {t.size}")
+            check_array(t, size)
+            noscan = noscan or t.noscan
+        self._check_open()
+        if n == 0 or size == 0:      # the zero-size address is never freed: no root needed
+            return np.full(n, self._alloc.zerobase, dtype=np.uint64)
+        gc = self._gc
+        with gc.lock:        # no cycle between the carving and the root
+            addrs, spans, elemsize, due = self._alloc.alloc_many(size, n, bool(noscan))
+            with self._alloc.inside():
+                if t is not None and not noscan:
+                    type_batch(self._alloc.mheap.arenas, spans, elemsize, t, size)
+                arr = rooted_array(gc.roots, addrs)
+        if due:
+            gc.poll(int(arr[0]))
+        return arr
 
     def new(self, ctype: type | Type, n: int = 1) -> Handle:
         """Allocate ``n`` objects of ctypes type ``ctype`` (an array when n > 1), zeroed and
@@ -317,6 +367,34 @@ class Heap:
     def gc_percent(self) -> int:
         return self._gc.pacer.gc_percent
 
+    def set_memory_limit(self, n: int) -> int:
+        """debug.SetMemoryLimit (Go 1.19): a soft limit, in bytes, on what the heap holds from
+        the OS (``sys - heap_released``); returns the previous limit. A negative n only reads;
+        MAX_INT64 (``(1 << 63) - 1``, Go's math.MaxInt64) means none, the default, or
+        GCALLOC_MEMLIMIT. See docs/memlimit.md. Raises InvalidArgument, HeapClosed."""
+        n = check_limit(n)
+        self._check_open()
+        with self._gc.lock:
+            old = self._gc.pacer.set_memory_limit(n)
+            if 0 <= n < MAX_INT64:
+                self._gc.scavenge_for_limit(0)
+        return old
+
+    def read_memlimit(self) -> MemLimitStats:
+        """The memory limit beside what it bounds: mapped_ready (``sys - heap_released``), the
+        heap goal and the limit's goal, bytes scavenged for it, the CPU limiter's accounting
+        (Go's runtime/metrics for GOMEMLIMIT). Raises HeapClosed."""
+        self._check_open()
+        gc = self._gc
+        with self._alloc.inside(), self._alloc.mheap.lock:
+            ready, _ = gc.pacer.measure()
+        lim = gc.limiter
+        return MemLimitStats(
+            limit=gc.pacer.memory_limit, mapped_ready=ready, heap_goal=gc.pacer.next_gc,
+            limit_goal=gc.pacer.limit_goal, scavenged=gc.limit_scavenged,
+            limiter_skipped=lim.skipped, limiter_enabled_cycles=lim.enabled_cycles,
+            gc_time=lim.gc_time, mutator_time=lim.mutator_time)
+
     @contextlib.contextmanager
     def no_gc(self) -> Iterator[None]:
         """No collection starts while this block runs (in any thread): for code that writes
@@ -358,6 +436,25 @@ class Heap:
         InteriorPointer, FinalizerAlreadySet (ValueError), InvalidArgument, HeapClosed;
         a raising call changes nothing."""
         self._finalizers.set(p, fn)
+
+    def make_weak(self, p: int) -> WeakPointer:
+        """weak.Make (Go 1.24): a weak pointer to the object holding p (p may point inside
+        it). ``w.value()`` is p while the object is reachable, None once a collection found
+        it unreachable (before its finalizer, if any, is queued; a resurrected object's old
+        weak pointers stay None) or it was freed; the weak pointer does not keep it alive.
+        Weak pointers made to one address compare and hash equal. See docs/finalizers.md.
+        Raises NotHeapPointer, InvalidArgument, HeapClosed."""
+        return self._weak.make_weak(p)
+
+    def add_cleanup(self, p: int, fn: Callable[[Any], object], arg: object = None) -> Cleanup:
+        """runtime.AddCleanup (Go 1.24): ``fn(arg)`` runs on the finalizer thread once the
+        object holding p is unreachable (or freed); fn never receives p. Several cleanups may
+        attach to one object; ``.stop()`` on the returned Cleanup cancels one not yet queued.
+        An object with a finalizer runs its cleanups only after it was finalized and found
+        unreachable again. See docs/finalizers.md. Raises CleanupNotCallable (TypeError),
+        CleanupArgIsObject (ValueError: arg is an address inside the object or a Handle to
+        it), NotHeapPointer, InvalidArgument, HeapClosed."""
+        return self._weak.add_cleanup(p, fn, arg)
 
     def run_finalizers(self, timeout: float | None = None) -> bool:
         """Wait until no finalizer is queued or running (for tests and shutdown). Returns
@@ -446,6 +543,11 @@ class Heap:
     def _reclaim(self, npages: int) -> None:
         if not self._gc.sweeper.done():
             self._gc.sweeper.reclaim(npages)
+        # Scavenge rather than grow past the limit, unless the CPU limiter is on: then the
+        # limit is not being met anyway (Go 1.19 mheap.go allocSpan does the same).
+        gc = self._gc
+        if gc.pacer.memory_limit < MAX_INT64 and not gc.limiter.limiting():
+            gc.scavenge_for_limit(npages << PAGE_SHIFT)
 
     # --- verify and close --------------------------------------------------------------
 

@@ -57,6 +57,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from gcalloc import batch as _batch
 from gcalloc import free as _free
 from gcalloc import verify as checks
 from gcalloc.errors import (
@@ -90,7 +91,10 @@ from gcalloc.sizeclasses import (
 from gcalloc.world import World
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from gcalloc.gc.mark import Marker
+    from gcalloc.mspan import MSpan
 
 # Go's maxAlloc on 64-bit: the largest allocation the address space could hold.
 MAX_ALLOC = 1 << 48
@@ -318,6 +322,20 @@ class Allocator:
         if due:
             self.hooks.gc_poll(s.base)
         return s.base
+
+    def alloc_many(self, size: int, n: int, noscan: bool
+                   ) -> tuple[np.ndarray, list[MSpan], int, bool]:
+        """Heap.alloc_many's allocator half (batch.py, Boehm's GC_malloc_many): n zeroed
+        objects of ``size`` (> 0) bytes carved from whole spans at once. Returns (addresses,
+        spans, element size, whether to poll the collector): the caller roots the addresses
+        before it polls, holding the collector's lock so that no cycle starts in between."""
+        c = self._this_mcache()
+        self._safepoint(c)
+        try:
+            self.check_open()
+            return _batch.carve(self, c, size, n, noscan)
+        finally:
+            c.mallocing = False
 
     # --- stopping the world ------------------------------------------------------------
 

@@ -12,6 +12,9 @@ The background scavenger thread (``Scavenger``) is off by default: ``Heap(scaven
 ``GCALLOC_DEBUG=scavenger=1``. It wakes every ``period`` seconds and releases spans idle for
 ``limit`` seconds (Go's forcegc period and scavenge limit in Go 1.8: 2 and 5 minutes, scaled
 down here by default because Python programs are short-lived: 1 s and 5 s).
+
+``scavenge_bytes`` releases by amount instead of age: the soft memory limit (gc/memlimit.py)
+asks for it before the heap grows past the limit and after each cycle.
 """
 
 from __future__ import annotations
@@ -29,29 +32,51 @@ def scavenge(h: MHeap, limit: float, now: float | None = None) -> int:
 
     Returns the bytes newly released.
     """
-    phys = gos.phys_page_size
     now = time.monotonic() if now is None else now
     released = 0
     with h.lock:
         for s in list(h.free_spans()):
-            if s.npreleased == s.npages or now - s.unusedsince <= limit:
-                continue
-            start = s.base
-            end = start + (s.npages << PAGE_SHIFT)
-            if phys > 1 << PAGE_SHIFT:
-                start = (start + phys - 1) & ~(phys - 1)
-                end &= ~(phys - 1)
-                if end <= start:
-                    continue
-            nbytes = end - start
-            gos.sys_unused(start, nbytes)
-            newly = nbytes - (s.npreleased << PAGE_SHIFT)
-            if newly <= 0:
-                continue
-            s.npreleased = nbytes >> PAGE_SHIFT
-            h.stats.heap_released += newly
-            released += newly
+            if s.npreleased != s.npages and now - s.unusedsince > limit:
+                released += _release(h, s)
     return released
+
+
+def scavenge_bytes(h: MHeap, nbytes: int) -> int:
+    """Release free spans, largest first, until at least ``nbytes`` are newly released or
+    none is left (the memory limit's scavenging, gc/memlimit.py: Go 1.19 mgcscavenge.go
+    releases what the limit needs regardless of age). Returns the bytes newly released."""
+    released = 0
+    if nbytes <= 0:
+        return 0
+    with h.lock:
+        spans = sorted((s for s in h.free_spans() if s.npreleased != s.npages),
+                       key=lambda s: s.npages - s.npreleased, reverse=True)
+        for s in spans:
+            released += _release(h, s)
+            if released >= nbytes:
+                break
+    return released
+
+
+def _release(h: MHeap, s) -> int:
+    """sys_unused the whole physical pages of free span s (under h.lock); the bytes newly
+    released."""
+    phys = gos.phys_page_size
+    start = s.base
+    end = start + (s.npages << PAGE_SHIFT)
+    if phys > 1 << PAGE_SHIFT:
+        start = (start + phys - 1) & ~(phys - 1)
+        end &= ~(phys - 1)
+        if end <= start:
+            return 0
+    nbytes = end - start
+    gos.sys_unused(start, nbytes)
+    newly = nbytes - (s.npreleased << PAGE_SHIFT)
+    if newly <= 0:
+        return 0
+    s.npreleased = nbytes >> PAGE_SHIFT
+    h.stats.heap_released += newly
+    return newly
 
 
 class Scavenger:

@@ -57,6 +57,8 @@ CASES = [
     C("Heap", "env-debug", "gcalloc.Heap()", "ConfigError",
       env={"GCALLOC_DEBUG": "verify=x"}),
     C("Heap", "env-gogc", "gcalloc.Heap()", "ConfigError", env={"GCALLOC_GOGC": "lots"}),
+    C("Heap", "env-memlimit", "gcalloc.Heap()", "ConfigError",
+      env={"GCALLOC_MEMLIMIT": "64MB"}),
     # --- alloc ---------------------------------------------------------------------------
     C("alloc", "negative", "h.alloc(-1)", "InvalidSize"),
     C("alloc", "too-large", "h.alloc(1 << 60)", "InvalidSize"),
@@ -74,6 +76,17 @@ CASES = [
     C("alloc", "unaligned-array", "h.alloc(24, type=gcalloc.Type(12, 1))", "InvalidType"),
     C("alloc", "out-of-memory", "h.alloc(1 << 40)", "OutOfMemory"),
     C("alloc", "closed", "h.alloc(16)", "HeapClosed", closed=True),
+    # --- alloc_many ------------------------------------------------------------------------
+    C("alloc_many", "negative-n", "h.alloc_many(16, -1)", "InvalidSize"),
+    C("alloc_many", "negative-size", "h.alloc_many(-16, 4)", "InvalidSize"),
+    C("alloc_many", "too-large", "h.alloc_many(1 << 40, 1 << 10)", "InvalidSize"),
+    C("alloc_many", "not-multiple", "h.alloc_many(20, 4, type=Node)", "InvalidSize"),
+    C("alloc_many", "n-float", "h.alloc_many(16, 4.0)", "InvalidArgument"),
+    C("alloc_many", "size-str", "h.alloc_many('16', 4)", "InvalidArgument"),
+    C("alloc_many", "type-str", "h.alloc_many(16, 4, type='Node')", "InvalidArgument"),
+    C("alloc_many", "no-fields", "h.alloc_many(8, 4, type=NoFields)", "InvalidType"),
+    C("alloc_many", "out-of-memory", "h.alloc_many(1 << 20, 1 << 20)", "OutOfMemory"),
+    C("alloc_many", "closed", "h.alloc_many(16, 4)", "HeapClosed", closed=True),
     # --- new -----------------------------------------------------------------------------
     C("new", "n-zero", "h.new(Node, 0)", "InvalidSize"),
     C("new", "n-huge", "h.new(Node, 1 << 50)", "InvalidSize"),
@@ -157,6 +170,18 @@ CASES = [
       "FinalizerAlreadySet"),
     C("set_finalizer", "str-address", "h.set_finalizer('p', print)", "InvalidArgument"),
     C("set_finalizer", "closed", "h.set_finalizer(p, print)", "HeapClosed", closed=True),
+    C("make_weak", "outside", "h.make_weak(ctypes.addressof(buf))", "NotHeapPointer"),
+    C("make_weak", "freed", "q = h.alloc(64); h.free(q); h.make_weak(q)", "NotHeapPointer"),
+    C("make_weak", "str", "h.make_weak('p')", "InvalidArgument"),
+    C("make_weak", "closed", "h.make_weak(p)", "HeapClosed", closed=True),
+    C("add_cleanup", "not-callable", "h.add_cleanup(p, 42, None)", "CleanupNotCallable"),
+    C("add_cleanup", "arg-is-object", "h.add_cleanup(p, print, p + 8)", "CleanupArgIsObject"),
+    C("add_cleanup", "arg-is-handle", "h.add_cleanup(node.addr, print, node)",
+      "CleanupArgIsObject"),
+    C("add_cleanup", "outside", "h.add_cleanup(ctypes.addressof(buf), print, 1)",
+      "NotHeapPointer"),
+    C("add_cleanup", "str", "h.add_cleanup('p', print, 1)", "InvalidArgument"),
+    C("add_cleanup", "closed", "h.add_cleanup(p, print, 1)", "HeapClosed", closed=True),
     C("run_finalizers", "timeout-str", "h.run_finalizers(timeout='x')", "InvalidArgument"),
     C("run_finalizers", "timeout-negative", "h.run_finalizers(timeout=-1)", "InvalidSize"),
     C("run_finalizers", "timeout-nan", "h.run_finalizers(timeout=float('nan'))",
@@ -179,6 +204,10 @@ CASES = [
     # --- collection control ----------------------------------------------------------------
     C("set_gc_percent", "str", "h.set_gc_percent('100')", "InvalidArgument"),
     C("set_gc_percent", "closed", "h.set_gc_percent(100)", "HeapClosed", closed=True),
+    C("set_memory_limit", "str", "h.set_memory_limit('64MiB')", "InvalidArgument"),
+    C("set_memory_limit", "float", "h.set_memory_limit(1e9)", "InvalidArgument"),
+    C("set_memory_limit", "closed", "h.set_memory_limit(1 << 30)", "HeapClosed", closed=True),
+    C("read_memlimit", "closed", "h.read_memlimit()", "HeapClosed", closed=True),
     C("no_gc", "closed", "h.no_gc().__enter__()", "HeapClosed", closed=True),
     C("scavenge", "str", "h.scavenge('x')", "InvalidArgument"),
     C("scavenge", "closed", "h.scavenge()", "HeapClosed", closed=True),
@@ -300,7 +329,7 @@ for line in sys.stdin:
 def _run_batch(cases: list[Case]) -> dict[str, dict]:
     """Run the cases in child processes; a child that dies costs only the case it ran."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for k in ("GCALLOC_DEBUG", "GCALLOC_GOGC"):
+    for k in ("GCALLOC_DEBUG", "GCALLOC_GOGC", "GCALLOC_MEMLIMIT"):
         env.pop(k, None)
     results: dict[str, dict] = {}
     todo = list(cases)

@@ -21,6 +21,11 @@ An exception from ``fn`` (any BaseException, SystemExit and KeyboardInterrupt in
 logged (logger ``gcalloc.finalizer``, with the object's address) and the thread goes on with
 the next one.
 
+The same thread runs cleanups (gc/weak.py, Go 1.24's AddCleanup, which Go also runs on its
+finalizer goroutine): an entry ``(0, fn, arg)`` calls ``fn(arg)`` and roots nothing. The pass
+records the objects it revived this cycle (``revived``): their weak pointers are cleared all
+the same (Go clears weak handles before it queues finalizers), their cleanups wait.
+
 Invariants: an entry is in the queue or running on the thread, never both; a finalizer runs
 at most once per set_finalizer; an object is never freed while its finalizer is attached,
 queued or running (explicit free drops the finalizer without running it).
@@ -32,7 +37,7 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,13 +59,14 @@ _log = logging.getLogger("gcalloc.finalizer")
 
 
 class FinalizerQueue:
-    """Go's finq and the runfinq goroutine: a FIFO of (address, fn) and the one thread that
-    calls them. It holds no reference to the heap, so a heap dropped without close() can
-    still be collected by Python (and its weakref finalizer stops this thread)."""
+    """Go's finq and the runfinq goroutine: a FIFO of (root, fn, arg) and the one thread that
+    calls fn(arg) for each; ``root`` (0 for none) stays alive until the call returns. It holds
+    no reference to the heap, so a heap dropped without close() can still be collected by
+    Python (and its weakref finalizer stops this thread)."""
 
     def __init__(self, name: str = "gcalloc-finalizer") -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._queue: collections.deque[tuple[int, Callable[[int], object]]] = \
+        self._queue: collections.deque[tuple[int, Callable[[Any], object], object]] = \
             collections.deque()
         self._running: int | None = None      # address whose finalizer is running now
         self._stop = False
@@ -84,7 +90,12 @@ class FinalizerQueue:
     def push(self, entries: list[tuple[int, Callable[[int], object]]]) -> None:
         """Queue finalizers (the collector, world stopped). The thread is woken by wake()."""
         with self._cond:
-            self._queue.extend(entries)
+            self._queue.extend((p, fn, p) for p, fn in entries)
+
+    def push_calls(self, calls: list[tuple[Callable[[Any], object], object]]) -> None:
+        """Queue cleanups: fn(arg) each, rooting nothing. The thread is woken by wake()."""
+        with self._cond:
+            self._queue.extend((0, fn, arg) for fn, arg in calls)
 
     def wake(self) -> None:
         with self._cond:
@@ -94,8 +105,8 @@ class FinalizerQueue:
     def pending_addresses(self) -> np.ndarray:
         """Addresses of the queued and running finalizers' objects: roots for the collector."""
         with self._cond:
-            addrs = [p for p, _ in self._queue]
-            if self._running is not None:
+            addrs = [p for p, _, _ in self._queue if p]
+            if self._running:
                 addrs.append(self._running)
         return np.array(addrs, dtype=np.uint64)
 
@@ -132,17 +143,20 @@ class FinalizerQueue:
                 self._cond.wait_for(lambda: self._queue or self._stop)
                 if self._stop:
                     return
-                p, fn = self._queue.popleft()
+                p, fn, arg = self._queue.popleft()
                 self._running = p
             try:
-                fn(p)
+                fn(arg)
             except BaseException:
                 # SystemExit and KeyboardInterrupt too: raised here they would end this
                 # thread, and with it every later finalizer, without a word.
                 self.failed += 1
-                _log.exception("finalizer %r for object %#x raised", fn, p)
+                if p:
+                    _log.exception("finalizer %r for object %#x raised", fn, p)
+                else:
+                    _log.exception("cleanup %r(%r) raised", fn, arg)
             self.ran += 1
-            del fn
+            del fn, arg
 
 
 class Finalizers:
@@ -155,6 +169,7 @@ class Finalizers:
         self.specials = specials
         self.queue = FinalizerQueue()
         self.queued_total = 0
+        self.revived: set[tuple[int, int]] = set()   # (span id, slot) revived this cycle
         collector.extra_roots.append(self.queue.pending_addresses)
         collector.after_mark.append(self.after_mark)
         collector.after_cycle.append(self.queue.wake)
@@ -204,6 +219,7 @@ class Finalizers:
     def after_mark(self, marker) -> None:
         """Mark what finalizer objects reference, then queue the finalizers of the objects
         that stayed unmarked and mark those objects (see the module comment)."""
+        self.revived = set()
         if not self.specials.finalizers:
             return
         records = [(s, rec) for s, rec in self.specials.finalizer_records()
@@ -224,6 +240,7 @@ class Finalizers:
             dead.append((s, idx))
         for s, idx in dead:
             marker.mark_object(s, idx)
+            self.revived.add((s.id, idx))
         if queued:
             self.queued_total += len(queued)
             self.queue.push(queued)

@@ -18,7 +18,9 @@ writes without calling gcalloc is not stopped: see docs/gc.md ("what stops").
 
 Automatic cycles start from the slow paths when the pacer says heap_live reached the goal,
 with the triggering allocation treated as a root for that cycle so the caller receives a live
-object.
+object. With a soft memory limit (gc/memlimit.py) the goal may be the limit's; such a cycle is
+skipped while the CPU limiter is full, and after each cycle, and before the page heap grows,
+free pages go back to the OS to keep under the limit (``scavenge_for_limit``).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ import numpy as np
 from gcalloc.debug import DebugFlags
 from gcalloc.gc import trace
 from gcalloc.gc.mark import Marker, MarkScratch
+from gcalloc.gc.memlimit import MAX_INT64, SCAVENGE_REDUCE_PERCENT, CPULimiter, mapped_ready
 from gcalloc.gc.pacer import Pacer
 from gcalloc.gc.roots import RootSet
 from gcalloc.gc.sweep import Sweeper
 from gcalloc.gc.view import AllocatorView
+from gcalloc.scavenge import scavenge_bytes
 
 
 class Collector:
@@ -50,6 +54,9 @@ class Collector:
         self.roots = RootSet()
         self.sweeper = Sweeper(allocator)
         self.pacer = Pacer(gc_percent)
+        self.pacer.measure = lambda: mapped_ready(allocator.stats)
+        self.limiter = CPULimiter()
+        self.limit_scavenged = 0      # bytes scavenge_for_limit returned to the OS
         self.lock = threading.RLock()       # one cycle at a time; Heap.no_gc() holds it
         self.inhibit = 0                    # no_gc() depth: automatic cycles wait
         self.debug = debug
@@ -84,6 +91,9 @@ class Collector:
         ``Heap.no_gc()`` block: other threads wait on the lock, its own thread sees
         ``inhibit``)."""
         if self.pacer.should_collect() and not self.inhibit:
+            if self.pacer.limit_driven() and self.limiter.limiting():
+                self.limiter.skipped += 1     # only the memory limit asks: GC CPU capped
+                return
             self.collect(forced=False, extra=[p])
 
     def collect(self, forced: bool = True, extra: list[int] = ()) -> None:  # type: ignore
@@ -92,6 +102,8 @@ class Collector:
             if not forced and not self.pacer.should_collect():
                 return  # another thread collected while this one waited
             self._cycle(forced, list(extra))
+            if self.pacer.memory_limit < MAX_INT64:
+                self.scavenge_for_limit(0, SCAVENGE_REDUCE_PERCENT)
         for hook in self.after_cycle:
             hook()
 
@@ -115,6 +127,8 @@ class Collector:
                 self.sweeper.sweep_batch(marker.spans, marker.marked_per_span(), forced)
             if forced:
                 self.sweeper.finish()
+            if self.pacer.memory_limit < MAX_INT64:
+                self.pacer.commit()     # the sweep freed pages: the limit goal moved
             wall3, cpu3 = time.perf_counter(), time.process_time()
             self._account(forced, wall0, wall3)
             if self.debug.verify:
@@ -128,7 +142,8 @@ class Collector:
             trace.emit(trace.CycleTimes(
                 self.num_gc, start_s, wall1 - wall0, wall2 - wall1, wall3 - wall2,
                 cpu1 - cpu0, cpu2 - cpu1, cpu3 - cpu2, heap_start, heap_end, marked_bytes,
-                self.pacer.next_gc, forced, self.gc_cpu_fraction(), self.mark_workers))
+                self.pacer.next_gc, forced, self.gc_cpu_fraction(), self.mark_workers,
+                self.pacer.memory_limit))
 
     def _mark(self, extra: list[int]) -> Marker:
         allocator = self.allocator
@@ -172,6 +187,7 @@ class Collector:
         self.num_gc += 1
         self.num_forced_gc += forced
         self.gc_seconds += wall3 - wall0
+        self.limiter.cycle(wall0, wall3)
 
     def _mark_pool(self):
         """The second mark worker (a one-thread executor), on machines with two cores or
@@ -181,6 +197,21 @@ class Collector:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcalloc-mark")
         return self._pool
+
+    def scavenge_for_limit(self, grow: int, reduce_percent: int = 0) -> int:
+        """Return free pages to the OS so that what the heap holds, plus ``grow`` bytes about
+        to be taken, stays at most the limit less ``reduce_percent``. Returns the bytes
+        released. The limit goal is recomputed first: metadata grows with the heap (a new
+        arena maps its bitmaps at once), and what it takes the heap cannot have."""
+        self.pacer.commit()
+        limit = self.pacer.memory_limit
+        goal = limit - limit // 100 * reduce_percent
+        ready, _ = mapped_ready(self.allocator.stats)
+        if ready + grow <= goal:
+            return 0
+        released = scavenge_bytes(self.allocator.mheap, ready + grow - goal)
+        self.limit_scavenged += released
+        return released
 
     def close(self) -> None:
         if self._pool is not None:
@@ -193,7 +224,7 @@ class Collector:
         return self.gc_seconds / elapsed if elapsed > 0 else 0.0
 
     def memstats(self) -> dict:
-        return dict(next_gc=self.pacer.next_gc if self.pacer.gc_percent >= 0 else 0,
+        return dict(next_gc=self.pacer.next_gc if self.pacer.next_gc < MAX_INT64 else 0,
                     last_gc=self.last_gc, pause_total_ns=self.pause_total_ns,
                     pause_ns=tuple(self.pause_ns), pause_end=tuple(self.pause_end),
                     num_gc=self.num_gc, num_forced_gc=self.num_forced_gc,

@@ -24,32 +24,70 @@ gcalloc stops the world for the whole cycle, so it triggers at the goal itself; 
 earlier (its trigger ratio) only because its marking runs concurrently with allocation.
 
 GOGC < 0 ("off") disables automatic collections; ``collect()`` still works.
+
+A soft memory limit (``set_memory_limit``, gc/memlimit.py) gives a second goal, Go 1.19's
+memoryLimitHeapGoal, and the pacer aims at the smaller: ``next_gc = min(gogc_goal,
+limit_goal)``, so a limit triggers cycles with GOGC off too. The limit goal depends on what
+the heap holds from the OS now, which ``measure()`` reads (set by the collector); it is
+recomputed at the end of each cycle, after the sweep, and when the limit changes.
+``limit_driven()`` says that only the limit asks for a cycle now: those are the cycles the
+CPU limiter may refuse.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gcalloc.errors import InvalidArgument
+from gcalloc.gc.memlimit import MAX_INT64, limit_heap_goal
 
 HEAP_MINIMUM = 4 << 20
 
 
 class Pacer:
-    __slots__ = ("gc_percent", "heap_marked", "next_gc", "heap_live")
+    __slots__ = ("gc_percent", "heap_marked", "next_gc", "heap_live", "memory_limit",
+                 "gogc_goal", "limit_goal", "measure")
 
     def __init__(self, gc_percent: int) -> None:
         self.gc_percent = check_gc_percent(gc_percent)
         self.heap_marked = 0     # bytes marked by the last cycle
         self.heap_live = 0       # bytes allocated since + marked (approximate between cycles)
         self.next_gc = 0
+        self.memory_limit = MAX_INT64
+        self.gogc_goal = self.limit_goal = MAX_INT64
+        # (mapped_ready, heap pages ready) now: what the heap holds from the OS and the part
+        # of it that may hold objects without growing (memlimit.mapped_ready).
+        self.measure: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.commit()
 
     def commit(self) -> None:
-        """Recompute the goal from heap_marked and gc_percent (Go's gcSetTriggerRatio)."""
+        """Recompute the goal from heap_marked, gc_percent and the memory limit (Go's
+        gcSetTriggerRatio, gcControllerCommit)."""
         if self.gc_percent < 0:
-            self.next_gc = (1 << 63) - 1
-            return
-        minimum = HEAP_MINIMUM * self.gc_percent // 100
-        self.next_gc = max(self.heap_marked * (100 + self.gc_percent) // 100, minimum)
+            self.gogc_goal = MAX_INT64
+        else:
+            minimum = HEAP_MINIMUM * self.gc_percent // 100
+            self.gogc_goal = max(self.heap_marked * (100 + self.gc_percent) // 100, minimum)
+        if self.memory_limit < MAX_INT64:
+            mapped, heap_ready = self.measure()
+            self.limit_goal = limit_heap_goal(self.memory_limit, mapped,
+                                              max(heap_ready - self.heap_live, 0),
+                                              self.heap_live, self.heap_marked)
+        else:
+            self.limit_goal = MAX_INT64
+        self.next_gc = min(self.gogc_goal, self.limit_goal)
+
+    def set_memory_limit(self, n: int) -> int:
+        """debug.SetMemoryLimit: n < 0 only reads. Returns the previous limit."""
+        old = self.memory_limit
+        if n >= 0:
+            self.memory_limit = n
+            self.commit()
+        return old
+
+    def limit_driven(self) -> bool:
+        """The heap reached the memory-limit goal but not the GOGC one."""
+        return self.heap_live < self.gogc_goal
 
     def set_gc_percent(self, n: int) -> int:
         old = self.gc_percent
@@ -72,7 +110,8 @@ class Pacer:
         self.heap_live = live if live > 0 else 0
 
     def should_collect(self) -> bool:
-        return self.gc_percent >= 0 and self.heap_live >= self.next_gc
+        # next_gc is MAX_INT64 with GOGC off and no limit: never reached
+        return self.heap_live >= self.next_gc
 
     def cycle_done(self, marked_bytes: int) -> None:
         self.heap_marked = marked_bytes     # the world is stopped: no charge runs now

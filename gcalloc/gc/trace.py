@@ -9,7 +9,10 @@ then; wall time of sweep termination + mark + mark termination (gcalloc stops th
 all three); CPU time of the same phases (mark split as assist/background/idle, which for a
 stop-the-world collector is all "background"); heap_live at start -> at end of mark ->
 marked; the goal; P is the number of mark workers (1, or 2 on machines with two cores or
-more). ``(forced)`` ends lines of ``collect()`` cycles.
+more). ``(forced)`` ends lines of ``collect()`` cycles. With a soft memory limit set
+(``set_memory_limit``, GCALLOC_MEMLIMIT) the line gains ``, 64 MB limit`` after ``P`` (Go's
+gctrace has no such field; its limit is read from runtime/metrics), and the goal shown is the
+one the pacer used, the smaller of the GOGC and the memory-limit goals.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class CycleTimes:
     forced: bool
     gc_fraction: float
     procs: int = 1
+    limit: int = (1 << 63) - 1      # the memory limit; this value: none
 
 
 def format_line(c: CycleTimes) -> str:
@@ -49,6 +53,8 @@ def format_line(c: CycleTimes) -> str:
             f"{c.cpu_sweep_term * ms:.3g}+0/{c.cpu_mark * ms:.3g}/0+{c.cpu_mark_term * ms:.3g}"
             f" ms cpu, {c.heap_start // MB}->{c.heap_end // MB}->{c.heap_marked // MB} MB, "
             f"{c.goal // MB} MB goal, {c.procs} P")
+    if c.limit < (1 << 63) - 1:
+        line += f", {c.limit // MB} MB limit"
     return line + (" (forced)" if c.forced else "")
 
 
