@@ -5,6 +5,8 @@
   nor the environment changes what a test measures. Objects a test keeps across an explicit
   collection (``free_os_memory`` collects first) must be rooted.
 - ``rss``: a function returning this process's resident set size in bytes (psutil).
+- every test runs without GCALLOC_MEMLIMIT: a limit set in the caller's environment would make
+  the pacer collect early in heaps that tests measure (tests of the variable set it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ _PROCESS = psutil.Process()
 def current_rss() -> int:
     """Resident set size of this process, in bytes."""
     return _PROCESS.memory_info().rss
+
+
+@pytest.fixture(autouse=True)
+def _no_memory_limit_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GCALLOC_MEMLIMIT", raising=False)
 
 
 @pytest.fixture
