@@ -457,3 +457,13 @@ def test_cpython_extension_allocates(heap, tmp_path):
     heap.close()
     with pytest.raises(MemoryError, match="HeapClosed: heap is closed"):
         mod.squares(heap.capi, 10)
+
+
+def test_efence_gives_every_c_object_its_own_span(lib):
+    """Under efence=1 the buckets stay empty: every C allocation takes the slow path."""
+    with gcalloc.Heap(-1, debug="efence=1") as heap:
+        api = heap.capi
+        ptrs = [lib.alloc(api, 32, 1) for _ in range(5)]
+        assert all(ptrs) and len({heap._alloc.mheap.span_of(p).base for p in ptrs}) == 5
+        assert lib.bucket_left(api, NOSCAN32) == 0
+        heap.verify()
