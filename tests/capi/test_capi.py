@@ -467,3 +467,26 @@ def test_efence_gives_every_c_object_its_own_span(lib):
         assert all(ptrs) and len({heap._alloc.mheap.span_of(p).base for p in ptrs}) == 5
         assert lib.bucket_left(api, NOSCAN32) == 0
         heap.verify()
+
+
+def test_heap_profile_samples_c_allocations(heap, lib):
+    """A run stops at the next sample: at rate 1 every C allocation is a refill, sampled."""
+    api = heap.capi
+    heap.mem_profile_rate = 1
+    for _ in range(50):
+        assert lib.alloc(api, 32, 1)
+    assert lib.bucket_left(api, NOSCAN32) == 0
+    heap.collect()
+    sampled = sum(r.alloc_objects for r in heap.memprofile()
+                  if r.alloc_bytes == 32 * r.alloc_objects)
+    assert sampled >= 50
+
+
+def test_c_allocations_are_paced(lib):
+    """The pacer is charged per refill: C allocations alone start collections (from a C
+    loop in a C thread: 32 MiB of garbage at GOGC=100)."""
+    with gcalloc.Heap(100, debug="") as heap:
+        rec = ctypes.c_uint64()
+        assert lib.alloc_in_pthread(heap.capi, 1_000_000, ctypes.byref(rec))
+        assert heap.read_memstats().num_gc >= 2
+        heap.verify()
