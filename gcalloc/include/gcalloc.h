@@ -229,6 +229,8 @@ static inline int gcalloc__key(gcalloc_shared *sh, pthread_key_t *key) {
 /* The calling thread's record for api, without creating one: NULL if it has none. */
 static inline gcalloc_thread *gcalloc__find(struct gcalloc_api *api) {
     pthread_key_t key;
+    if (api == NULL)
+        return NULL;
     if (gcalloc__tls.api == api)
         return gcalloc__tls.t;
     if (api->abi_version != GCALLOC_ABI_VERSION ||
@@ -340,8 +342,10 @@ GCALLOC__NOINLINE static void *gcalloc__alloc_slow(struct gcalloc_api *api, size
 }
 
 static inline void *gcalloc__alloc(struct gcalloc_api *api, size_t size, unsigned noscan) {
-    if (GCALLOC__LIKELY(gcalloc__tls.api == api && size - 1 < GCALLOC_MAX_SMALL_SIZE)) {
-        void *p = gcalloc__bump(gcalloc__tls.t, size, noscan);
+    gcalloc_thread *t = gcalloc__tls.t;   /* NULL until this thread's first call: api NULL */
+    if (GCALLOC__LIKELY(gcalloc__tls.api == api && t != NULL &&
+                        size - 1 < GCALLOC_MAX_SMALL_SIZE)) {
+        void *p = gcalloc__bump(t, size, noscan);
         if (GCALLOC__LIKELY(p != NULL))
             return p;
     }

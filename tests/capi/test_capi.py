@@ -12,6 +12,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,21 @@ def test_bad_arguments_fail_cleanly(heap, lib, call, message):
     assert error(lib, api).startswith(message), error(lib, api)
     heap.verify()                             # the heap is intact
     assert lib.alloc(api, 64, 0)              # and still works
+
+
+def test_null_api_fails_cleanly(lib):
+    """From a thread that never called gcalloc (its cache empty) and from one that did."""
+    out = []
+
+    def fresh_thread():
+        out.append((lib.alloc(None, 32, 1), lib.last_error(None).decode(),
+                    lib.free_(None, 0), lib.collect(None)))
+
+    t = threading.Thread(target=fresh_thread)
+    t.start()
+    t.join()
+    assert out == [(0, "InvalidArgument: api is NULL", -1, -1)]
+    assert lib.alloc(None, 32, 0) == 0
 
 
 def test_double_free_from_c(heap, lib):
