@@ -78,6 +78,13 @@ def test_get_include_holds_the_headers():
     assert inc == ROOT / "gcalloc" / "include"
 
 
+def test_header_is_strict_c11(tmp_path):
+    src = tmp_path / "strict.c"
+    src.write_text("#include <gcalloc.h>\n"
+                   "void *f(gcalloc_api *api) { return gcalloc_alloc(api, 32); }\n")
+    build_shared([src], tmp_path / "strict.so", "-std=c11", "-D_GNU_SOURCE", "-Wpedantic")
+
+
 def test_header_tables_are_generated_from_sizeclasses():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "mkcapitables.py"), "--check"],
                        capture_output=True, text=True)
