@@ -12,5 +12,14 @@ from gcalloc.mstats import MemStats
 
 __version__ = "0.1.0"
 
+
+def get_include() -> str:
+    """The directory holding gcalloc.h, the header-only C ABI (as numpy.get_include()):
+    ``cc -I$(python -c 'import gcalloc; print(gcalloc.get_include())')``."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+
+
 __all__ = ["Heap", "Handle", "MemStats", "Type", "Pointer", "GcallocError", "errors",
-           "WeakPointer", "Cleanup", "MemLimitStats", "__version__"]
+           "WeakPointer", "Cleanup", "MemLimitStats", "get_include", "__version__"]

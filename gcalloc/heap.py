@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
+from gcalloc.capi import CApi
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
     HeapCorruption,
@@ -90,6 +91,7 @@ class Heap:
             gc_memstats=self._gc_memstats, reclaim=_weak_method(self, "_reclaim"),
             on_new_spans=_weak_method(self, "_init_span_bits"))
         self._alloc = a = Allocator(hooks, efence=bool(self._debug.efence))
+        self._capi: CApi | None = None      # made by the first read of ``capi``
         # Instance attributes shadow the methods below (which document the API) so each
         # call is one bound call into the allocator.
         self.alloc = a.alloc          # type: ignore[method-assign]  # the fast path
@@ -171,6 +173,19 @@ class Heap:
 
     def _check_open(self) -> None:
         self._alloc.check_open()
+
+    @property
+    def capi(self) -> int:
+        """The address of this heap's ``gcalloc_api`` (gcalloc/include/gcalloc.h), for C
+        code: made on first read, the same int after. Valid for the life of the process:
+        after close() every call through it fails (NULL / -1, "HeapClosed"). See
+        docs/capi.md. Raises HeapClosed when first read after close()."""
+        if self._capi is None:
+            with self._gc.lock:
+                if self._capi is None:
+                    self._check_open()
+                    self._capi = CApi(self)
+        return self._capi.addr
 
     # --- typed allocation and Handles ---------------------------------------------------
 
@@ -599,6 +614,8 @@ class Heap:
             return
         if not self._alloc.shut_down():
             return
+        if self._capi is not None:
+            self._capi.close()          # the world is stopped: empty the C buckets
         # No thread is inside the allocator or the collector now and none will enter: each
         # raises HeapClosed. The background threads may still be running (a finalizer, a
         # scavenge); the memory stays mapped until they have stopped.

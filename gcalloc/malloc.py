@@ -54,7 +54,7 @@ import operator
 import random
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from gcalloc import batch as _batch
@@ -149,6 +149,9 @@ class Allocator:
         self.marking: Marker | None = None
         self.efence = efence
         self.efence_unprotected = 0   # efence frees the OS refused to fault (see above)
+        # Run first by flush_mcaches, world stopped: caches outside the mcaches (the C ABI's
+        # thread buckets, capi.py) give their runs back while the spans are still cached.
+        self.flush_hooks: list[Callable[[], None]] = []
 
     # --- allocation: the fast path -----------------------------------------------------
 
@@ -439,16 +442,20 @@ class Allocator:
 
     # --- per-thread caches -------------------------------------------------------------
 
-    def _attach_mcache(self) -> MCache:
+    def _attach_mcache(self, guarded: bool = True) -> MCache:
+        """A new mcache for the calling thread. ``guarded=False``: not given back when the
+        thread's Python state ends (the C ABI attaches one for a C thread, whose state ends
+        after every callback, and detaches it when the thread exits)."""
         with self.mheap.lock:
             self.check_open()   # under the lock: close() drops the mcaches under it
             c = self._cachealloc.alloc()
             c.next_sample = self.next_sample()
             self.mcaches.add(c)
-        guard = _ThreadGuard()
-        weakref.finalize(guard, _detach_mcache, weakref.ref(self), c)
         self._tls.mcache = c
-        self._tls.guard = guard
+        if guarded:
+            guard = _ThreadGuard()
+            weakref.finalize(guard, _detach_mcache, weakref.ref(self), c)
+            self._tls.guard = guard
         return c
 
     def detach_mcache(self, c: MCache) -> None:
@@ -479,6 +486,8 @@ class Allocator:
         """Return every thread's cached spans and runs (the world must be stopped: Go's
         flushallmcaches at the start of a collection). Tiny blocks stay: a parked thread may
         be halfway through handing one out, so the collector treats them as roots."""
+        for hook in self.flush_hooks:
+            hook()
         for c in list(self.mcaches):
             self._release_mcache(c, keep_tiny=True)
 

@@ -214,6 +214,7 @@ CASES = [
     C("collect", "closed", "h.collect()", "HeapClosed", closed=True),
     C("free_os_memory", "closed", "h.free_os_memory()", "HeapClosed", closed=True),
     C("read_memstats", "closed", "h.read_memstats()", "HeapClosed", closed=True),
+    C("capi", "closed", "h.capi", "HeapClosed", closed=True),
     C("verify", "corrupt",
       "s = h._alloc.mheap.span_of(p); s.allocCount += 1\n"
       "try:\n    h.verify()\nfinally:\n    s.allocCount -= 1", "HeapCorruption"),

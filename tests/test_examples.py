@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
@@ -37,7 +39,8 @@ def run_example(relpath: str, *args: str, timeout: float = 120) -> subprocess.Co
 def test_every_example_is_tested():
     scripts = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")}
     assert scripts == {"binary_trees.py", "ctypes_structs.py", "rss_observe.py", "profile.py",
-                       "c_extension/run.py"}
+                       "c_extension/run.py", "c_extension/run_cffi.py",
+                       "c_extension/run_extension.py"}
 
 
 def test_binary_trees():
@@ -64,17 +67,21 @@ def test_ctypes_structs():
     assert r.stdout.rstrip().endswith("ok")
 
 
-def test_c_extension():
-    r = run_example("c_extension/run.py", "--records", "3000")
+@pytest.mark.parametrize("script, how", [("run.py", "(ctypes)"), ("run_cffi.py", "with cffi"),
+                                         ("run_extension.py", "(a CPython extension)")])
+def test_c_extension(script, how):
+    """The C extension on the packaged ABI (gcalloc.get_include()), three ways in."""
+    r = run_example(f"c_extension/{script}", "--records", "3000")
     compiler = any(shutil.which(c) for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c)
     if not compiler:
         assert r.stdout.startswith("skipped: no C compiler found")
         return
+    assert re.search(rf"compiled records(_ext)?\.c .*{re.escape(how)}", r.stdout), r.stdout
     assert "C built 3000 records in the heap; Python walked them all" in r.stdout
     assert "last (8994001, b'item-2999')" in r.stdout
     assert "root dropped: 3000 C finalizers ran; heap_objects=0" in r.stdout
     assert r.stdout.rstrip().endswith("ok")
-    assert not r.stderr.strip()            # no callback raised
+    assert not r.stderr.strip(), r.stderr      # no callback raised, no compiler warning
 
 
 def test_rss_observe():
