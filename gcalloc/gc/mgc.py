@@ -33,6 +33,7 @@ import numpy as np
 
 from gcalloc.debug import DebugFlags
 from gcalloc.gc import trace
+from gcalloc.gc.cthreads import CThreads
 from gcalloc.gc.mark import Marker, MarkScratch
 from gcalloc.gc.pacer import Pacer
 from gcalloc.gc.roots import RootSet
@@ -67,6 +68,10 @@ class Collector:
         self.after_mark: list = []      # fn(marker): may mark more (finalizer resurrection)
         self.after_cycle: list = []     # fn(): the cycle is over and the world restarted
         self.scalar_frontier: int | None = None   # tests force a mark path with this
+        # C threads (gc/cthreads.py): stopped after the world, their stacks as roots. The
+        # locks are those marking takes that a thread may hold outside a safepoint region.
+        self.cthreads = CThreads(quiesce=[self.roots.lock, allocator.mheap.lock])
+        self.extra_roots.append(self.cthreads.candidates)
         # Sweep plain spans as one batch at the end of automatic cycles too (see
         # Sweeper.sweep_batch); False leaves them all to lazy sweeping, as Go does.
         self.batch_sweep = True
@@ -104,6 +109,7 @@ class Collector:
         heap_start = self.pacer.heap_live
         allocator.stop_the_world()
         try:
+            self.cthreads.suspend_all()
             self.sweeper.finish()
             allocator.flush_mcaches()
             wall1, cpu1 = time.perf_counter(), time.process_time()
@@ -123,6 +129,7 @@ class Collector:
             # A cycle that raised leaves no marker behind: allocating black into it would
             # slow every allocation and grow its list until the next cycle.
             allocator.marking = None
+            self.cthreads.resume_all()
             allocator.start_the_world()
         if self.debug.gctrace:
             trace.emit(trace.CycleTimes(
@@ -183,6 +190,7 @@ class Collector:
         return self._pool
 
     def close(self) -> None:
+        self.cthreads.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
