@@ -290,6 +290,7 @@ class CThreads:
         self.last_resent = 0
         self.last_suspend_ns = 0
         self.last_words: list[int] = []
+        self.last_scan_ns = 0
 
     # --- registry ----------------------------------------------------------------------
 
@@ -430,6 +431,7 @@ class CThreads:
         """The words of every stopped thread's stack [stack_lo, stack_hi) as uint64
         candidate pointers (the collector's extra_roots), and of the collector's own stack
         above its call when it collects from inside one."""
+        t0 = time.perf_counter_ns()
         parts = []
         words = []
         with self.lock:
@@ -453,9 +455,9 @@ class CThreads:
             parts.append(MEM64[word_index(lo):word_index(hi)])
             words.append((hi - lo) >> 3)
         self.last_words = words
-        if not parts:
-            return np.zeros(0, np.uint64)
-        return np.concatenate(parts)
+        out = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        self.last_scan_ns = time.perf_counter_ns() - t0
+        return out
 
     # --- close -------------------------------------------------------------------------
 

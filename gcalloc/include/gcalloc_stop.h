@@ -180,25 +180,49 @@ static __attribute__((noinline, unused)) int gcalloc_stop__suspend_self(gcalloc_
     return 1;
 }
 
-/* Whether pc is a point where the thread may hold a lock the collector needs: inside a
- * listed text range but not at a system-call instruction (a thread blocked in a syscall is
- * at one: the kernel rewinds pc to it for SA_RESTART, or the call is about to be made). */
-static inline int gcalloc_stop__unsafe_pc(gcalloc_stop_table *t, uint64_t pc) {
-    uint64_t i;
+/* Whether the interrupted context is a point where the thread may hold a lock the collector
+ * needs: its pc inside a listed text range, except in a blocked system call: either at the
+ * system-call instruction (a restartable call; SA_RESTART rewound pc onto it) or just after
+ * one that returned EINTR (a wait the signal broke, such as nanosleep, which restarts no
+ * call with a handler). A call that returned anything else may have been mmap under
+ * malloc's lock, with the signal merely delivered on its way out. */
+static inline int gcalloc_stop__unsafe(gcalloc_stop_table *t, void *uc) {
+    ucontext_t *u = (ucontext_t *)uc;
+    uint64_t i, pc;
+#if defined(__x86_64__)
+    pc = (uint64_t)u->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+    pc = (uint64_t)u->uc_mcontext.pc;
+#else
+    (void)u;
+    return 0;
+#endif
     if (!t)
         return 0;
     for (i = 0; i < t->nranges && i < GCALLOC_STOP_MAX_RANGES; i++) {
-        if (pc >= t->ranges[i][0] && pc < t->ranges[i][1]) {
+        uint64_t lo = t->ranges[i][0], hi = t->ranges[i][1];
+        if (pc < lo || pc >= hi)
+            continue;
 #if defined(__x86_64__)
+        {
             const unsigned char *c = (const unsigned char *)(uintptr_t)pc;
-            if (pc + 2 <= t->ranges[i][1] && c[0] == 0x0f && c[1] == 0x05)
-                return 0;   /* syscall */
-#elif defined(__aarch64__)
-            if (pc + 4 <= t->ranges[i][1] && *(const uint32_t *)(uintptr_t)pc == 0xd4000001u)
-                return 0;   /* svc #0 */
-#endif
-            return 1;
+            if (pc + 2 <= hi && c[0] == 0x0f && c[1] == 0x05)
+                return 0;   /* at syscall */
+            if (pc >= lo + 2 && c[-2] == 0x0f && c[-1] == 0x05 &&
+                u->uc_mcontext.gregs[REG_RAX] == -EINTR)
+                return 0;   /* after a syscall the signal interrupted */
         }
+#elif defined(__aarch64__)
+        {
+            const uint32_t *c = (const uint32_t *)(uintptr_t)pc;
+            if (pc + 4 <= hi && c[0] == 0xd4000001u)
+                return 0;   /* at svc #0 */
+            if (pc >= lo + 4 && c[-1] == 0xd4000001u &&
+                (int64_t)u->uc_mcontext.regs[0] == -EINTR)
+                return 0;
+        }
+#endif
+        return 1;
     }
     return 0;
 }
@@ -245,7 +269,7 @@ static void __attribute__((unused)) gcalloc_stop__handler(int sig, siginfo_t *si
             s->pending = 1;
         goto out;
     }
-    if (gcalloc_stop__unsafe_pc(gcalloc_stop__table(s), s->reserved[GCALLOC_STOP_R_PC])) {
+    if (gcalloc_stop__unsafe(gcalloc_stop__table(s), uc)) {
         s->reserved[GCALLOC_STOP_R_DECLINED]++;
         gcalloc_stop__answer(s);
         goto out;

@@ -4,6 +4,7 @@
  * keep heap pointers only in C locals. */
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "gcalloc_stop.h"
 
@@ -164,5 +165,21 @@ int64_t h_spin(volatile int32_t *stop) {
     int64_t i = 0;
     while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE))
         i++;
+    return i;
+}
+
+/* One call into Python (fn(0)) bracketed like a gcalloc call: the thread is IN_CALL while
+ * fn runs (the benchmark parks threads there). */
+void h_in_call(gcalloc_stop *s, h_alloc_fn fn) { (void)h_call(s, fn, 0); }
+
+/* Blocked in a system call in its own C code until *stop (a thread waiting on I/O between
+ * gcalloc calls): the signal interrupts nanosleep, which restarts. */
+int64_t h_sleep(volatile int32_t *stop) {
+    int64_t i = 0;
+    struct timespec ts = {0, 1000000};
+    while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+        nanosleep(&ts, NULL);
+        i++;
+    }
     return i;
 }

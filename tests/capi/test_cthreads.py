@@ -58,6 +58,7 @@ def lib(tmp_path_factory):
     L.h_reverse.argtypes, L.h_reverse.restype = [p, ALLOC, i64, p, p], i64
     L.h_fast_loop.argtypes, L.h_fast_loop.restype = [p, p, p], i64
     L.h_spin.argtypes, L.h_spin.restype = [p], i64
+    L.h_sleep.argtypes, L.h_sleep.restype = [p], i64
     L.h_block_signal.argtypes, L.h_block_signal.restype = [i32], i32
     L.h_unblock_signal.argtypes, L.h_unblock_signal.restype = [i32], i32
     L.h_set_garbage.argtypes, L.h_set_garbage.restype = [ctypes.c_size_t], None
@@ -174,7 +175,7 @@ def test_tree_four_threads(lib, gheap):
 
 def _reverse_while_collecting(lib, heap: gcalloc.Heap, h: Harness, n: int) -> int:
     """One C thread builds n nodes and reverses them in pure C; this thread allocates until
-    ten collections ran meanwhile. Returns the nodes the C thread found intact."""
+    three collections ran meanwhile. Returns the nodes the C thread found intact."""
     stop = ctypes.c_int32(0)
     rounds = ctypes.c_int64(0)
     result: list[int | BaseException] = []
@@ -195,7 +196,7 @@ def _reverse_while_collecting(lib, heap: gcalloc.Heap, h: Harness, n: int) -> in
             time.sleep(0.001)
         gc0 = heap.read_memstats().num_gc
         keep = []
-        while heap.read_memstats().num_gc < gc0 + 10:
+        while heap.read_memstats().num_gc < gc0 + 3:
             keep.append(heap.alloc(4096))
             if len(keep) > 64:
                 keep.clear()
@@ -275,6 +276,25 @@ def _spinning_threads(lib, h: Harness, n: int, fn, stop: ctypes.c_int32, slots) 
         t.start()
     ready.wait()
     return threads, records
+
+
+def test_threads_blocked_in_a_system_call_are_stopped(lib, heap):
+    """A thread blocked in nanosleep (in libc, between gcalloc calls) is stopped at its
+    interrupted system call, and the call goes on after."""
+    h = Harness(lib, heap)
+    stop = ctypes.c_int32(0)
+    states: list[int] = []
+    threads, records = _spinning_threads(lib, h, 1, lib.h_sleep, stop, None)
+    heap._gc.after_mark.append(lambda marker: states.append(_state(records[0])))
+    try:
+        for _ in range(3):
+            heap.collect()
+    finally:
+        stop.value = 1
+        threads[0].join(HANG)
+    assert not threads[0].is_alive()
+    assert states == [ct.SUSPENDED | ct.REQUESTED] * 3
+    heap.verify()
 
 
 def test_threads_between_calls_are_stopped_while_marking(lib, heap):
