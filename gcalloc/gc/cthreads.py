@@ -348,13 +348,9 @@ class CThreads:
         libc = _libc()
         t0 = time.perf_counter_ns()
         deadline = time.monotonic() + self.timeout
-        held = []
+        held: list[_Lock] = []
         try:
-            for lk in self.quiesce:
-                if not lk.acquire(timeout=self.timeout):
-                    raise ThreadSuspendTimeout("suspend_all: a collector lock stayed held "
-                                               f"for {self.timeout} s")
-                held.append(lk)
+            held = self._take_quiesce(deadline)
             self._me = libc.pthread_self()
             with self.lock:
                 self._stopped = stopped = [a for a in self._records
@@ -376,6 +372,24 @@ class CThreads:
             for lk in reversed(held):
                 lk.release()
         self.last_suspend_ns = time.perf_counter_ns() - t0
+
+    def _take_quiesce(self, deadline: float) -> list[_Lock]:
+        """Hold every quiesce lock: all at once or none (released and tried again), so that
+        no order in which other code nests them can deadlock with this."""
+        while True:
+            held: list[_Lock] = []
+            for lk in self.quiesce:
+                if not lk.acquire(blocking=False):
+                    break
+                held.append(lk)
+            else:
+                return held
+            for lk in reversed(held):
+                lk.release()
+            if time.monotonic() > deadline:
+                raise ThreadSuspendTimeout(f"suspend_all: a collector lock stayed held for "
+                                           f"{self.timeout} s")
+            time.sleep(0.0001)    # let the holder (which needs the interpreter) go on
 
     def _wait_stopped(self, libc: _Libc, a: int, deadline: float) -> None:
         """Signal record a's thread until it is stopped (in the handler, in fast_end or in a
