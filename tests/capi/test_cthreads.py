@@ -333,6 +333,45 @@ def test_threads_between_calls_are_stopped_while_marking(lib, heap):
     heap.verify()
 
 
+def test_registered_threads_back_in_python_are_stopped_without_deadlock(lib, heap):
+    """Threads registered from C and then running Python (allocating, taking and dropping
+    roots: gcalloc's own locks) while this thread collects: every cycle completes (the
+    handler declines while a thread holds the interpreter lock; the quiesce locks keep a
+    stopped thread from holding the root table's or the page heap's)."""
+    h = Harness(lib, heap)
+    stop = threading.Event()
+    ready = threading.Barrier(3, timeout=HANG)
+    done: list[int] = []
+
+    def body() -> None:
+        r = h.attach()
+        ready.wait()
+        n = 0
+        while not stop.is_set():
+            hd = heap.new(ctypes.c_uint64 * 8)     # rooted from the allocation on
+            heap.add_root(hd.addr)
+            heap.remove_root(hd.addr)
+            hd.release()
+            n += sum(range(50)) > 0
+        done.append(n)
+        lib.h_detach(r)
+
+    threads = [threading.Thread(target=body) for _ in range(2)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    try:
+        for _ in range(10):
+            heap.collect()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(HANG)
+    assert not any(t.is_alive() for t in threads) and len(done) == 2
+    assert heap.read_memstats().num_gc >= 10
+    heap.verify()
+
+
 def test_exited_records_are_reaped_at_the_next_stop(lib, heap):
     h = Harness(lib, heap)
     reaped: list[int] = []
