@@ -67,7 +67,7 @@ from gcalloc.free import check_addr
 RECORD_SIZE = 128
 _STATE, _MALLOCING, _PENDING, _ACK = 0, 4, 8, 12
 _STACK_LO, _STACK_HI, _TID, _RESERVED = 16, 24, 32, 40
-R_TABLE, R_DECLINED, R_PC, R_DEPTH, R_STOPS, R_RESULT = 0, 1, 2, 3, 4, 5
+R_TABLE, R_DECLINED, R_PC, R_DEPTH, R_STOPS, R_RESULT, R_STACK_MIN = range(7)
 
 UNREGISTERED, RUNNING, IN_CALL, SUSPEND_REQ, SUSPENDED, STOPPED_IN_CALL, EXITED = range(7)
 STATE_MASK = 0xFF
@@ -463,8 +463,10 @@ class CThreads:
             if low not in (SUSPENDED, IN_CALL):
                 continue
             lo, hi = _u64(a + _STACK_LO), _u64(a + _STACK_HI)
-            if not lo or not hi or lo >= hi:
-                continue   # not registered yet: its first call, no C frame known
+            if not lo or not hi or not _u64(a + _RESERVED + 8 * R_STACK_MIN) <= lo < hi:
+                # Not registered yet (its first call: no C frame known), or stopped on a
+                # stack of its own making (a coroutine's), which only its owner could name.
+                continue
             lo &= ~7
             parts.append(MEM64[word_index(lo):word_index(hi)])
             words.append((hi - lo) >> 3)

@@ -70,6 +70,8 @@ enum {
 #define GCALLOC_STOP_R_STOPS 4     /* times this thread stopped in the handler or fast_end */
 #define GCALLOC_STOP_R_RESULT 5    /* the object the current call returns (a root until
                                       leave: it is in no frame the collector scans yet) */
+#define GCALLOC_STOP_R_STACK_MIN 6 /* the stack's lowest address: a stack_lo outside
+                                      [min, stack_hi) (a switched stack) is not scanned */
 
 typedef struct gcalloc_stop {
     volatile int32_t state;     /* GCALLOC_STOP_* | GCALLOC_STOP_REQUESTED: see above */
@@ -397,6 +399,7 @@ static inline int gcalloc_stop_register(gcalloc_stop *s, int signum) {
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     s->tid = (uint64_t)pthread_self();
     s->stack_hi = (uint64_t)(uintptr_t)addr + size;
+    s->reserved[GCALLOC_STOP_R_STACK_MIN] = (uint64_t)(uintptr_t)addr;
     if (!s->stack_lo)
         s->stack_lo = gcalloc_stop__sp();
     for (;;) {
