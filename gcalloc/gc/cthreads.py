@@ -309,17 +309,18 @@ class CThreads:
             if addr in self._records:
                 raise InvalidArgument(f"stop record {addr:#x} is registered already")
             _set_u64(addr + _RESERVED + 8 * R_TABLE, libc.table_addr)
-            st = _i32(addr + _STATE)
-            if st & STATE_MASK == UNREGISTERED:
-                # Not yet visible to any collector: plain stores. The thread is inside its
-                # call; gcalloc_stop_register leaves it.
+            if _i32(addr + _STATE) & STATE_MASK == UNREGISTERED:
+                # Not yet visible to any collector, and its thread is inside its call, in
+                # Python: plain stores. gcalloc_stop_register leaves the call.
                 _set_u64(addr + _TID, libc.pthread_self())
                 st = IN_CALL
-            if self._stopped is not None:
-                # A stop is in progress: the thread waits in register/leave like the others.
-                st |= REQUESTED
-                self._stopped.append(addr)
-            _set_i32(addr + _STATE, st)
+                if self._stopped is not None:
+                    # A stop is in progress: the thread waits in register like the others.
+                    st |= REQUESTED
+                    self._stopped.append(addr)
+                _set_i32(addr + _STATE, st)
+            # A record registered in C first (its thread may be running) keeps its state,
+            # which only its thread changes: it is stopped from the next cycle on.
             self._records.append(addr)
 
     @staticmethod
@@ -423,7 +424,8 @@ class CThreads:
 
     def resume_all(self) -> None:
         """Restart every thread suspend_all stopped (a no-op when none is)."""
-        stopped, self._stopped = self._stopped, None
+        with self.lock:      # add() appends to the list under it: none slips past
+            stopped, self._stopped = self._stopped, None
         if not stopped:
             return
         libc = _libc()

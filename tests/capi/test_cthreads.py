@@ -449,6 +449,22 @@ def test_add_refuses_bad_records(heap):
     assert c.records() == [ctypes.addressof(r)]
 
 
+def test_a_record_added_during_a_stop_is_stopped_then_resumed(lib, heap):
+    h = Harness(lib, heap)
+    h.attach()               # a registered thread, so that the cycle stops threads at all
+    late = REC()
+    during: list[int] = []
+
+    def add_now(marker) -> None:
+        heap._gc.cthreads.add(ctypes.addressof(late))
+        during.append(_state(ctypes.addressof(late)))
+
+    heap._gc.after_mark.append(add_now)
+    heap.collect()
+    assert during == [ct.IN_CALL | ct.REQUESTED]
+    assert _state(ctypes.addressof(late)) == ct.IN_CALL    # the bit went with the others
+
+
 @pytest.mark.parametrize("text, want", [
     ("SIGRTMIN+3", None), ("41", 41), ("SIGUSR2", None), ("usr2", None), ("SIGPWR", None)])
 def test_suspend_signal_syntax(text, want):
