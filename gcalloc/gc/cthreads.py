@@ -190,6 +190,19 @@ class _Libc:
         self.syscall.restype = ctypes.c_long
         self.pthread_self = libc.pthread_self
         self.pthread_self.restype = ctypes.c_ulong
+        # The address of a local of dl_iterate_phdr's frame (the info struct it passes its
+        # callback): a stack address below every frame of the calling thread.
+        self._phdr = libc.dl_iterate_phdr
+        phdr_cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                                   ctypes.c_void_p)
+        self._phdr.argtypes = [phdr_cb, ctypes.c_void_p]
+        self._sp_box = [0]
+
+        def here(info: int | None, size: int, data: int | None) -> int:
+            self._sp_box[0] = info or 0
+            return 1     # stop after the first object
+
+        self._phdr_cb = phdr_cb(here)
         self.timeout = _Timespec(0, 1_000_000)     # a wait step: 1 ms
         self.timeout_ref = ctypes.byref(self.timeout)
         api = ctypes.pythonapi
@@ -204,6 +217,12 @@ class _Libc:
             table.ranges[i][0], table.ranges[i][1] = lo, hi
         self.table = table
         self.table_addr = ctypes.addressof(table)
+
+    def stack_address(self) -> int:
+        """An address in the calling thread's stack below all of its current frames."""
+        self._sp_box[0] = 0
+        self._phdr(self._phdr_cb, None)
+        return self._sp_box[0]
 
     def futex_rmw(self, addr: int, op: int, oparg: int) -> None:
         """*addr = *addr OP oparg, atomically (the kernel's locked instruction), and wake
@@ -284,6 +303,8 @@ class CThreads:
         self._records: list[int] = []
         self._stopped: list[int] | None = None   # while suspended: the records with the bit
         self._me = 0                             # the stopper's pthread_t
+        self._own_lo: dict[int, int] = {}        # the stopper's RUNNING records: where
+                                                 # its current frames start
         # Figures of the last stop (bench/bench_cthreads.py, docs/capi_threads.md).
         self.last_signalled = 0
         self.last_in_call = 0
@@ -356,6 +377,12 @@ class CThreads:
             with self.lock:
                 self._stopped = stopped = [a for a in self._records
                                            if _u64(a + _TID) != self._me]
+                own = [a for a in self._records if _u64(a + _TID) == self._me]
+            for a in own:
+                # The collector's own thread, registered but not inside a gcalloc call:
+                # collecting from a callback of its own C code, whose frames hold roots.
+                if _i32(a + _STATE) & STATE_MASK == RUNNING:
+                    self._own_lo[a] = libc.stack_address()
             waiting = []
             for a in stopped:
                 libc.futex_rmw(a + _STATE, _FUTEX_OP_OR, REQUESTED)
@@ -426,6 +453,7 @@ class CThreads:
         """Restart every thread suspend_all stopped (a no-op when none is)."""
         with self.lock:      # add() appends to the list under it: none slips past
             stopped, self._stopped = self._stopped, None
+            self._own_lo.clear()
         if not stopped:
             return
         libc = _libc()
@@ -462,9 +490,13 @@ class CThreads:
             stopped = list(self._stopped) + [a for a in records if _u64(a + _TID) == self._me]
         for a in stopped:
             low = _i32(a + _STATE) & STATE_MASK
-            if low not in (SUSPENDED, IN_CALL):
+            if low == RUNNING and a in self._own_lo:
+                lo = self._own_lo[a]
+            elif low in (SUSPENDED, IN_CALL):
+                lo = _u64(a + _STACK_LO)
+            else:
                 continue
-            lo, hi = _u64(a + _STACK_LO), _u64(a + _STACK_HI)
+            hi = _u64(a + _STACK_HI)
             if not lo or not hi or not _u64(a + _RESERVED + 8 * R_STACK_MIN) <= lo < hi:
                 # Not registered yet (its first call: no C frame known), or stopped on a
                 # stack of its own making (a coroutine's), which only its owner could name.

@@ -183,3 +183,13 @@ int64_t h_sleep(volatile int32_t *stop) {
     }
     return i;
 }
+
+/* Build n nodes (head in a local), then call back into Python outside any gcalloc call (the
+ * thread's own callback: it may collect on this very thread), then walk. */
+int64_t h_list_then_callback(gcalloc_stop *s, h_alloc_fn cb, int64_t n, void (*user)(void)) {
+    struct node *head = build(s, cb, n);
+    if (!head)
+        return -1;
+    user();
+    return walk(head, n);
+}

@@ -38,6 +38,7 @@ HANG = 120.0     # hang guard for joins and condition waits (seconds)
 ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)
 ADD = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 REC = ctypes.c_uint64 * 16      # 128 bytes, 8-aligned, outside every heap
+VOIDFN = ctypes.CFUNCTYPE(None)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,8 @@ def lib(tmp_path_factory):
     L.h_block_signal.argtypes, L.h_block_signal.restype = [i32], i32
     L.h_unblock_signal.argtypes, L.h_unblock_signal.restype = [i32], i32
     L.h_set_garbage.argtypes, L.h_set_garbage.restype = [ctypes.c_size_t], None
+    L.h_list_then_callback.argtypes = [p, ALLOC, i64, VOIDFN]
+    L.h_list_then_callback.restype = i64
     return L
 
 
@@ -214,6 +217,33 @@ def test_reverse_in_pure_c_while_another_thread_collects(lib, gheap):
     h = Harness(lib, gheap)
     assert _reverse_while_collecting(lib, gheap, h, N_LIST) == N_LIST
     check(gheap, h)
+
+
+def _collect_in_own_callback(lib, heap: gcalloc.Heap, n: int) -> int:
+    """C builds n nodes, then calls its own Python callback (not a gcalloc call), which
+    collects on the same thread and allocates over whatever the cycle freed."""
+    h = Harness(lib, heap)
+    keep: list[int] = []
+
+    def user() -> None:
+        for _ in range(2):
+            heap.collect()
+            keep.extend(heap.alloc(16) for _ in range(n))   # reuse freed nodes (zeroed)
+
+    cb = VOIDFN(user)
+    got = h.run(lambda r, a, m: lib.h_list_then_callback(r, a, m, cb), n)
+    assert not h.errors, h.errors
+    return got
+
+
+def test_the_collecting_threads_own_c_frames_are_roots(lib, heap):
+    assert _collect_in_own_callback(lib, heap, 20_000) == 20_000
+    heap.verify()
+
+
+def test_own_c_frames_without_the_stack_address_are_lost(lib, heap, monkeypatch):
+    monkeypatch.setattr(ct._libc(), "stack_address", lambda: 0)
+    assert _collect_in_own_callback(lib, heap, 20_000) < 20_000
 
 
 # --- the same code without the suspension: corrupted (the tests above can fail) -------------
