@@ -1,10 +1,11 @@
 """The collection cycle (Go's mgc.go: gcStart, gcMarkDone, gcMarkTermination), stop-the-world.
 
-    collect ─ stop the world ─ finish the last sweep ─ flush every mcache
+    collect ─ stop the world ─ stop the C threads ─ finish the last sweep ─ flush the mcaches
             ─ mark from the roots (+ the object a triggering allocation just made)
             ─ specials hooks (finalizers) ─ write gcmarkBits ─ h.sweepgen += 2
             ─ batch-sweep the spans that need no per-object work
-            ─ pacing, statistics ─ [collect(): sweep everything] ─ start the world
+            ─ pacing, statistics ─ [collect(): sweep everything] ─ resume the C threads
+            ─ start the world
 
 Stopping the world (world.World, shared with close()): every thread that enters the
 allocator's slow paths (or free, or the calls that read heap memory) passes a safepoint that
@@ -13,8 +14,10 @@ mcaches' ``mallocing`` flags). The allocation fast path is a single atomic step 
 iterator's ``next``), so a thread parked anywhere is never halfway through it; flushing the
 mcaches exhausts the runs, which sends every thread to a safepoint on its next allocation.
 Once the heap is closed, stopping the world raises HeapClosed, so no cycle starts; close()
-itself waits for a cycle in progress to start the world again. Memory that Python or C code
-writes without calling gcalloc is not stopped: see docs/gc.md ("what stops").
+itself waits for a cycle in progress to start the world again. C threads registered through
+the C ABI are stopped right after the world, by signal or in their call (gc/cthreads.py,
+docs/capi_threads.md), and their stacks are roots; other memory that Python or C code writes
+without calling gcalloc is not stopped: see docs/gc.md ("what stops").
 
 Automatic cycles start from the slow paths when the pacer says heap_live reached the goal,
 with the triggering allocation treated as a root for that cycle so the caller receives a live
