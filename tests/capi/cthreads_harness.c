@@ -193,3 +193,13 @@ int64_t h_list_then_callback(gcalloc_stop *s, h_alloc_fn cb, int64_t n, void (*u
     user();
     return walk(head, n);
 }
+
+/* Stay inside the fast path's bracket (mallocing set) until *release, then leave it and
+ * spin until *stop: a signal that arrives meanwhile must wait for fast_end. */
+int64_t h_fast_hold(gcalloc_stop *s, volatile int32_t *release, volatile int32_t *stop) {
+    gcalloc_stop_fast_begin(s);
+    while (!__atomic_load_n(release, __ATOMIC_ACQUIRE))
+        ;
+    gcalloc_stop_fast_end(s);
+    return h_spin(stop);
+}

@@ -63,6 +63,7 @@ def lib(tmp_path_factory):
     L.h_block_signal.argtypes, L.h_block_signal.restype = [i32], i32
     L.h_unblock_signal.argtypes, L.h_unblock_signal.restype = [i32], i32
     L.h_set_garbage.argtypes, L.h_set_garbage.restype = [ctypes.c_size_t], None
+    L.h_fast_hold.argtypes, L.h_fast_hold.restype = [p, p, p], i64
     L.h_list_then_callback.argtypes = [p, ALLOC, i64, VOIDFN]
     L.h_list_then_callback.restype = i64
     return L
@@ -399,6 +400,47 @@ def test_registered_threads_back_in_python_are_stopped_without_deadlock(lib, hea
             t.join(HANG)
     assert not any(t.is_alive() for t in threads) and len(done) == 2
     assert heap.read_memstats().num_gc >= 10
+    heap.verify()
+
+
+def test_a_signal_inside_the_fast_path_waits_for_fast_end(lib, heap):
+    """The handler finds mallocing set: the record goes SUSPEND_REQ (pending) and the
+    collection waits; once the thread leaves the bracket, fast_end stops it, and it stays
+    stopped through the mark."""
+    h = Harness(lib, heap)
+    release, stop = ctypes.c_int32(0), ctypes.c_int32(0)
+    ready = threading.Event()
+    rec: list[int] = []
+    during: list[int] = []
+
+    def body() -> None:
+        r = h.attach()
+        rec.append(r)
+        ready.set()
+        lib.h_fast_hold(r, ctypes.addressof(release), ctypes.addressof(stop))
+        lib.h_detach(r)
+
+    t = threading.Thread(target=body)
+    t.start()
+    assert ready.wait(HANG)
+    guard = time.monotonic() + HANG
+    while ctypes.c_int32.from_address(rec[0] + 4).value == 0:   # mallocing: in the bracket
+        assert time.monotonic() < guard
+        time.sleep(0.001)
+    heap._gc.after_mark.append(lambda marker: during.append(_state(rec[0])))
+    collector = threading.Thread(target=heap.collect)
+    collector.start()
+    while _state(rec[0]) != ct.SUSPEND_REQ | ct.REQUESTED:
+        assert time.monotonic() < guard and collector.is_alive(), _state(rec[0])
+        time.sleep(0.001)
+    assert during == []                   # the collection is waiting for the thread
+    release.value = 1
+    collector.join(HANG)
+    stop.value = 1
+    t.join(HANG)
+    assert not collector.is_alive() and not t.is_alive()
+    assert during == [ct.SUSPENDED | ct.REQUESTED]
+    assert _reserved(rec[0], ct.R_STOPS) == 1
     heap.verify()
 
 
