@@ -86,6 +86,11 @@ class HeapClosed(GcallocError, RuntimeError):
 
 # --- collector and configuration ---------------------------------------------------------
 
+class ThreadSuspendTimeout(GcallocError, TimeoutError):
+    """A collection could not stop a registered C thread in time (it kept declining the
+    suspend signal, or has it blocked): the collection was abandoned, every thread resumed."""
+
+
 class NotARoot(GcallocError, ValueError):
     """remove_root / remove_root_range of something that is not a root."""
 

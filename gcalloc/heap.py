@@ -131,6 +131,9 @@ class Heap:
         self._finalizers = Finalizers(self._gc, self._specials)
         self._weak = WeakAndCleanups(self._gc, self._specials, self._finalizers)
         self._gc.sweeper.on_free_objects = self._specials.free_objects
+        # Locks a stopped C thread must not hold (gc/cthreads.py): the cycle takes them.
+        self._gc.cthreads.quiesce += [self._specials.lock, self._mprof.lock,
+                                      self._finalizers.queue._cond]
         # A heap dropped without close() stops its finalizer thread (not at exit: a daemon).
         self._stop_finalizers = weakref.finalize(self, self._finalizers.queue.stop)
         self._stop_finalizers.atexit = False

@@ -1,10 +1,11 @@
 """The collection cycle (Go's mgc.go: gcStart, gcMarkDone, gcMarkTermination), stop-the-world.
 
-    collect ─ stop the world ─ finish the last sweep ─ flush every mcache
+    collect ─ stop the world ─ stop the C threads ─ finish the last sweep ─ flush the mcaches
             ─ mark from the roots (+ the object a triggering allocation just made)
             ─ specials hooks (finalizers) ─ write gcmarkBits ─ h.sweepgen += 2
             ─ batch-sweep the spans that need no per-object work
-            ─ pacing, statistics ─ [collect(): sweep everything] ─ start the world
+            ─ pacing, statistics ─ [collect(): sweep everything] ─ resume the C threads
+            ─ start the world
 
 Stopping the world (world.World, shared with close()): every thread that enters the
 allocator's slow paths (or free, or the calls that read heap memory) passes a safepoint that
@@ -13,8 +14,10 @@ mcaches' ``mallocing`` flags). The allocation fast path is a single atomic step 
 iterator's ``next``), so a thread parked anywhere is never halfway through it; flushing the
 mcaches exhausts the runs, which sends every thread to a safepoint on its next allocation.
 Once the heap is closed, stopping the world raises HeapClosed, so no cycle starts; close()
-itself waits for a cycle in progress to start the world again. Memory that Python or C code
-writes without calling gcalloc is not stopped: see docs/gc.md ("what stops").
+itself waits for a cycle in progress to start the world again. C threads registered through
+the C ABI are stopped right after the world, by signal or in their call (gc/cthreads.py,
+docs/capi_threads.md), and their stacks are roots; other memory that Python or C code writes
+without calling gcalloc is not stopped: see docs/gc.md ("what stops").
 
 Automatic cycles start from the slow paths when the pacer says heap_live reached the goal,
 with the triggering allocation treated as a root for that cycle so the caller receives a live
@@ -35,6 +38,7 @@ import numpy as np
 
 from gcalloc.debug import DebugFlags
 from gcalloc.gc import trace
+from gcalloc.gc.cthreads import CThreads
 from gcalloc.gc.mark import Marker, MarkScratch
 from gcalloc.gc.memlimit import MAX_INT64, SCAVENGE_REDUCE_PERCENT, CPULimiter, mapped_ready
 from gcalloc.gc.pacer import Pacer
@@ -74,6 +78,10 @@ class Collector:
         self.after_mark: list = []      # fn(marker): may mark more (finalizer resurrection)
         self.after_cycle: list = []     # fn(): the cycle is over and the world restarted
         self.scalar_frontier: int | None = None   # tests force a mark path with this
+        # C threads (gc/cthreads.py): stopped after the world, their stacks as roots. The
+        # locks are those marking takes that a thread may hold outside a safepoint region.
+        self.cthreads = CThreads(quiesce=[self.roots.lock, allocator.mheap.lock])
+        self.extra_roots.append(self.cthreads.candidates)
         # Sweep plain spans as one batch at the end of automatic cycles too (see
         # Sweeper.sweep_batch); False leaves them all to lazy sweeping, as Go does.
         self.batch_sweep = True
@@ -116,6 +124,7 @@ class Collector:
         heap_start = self.pacer.heap_live
         allocator.stop_the_world()
         try:
+            self.cthreads.suspend_all()
             self.sweeper.finish()
             allocator.flush_mcaches()
             wall1, cpu1 = time.perf_counter(), time.process_time()
@@ -137,6 +146,7 @@ class Collector:
             # A cycle that raised leaves no marker behind: allocating black into it would
             # slow every allocation and grow its list until the next cycle.
             allocator.marking = None
+            self.cthreads.resume_all()
             allocator.start_the_world()
         if self.debug.gctrace:
             trace.emit(trace.CycleTimes(
@@ -214,6 +224,7 @@ class Collector:
         return released
 
     def close(self) -> None:
+        self.cthreads.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
