@@ -6,8 +6,12 @@ Workloads (each built once, then collected several times; the table gives the me
   right, value), conservative objects linked through their first two words; Boehm builds the
   same tree with GC_malloc and roots it with GC_add_roots. Side by side: our full
   collection (mark + eager sweep, i.e. runtime.GC) at most 4x GC_gcollect.
-- ``linked list``: 10^6 nodes in one chain: a frontier of one object at every step, so all
-  of it runs on the scalar (Python) mark path.
+- ``narrow shapes``: graphs whose breadth-first frontier stays a few objects wide, each
+  beside Boehm on the same graph: singly linked lists of 5x10^5 and 10^6 24-byte nodes, a
+  doubly linked list, a list whose nodes each hang a 7-node subtree, and a *caterpillar* (a
+  chain with a 2-node leg at every node). They start on the scalar (Python) mark path and
+  move to the graph path (gc/markgraph.py) once the scalar path has done its share; then
+  the same 5x10^5-node list in a heap that is 90% garbage, with and without the graph path.
 - ``random graph``: N nodes with 3 random edges each, all reachable from a root array.
 - ``garbage cycles``: ~500 spans of fresh garbage (8 size classes) and nothing live, the
   shape of an allocation loop's automatic cycles: the per-cycle fixed cost of marking
@@ -15,13 +19,15 @@ Workloads (each built once, then collected several times; the table gives the me
 - sweep time per span, and how many objects each mark path handled.
 
 Boehm is skipped with a message where libgc is missing. Run:
-``python bench/bench_gc.py [--depth 18] [--list 1000000] [--repeat 5] [--quick]``.
+``python bench/bench_gc.py [--depth 18] [--list 1000000] [--repeat 5] [--quick]``
+(``--list`` is the longer list; the shorter is half of it).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import random
 import statistics
@@ -62,6 +68,47 @@ def build_list(alloc, n: int) -> int:
         link(p, head, 0)
         head = p
     return head
+
+
+def build_dlist(alloc, n: int) -> int:
+    """A doubly linked list: word 0 the next node, word 1 the previous one."""
+    head = prev = alloc(24)
+    for _ in range(n - 1):
+        p = alloc(24)
+        link(prev, p, _word.from_address(prev + 8).value)
+        link(p, 0, prev)
+        prev = p
+    return head
+
+
+def build_list_of_trees(alloc, n: int, depth: int = 2) -> int:
+    """A list of n nodes (next, subtree), each hanging a binary tree of 2^(depth+1)-1 nodes."""
+    head = 0
+    for _ in range(n):
+        p = alloc(24)
+        link(p, head, build_tree(alloc, depth))
+        head = p
+    return head
+
+
+def build_caterpillar(alloc, n: int, leg: int = 2) -> int:
+    """A chain of n nodes (next, leg), each with a chain of ``leg`` nodes hanging off it."""
+    head = 0
+    for _ in range(n):
+        foot = build_list(alloc, leg)
+        p = alloc(24)
+        link(p, head, foot)
+        head = p
+    return head
+
+
+def narrow_shapes(n: int) -> list[tuple[str, object, int, int]]:
+    """(label, builder, argument, objects) of the narrow rows; n: the longer list."""
+    return [(f"singly linked list, {n // 2:,}", build_list, n // 2, n // 2),
+            (f"singly linked list, {n:,}", build_list, n, n),
+            (f"doubly linked list, {n // 2:,}", build_dlist, n // 2, n // 2),
+            (f"list of 7-node trees, {n // 16:,}", build_list_of_trees, n // 16, n // 2),
+            (f"caterpillar (2-node legs), {n // 6:,}", build_caterpillar, n // 6, n // 2)]
 
 
 def build_graph(alloc, n: int, seed: int = 1) -> list[int]:
@@ -108,7 +155,23 @@ class Boehm:
         self.roots[0] = build_tree(lib.GC_malloc, depth)
         lib.GC_enable()
         lib.GC_gcollect()
-        return timed(lib.GC_gcollect, repeat)
+        t = timed(lib.GC_gcollect, repeat)
+        self.roots[0] = 0
+        lib.GC_gcollect()
+        return t
+
+    def shape(self, build, arg: int, repeat: int) -> float:
+        """GC_gcollect with the graph build(GC_malloc, arg) live (built with the collector
+        off, rooted in a root range), then dropped."""
+        lib = self.lib
+        lib.GC_disable()
+        self.roots[1] = build(lib.GC_malloc, arg)
+        lib.GC_enable()
+        lib.GC_gcollect()
+        t = timed(lib.GC_gcollect, repeat)
+        self.roots[1] = 0
+        lib.GC_gcollect()
+        return t
 
 
 def ours_tree(depth: int, repeat: int, workers: int | None = None):
@@ -154,14 +217,37 @@ def mark_phase_times(h, repeat: int) -> tuple[float, float]:
     return statistics.median(pauses), statistics.median(sweeps)
 
 
-def ours_list(n: int, repeat: int) -> tuple[float, int]:
+def ours_shape(build, arg: int, repeat: int) -> tuple[float, int, int, int]:
+    """collect() with the graph build(alloc, arg) live: (median, then the last cycle's
+    vector steps, objects on the scalar path, graph searches)."""
     with gcalloc.Heap(gc_percent=-1) as h:
-        root = h.handle(build_list(h.alloc, n))
+        root = h.handle(build(h.alloc, arg))
         h.collect()
         t = timed(h.collect, repeat)
-        scalar = h._gc.last_marker.scalar_objects
+        m = h._gc.last_marker
         root.release()
-        return t, scalar
+        return t, m.vector_steps, m.scalar_objects, m.graph_searches
+
+
+def list_in_garbage(n: int, repeat: int, graph: bool) -> tuple[float, float]:
+    """(pause without the eager sweep, eager sweep) medians, as mark_phase_times, of a heap
+    holding an n-node list and 9 times its bytes of fresh garbage (conservative 64-byte
+    objects, allocated again before every cycle); graph=False keeps every narrow frontier
+    on the scalar path."""
+    pauses, sweeps = [], []
+    with gcalloc.Heap(gc_percent=-1) as h:
+        if not graph:
+            h._gc.graph_cost = math.inf
+        root = h.handle(build_list(h.alloc, n))
+        for _ in range(repeat + 1):
+            for _ in range(n * 24 * 9 // 64):
+                h.alloc(64)
+            pause, sweep = mark_phase_times(h, 1)
+            pauses.append(pause)
+            sweeps.append(sweep)
+        assert h.read_memstats().heap_objects == n
+        root.release()
+    return statistics.median(pauses[1:]), statistics.median(sweeps[1:])
 
 
 def ours_graph(n: int, repeat: int) -> tuple[float, int, int]:
@@ -256,9 +342,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:34}{t * ms:9.1f}{ratio}")
     print(f"  mark paths: {vsteps} vector steps, {sobjs} objects on the scalar path, "
           f"{marked:,} marked")
-    t, scalar = ours_list(args.list, args.repeat)
-    print(f"\nlinked list of {args.list:,} nodes: collect() {t * ms:.0f} ms "
-          f"({t / args.list * 1e9:.0f} ns/node), {scalar:,} objects on the scalar path")
+    print("\nnarrow shapes: collect() beside GC_gcollect on the same graph")
+    print(f"  {'':38}{'objects':>10}{'Boehm ms':>10}{'ours ms':>9}{'x Boehm':>9}  mark paths")
+    for label, build, arg, nobj in narrow_shapes(args.list):
+        bt = boehm.shape(build, arg, args.repeat) if boehm.lib is not None else None
+        t, vsteps, sobjs, searches = ours_shape(build, arg, args.repeat)
+        bcol = f"{bt * ms:10.1f}" if bt else f"{'-':>10}"
+        ratio = f"{t / bt:9.2f}" if bt else f"{'-':>9}"
+        print(f"  {label:38}{nobj:>10,}{bcol}{t * ms:9.1f}{ratio}  {vsteps} vector steps, "
+              f"{sobjs:,} scalar objects, {searches} graph searches")
+    half = args.list // 2
+    for graph in (True, False):
+        pause, sweep = list_in_garbage(half, args.repeat, graph)
+        how = "graph path on" if graph else "scalar path only"
+        print(f"  list of {half:,} in a heap 90% garbage, {how}: pause without sweep "
+              f"{pause * ms:.1f} ms, eager sweep {sweep * ms:.1f} ms")
     t, vsteps, sobjs = ours_graph(args.graph, args.repeat)
     print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.0f} ms, "
           f"{vsteps} vector steps, {sobjs} objects on the scalar path")

@@ -1,0 +1,268 @@
+"""The graph mark path: a narrow frontier that stays narrow (a linked list, a deep chain, a
+caterpillar) finished in compiled code. The candidate edges of the scan spans still holding
+objects to scan are extracted as arrays with numpy, and one breadth-first search in scipy's
+``scipy.sparse.csgraph`` marks everything they reach from the frontier.
+
+Why: the scalar path (gc/markscalar.py) pays Python interpretation per object, about a
+microsecond, so a 10^6-node list costs a second; the vectorised path pays numpy's per-call
+cost per breadth-first level, and a list has 10^6 levels. Here the per-object work is numpy
+over all candidate words at once, and the per-level work is scipy's C loop.
+
+What it reads, and what that costs: every word of every scan span of the snapshot that holds
+a white or grey object. That is O(words of those spans): it grows with what is *not yet
+marked*, garbage included, not only with what is live. The Marker therefore runs this path
+only once the scalar path, in one narrow stretch, has scanned a share (GRAPH_WORD_COST) of
+those words itself, which bounds the extra cost when the search turns out to reach little
+(docs/gc.md, "Which path marks what").
+
+The steps, all whole-array (``_edges``, ``_targets``, ``drain``):
+1. the spans to read: scan spans of the snapshot with an object that is not black (marked
+   and not in the frontier), in *runs* of spans of one kind (slots, element size, typed or
+   not) that follow each other in the heap, so that a run's words are one view of the heap
+   with a row per span;
+2. per run: keep the words inside the heap; for a typed run keep only the words whose
+   heap-bitmap pointer bit is set (``SpanSnapshot.pointer_bits``); count each object's kept
+   words (the run reshaped to a row per object);
+3. ``find_objects``: findObject over arrays for the kept words, as the vectorised path
+   resolves candidates (page -> span id -> span mirror -> slot, divmul), then the isFree
+   check (slots at or past freeidx need their allocBit); a word that points at no
+   allocated object of the snapshot points at a sink node instead;
+4. a CSR graph: a row for each object read (black ones too: their targets are marked
+   already, so reaching them changes nothing; a free slot is never a target, so its stale
+   words are never followed), a leaf node for every object number, the sink, and a virtual
+   root with an edge to each frontier object; ``breadth_first_order`` from the root, and
+   every object node it reaches is marked.
+
+Invariants, the same as the other paths': only allocated objects end marked (step 3 sends
+pointers outside the snapshot's spans, past a span's last slot and into free slots to the
+sink); noscan objects are marked but never scanned (their spans' words are never read);
+typed objects are scanned only at the words their heap bitmap marks as pointers (step 2);
+the path marks what the scalar and vectorised paths mark from the same frontier (tests
+compare them on random graphs). It finishes the frontier: nothing is grey after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order
+
+from gcalloc.gc.spansnapshot import SpanSnapshot
+from gcalloc.sizeclasses import PAGE_SHIFT
+
+# When the graph path pays (measured, bench/bench_gc.py and docs/gc.md): extracting the
+# edges costs about GRAPH_WORD_COST of the scalar path's cost per word scanned, so once the
+# scalar path has scanned (white scan words) * GRAPH_WORD_COST words in one narrow stretch,
+# the extraction costs no more than the scalar work already spent: at worst (the search
+# reaches little) the narrow stretch costs about twice what the scalar path alone would.
+GRAPH_WORD_COST = 1 / 128
+MIN_SCALAR_WORDS = 8192     # a narrow stretch shorter than this always stays scalar
+
+
+class GraphPath:
+    """Finishes narrow frontiers of one cycle into its mark words ``state`` with a
+    breadth-first search in compiled code. Counts the objects it marked, the words it read
+    and the searches it ran."""
+
+    def __init__(self, snap: SpanSnapshot, state: np.ndarray,
+                 cost: float | None = None) -> None:
+        self.snap = snap
+        self.state = state
+        self.cost = GRAPH_WORD_COST if cost is None else cost
+        self.min_words = MIN_SCALAR_WORDS if cost is None else 0
+        self.marked = self.scanned = self.runs = 0
+        self._scan_words: int | None = None
+        self._end: np.ndarray | None = None
+        self._words: np.ndarray | None = None
+
+    def scan_words(self) -> int:
+        """Words of all the snapshot's scan spans' slots (an upper bound on what a search
+        reads; computed once per cycle, O(spans))."""
+        if self._scan_words is None:
+            sn = self.snap
+            ids = sn.ids[sn.scannable[sn.ids]]
+            nelems = sn.table.nelems[ids].astype(np.int64)
+            self._scan_words = int((nelems * sn.wsize[ids]).sum())
+        return self._scan_words
+
+    def scalar_budget(self, stretch: int, scanned_before: int) -> int:
+        """Words the scalar path may still scan in the current narrow stretch (``stretch``
+        words so far; ``scanned_before`` words scanned in this cycle before it) before a
+        search pays: the white scan words are at most scan_words() - scanned_before, and
+        a search costs about ``cost`` of the scalar path's time per such word."""
+        if self.cost == math.inf:                      # the graph path turned off
+            return 1 << 62
+        white = self.scan_words() - scanned_before
+        return max(self.min_words, int(white * self.cost)) - stretch
+
+    def worth_it(self, stretch: int, scanned_before: int) -> bool:
+        """Whether to search now, the scalar path having scanned ``stretch`` words in the
+        current narrow stretch."""
+        return self.scalar_budget(stretch, scanned_before) <= 0
+
+    def drain(self, sids: np.ndarray, idxs: np.ndarray) -> None:
+        """Mark everything reachable from the grey objects (span ids, slots)."""
+        sn = self.snap
+        state = self.state
+        self.runs += 1
+        total = sn.total
+        grey = sn.gbase[sids] + idxs
+        rows, counts, targets = self._edges(grey)
+        # Nodes: 0..r-1 the *rows* (the objects whose words were read, in the order read);
+        # r + g object number g as a leaf (an object whose words were not read: noscan, or
+        # in a span with nothing left to mark); a sink every pointer to no allocated object
+        # leads to; a virtual root with an edge to each grey object.
+        r = len(rows)
+        sink, root = r + total, r + total + 1
+        node_of = np.arange(r, sink + 1, dtype=np.int32)   # node_of[total]: the sink
+        node_of[rows] = np.arange(r, dtype=np.int32)
+        nodes = root + 1
+        indptr = np.empty(nodes + 1, np.int32)
+        indptr[0] = 0
+        np.cumsum(counts, out=indptr[1:r + 1])
+        indptr[r + 1:root + 1] = indptr[r]             # leaves and the sink: no edges
+        indptr[root + 1] = indptr[r] + len(grey)
+        indices = np.empty(len(targets) + len(grey), np.int32)
+        np.take(node_of, targets, out=indices[:len(targets)])
+        np.take(node_of, grey, out=indices[len(targets):])
+        graph = csr_matrix((np.ones(len(indices)), indices, indptr), shape=(nodes, nodes))
+        order = breadth_first_order(graph, root, directed=True, return_predecessors=False)
+        before = np.count_nonzero(state > 0)
+        state[np.take(rows, order[order < r])] = 1
+        leaf = order[order >= r]
+        state[leaf[leaf < sink] - r] = 1
+        self.marked += int(np.count_nonzero(state > 0)) - before
+
+    def _edges(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidate edges of the scan spans that hold a white or ``grey`` object: (the
+        object numbers of their objects, each one's count of edges, the edges' targets in
+        the same order: an object number, or ``total`` for a word pointing at no allocated
+        object).
+
+        Every object of those spans is a row, black ones included: a black object's
+        targets are all marked already, so reaching it changes nothing, and an unallocated
+        slot is never a target, so its stale words are never followed. The spans are read
+        in *runs*: spans of one (element size, slots, typed) kind that lie end to end in
+        the heap, whose words are one view of the heap reshaped to a row per object."""
+        sn = self.snap
+        ids = sn.ids
+        if len(ids):
+            # Black objects per span: sums from each span's first object number to the
+            # next span's (padding between, never marked); the scan spans not all black.
+            black = self.state[:sn.total] > 0
+            black[grey] = False
+            nblack = np.add.reduceat(black, sn.gbase[ids], dtype=np.int64)
+            ids = ids[sn.scannable[ids] & (nblack < sn.table.nelems[ids])]
+        nel = sn.table.nelems[ids].astype(np.int64)
+        if not len(ids):
+            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+        welem = sn.welem[ids]
+        typed = sn.typed[ids]
+        # kind: one object per span (large objects and the biggest classes: sizes differ),
+        # else element size and slots; typed spans apart (their words are filtered)
+        kind = np.where(nel == 1, 0, welem * 65536 + nel) * 2 + typed
+        wbase = sn.wbase[ids]
+        by = np.lexsort((wbase, kind))
+        ids, nel, welem, kind, wbase = ids[by], nel[by], welem[by], kind[by], wbase[by]
+        lens = np.where(nel == 1, sn.wsize[ids], nel * welem)
+        # A span's pages, in words (past its last slot: a tail of a few words); a run's
+        # spans have one kind, one size and follow each other in the heap.
+        stride = self._span_words()[ids]
+        cut = np.flatnonzero((np.diff(kind) != 0) | (np.diff(stride) != 0)
+                             | (np.diff(lens) != 0)
+                             | (wbase[1:] != wbase[:-1] + stride[:-1])) + 1
+        lo, span = np.uint64(sn.heap_lo), np.uint64(sn.heap_hi - sn.heap_lo)
+        rows: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
+        offsets: list[np.ndarray] = []
+        for i, j in zip([0, *cut.tolist()], [*cut.tolist(), len(ids)]):
+            a, m, k = int(wbase[i]), j - i, int(stride[i])
+            view = sn.heap_words[a:a + m * k].reshape(m, k)[:, :int(lens[i])]
+            d = np.subtract(view, lo).ravel()             # below heap_lo: huge
+            inside = d < span
+            if kind[i] & 1:                              # typed: only the pointer words
+                at = np.flatnonzero(inside)
+                w = lens[i]
+                word = a + (at // w) * k + at % w         # its word index in the heap
+                inside[at] = sn.pointer_bits((word << 3).astype(np.uint64) + lo)
+            gb = sn.gbase[ids[i:j]]
+            if kind[i] < 2:                              # one object per span
+                rows.append(gb)
+                counts.append(_row_sums(inside.reshape(m, -1)))
+            else:
+                rows.append((gb[:, None] + np.arange(int(nel[i]))).ravel())
+                counts.append(_row_sums(inside.reshape(-1, int(welem[i]))))
+            offsets.append(np.compress(inside, d))
+        self.scanned += int(lens.sum())
+        d = np.concatenate(offsets).view(np.int64)
+        return np.concatenate(rows), np.concatenate(counts), self._targets(d)
+
+    def _targets(self, d: np.ndarray) -> np.ndarray:
+        """The object number each heap offset points at if that is an allocated object of
+        the snapshot, else ``total`` (one past every object: the drain's sink)."""
+        sn = self.snap
+        g, sid, slot, ok = find_objects(sn, d, self._slot_end())
+        maybe_free = slot >= np.take(sn.freeidx, sid)
+        maybe_free &= ok
+        at = np.flatnonzero(maybe_free)
+        if len(at):
+            fs, fi = sid[at], slot[at]
+            byte = sn.bits8[sn.table.allocbits[fs].astype(np.int64) + (fi >> 3)]
+            ok[at] = ((byte >> (fi & 7).astype(np.uint8)) & 1).astype(np.bool_)
+        np.logical_not(ok, out=ok)
+        g[ok] = sn.total
+        return g
+
+    def _span_words(self) -> np.ndarray:
+        """Per span id: the words of its pages (snapshot spans; made once per cycle)."""
+        if self._words is None:
+            sn = self.snap
+            self._words = np.zeros(sn.table.capacity, np.int64)
+            self._words[sn.ids] = [s.npages for s in sn.spans]
+            self._words <<= PAGE_SHIFT - 3
+        return self._words
+
+    def _slot_end(self) -> np.ndarray:
+        """Per span id: the heap offset just past its last slot (0 outside the snapshot),
+        so that one comparison drops pointers past a span's slots and outside spans."""
+        if self._end is None:
+            sn = self.snap
+            t = sn.table
+            ends = sn.rbase + (t.nelems.astype(np.int64) * t.elemsize.astype(np.int64))
+            self._end = np.where(t.nelems == 1, sn.rlimit, np.minimum(ends, sn.rlimit))
+        return self._end
+
+
+def _row_sums(m: np.ndarray) -> np.ndarray:
+    """Per row of a 2-D bool array, how many are set (a few columns: added column by
+    column, faster than a reduction along the short axis)."""
+    if m.shape[1] > 8:
+        return m.sum(axis=1, dtype=np.int32)
+    out = m[:, 0].astype(np.int32)
+    for j in range(1, m.shape[1]):
+        out += m[:, j]
+    return out
+
+
+def find_objects(sn: SpanSnapshot, d: np.ndarray, slot_end: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """findObject over arrays: for heap offsets d (pointer - heap_lo, each in [0, heap_hi -
+    heap_lo)), (object number, span id, slot, inside a slot of a snapshot span), the slot
+    not yet checked to be allocated. ``slot_end``: per span id, the offset past its last
+    slot (0 outside the snapshot). The same resolution as the vectorised path's shade,
+    without its in-place buffers; where not inside, the other three are meaningless."""
+    if sn.contiguous:
+        sid = np.take(sn.page_sids(), d >> PAGE_SHIFT)
+    else:
+        page = sn.page_index_general(d)
+        sid = np.where(page >= 0, np.take(sn.page_sids(), np.maximum(page, 0)), 0)
+    ok = d < np.take(slot_end, sid)
+    off = np.subtract(d, np.take(sn.rbase, sid)).view(np.uint64)
+    off *= np.take(sn.divmul, sid)
+    off >>= np.uint64(32)
+    slot = off.view(np.int64)
+    g = np.take(sn.gbase, sid)
+    g += slot
+    return g, sid, slot, ok
