@@ -76,6 +76,7 @@ class GraphPath:
         self._scan_words: int | None = None
         self._end: np.ndarray | None = None
         self._words: np.ndarray | None = None
+        self._sure: np.ndarray | None = None
 
     def scan_words(self) -> int:
         """Words of all the snapshot's scan spans' slots (an upper bound on what a search
@@ -173,47 +174,68 @@ class GraphPath:
         cut = np.flatnonzero((np.diff(kind) != 0) | (np.diff(stride) != 0)
                              | (np.diff(lens) != 0)
                              | (wbase[1:] != wbase[:-1] + stride[:-1])) + 1
-        lo, span = np.uint64(sn.heap_lo), np.uint64(sn.heap_hi - sn.heap_lo)
+        lo, hi = np.uint64(sn.heap_lo), np.uint64(sn.heap_hi)
         rows: list[np.ndarray] = []
         counts: list[np.ndarray] = []
         offsets: list[np.ndarray] = []
         for i, j in zip([0, *cut.tolist()], [*cut.tolist(), len(ids)]):
-            a, m, k = int(wbase[i]), j - i, int(stride[i])
-            view = sn.heap_words[a:a + m * k].reshape(m, k)[:, :int(lens[i])]
-            d = np.subtract(view, lo).ravel()             # below heap_lo: huge
-            inside = d < span
+            a, m, k, used = int(wbase[i]), j - i, int(stride[i]), int(lens[i])
+            # The run's pages as one view of the heap (no copy); a span's tail past its
+            # last slot is masked off. Compares, not a subtraction: no array of words made.
+            words = sn.heap_words[a:a + m * k]
+            inside = words >= lo
+            inside &= words < hi
+            per_span = inside.reshape(m, k)
+            per_span[:, used:] = False
+            at = np.flatnonzero(inside)
             if kind[i] & 1:                              # typed: only the pointer words
-                at = np.flatnonzero(inside)
-                w = lens[i]
-                word = a + (at // w) * k + at % w         # its word index in the heap
-                inside[at] = sn.pointer_bits((word << 3).astype(np.uint64) + lo)
+                ptr = sn.pointer_bits(((at + a) << 3).astype(np.uint64) + lo)
+                inside[at[~ptr]] = False
+                at = at[ptr]
             gb = sn.gbase[ids[i:j]]
             if kind[i] < 2:                              # one object per span
                 rows.append(gb)
-                counts.append(_row_sums(inside.reshape(m, -1)))
+                counts.append(_row_sums(per_span[:, :used]))
             else:
                 rows.append((gb[:, None] + np.arange(int(nel[i]))).ravel())
-                counts.append(_row_sums(inside.reshape(-1, int(welem[i]))))
-            offsets.append(np.compress(inside, d))
+                counts.append(_row_sums(per_span[:, :used].reshape(m, -1, int(welem[i]))
+                                        ).ravel())
+            d = np.take(words, at)
+            d -= lo
+            offsets.append(d)
         self.scanned += int(lens.sum())
-        d = np.concatenate(offsets).view(np.int64)
+        d = np.concatenate(offsets).view(np.int64) if len(offsets) > 1 else \
+            offsets[0].view(np.int64)
         return np.concatenate(rows), np.concatenate(counts), self._targets(d)
 
     def _targets(self, d: np.ndarray) -> np.ndarray:
         """The object number each heap offset points at if that is an allocated object of
         the snapshot, else ``total`` (one past every object: the drain's sink)."""
         sn = self.snap
-        g, sid, slot, ok = find_objects(sn, d, self._slot_end())
-        maybe_free = slot >= np.take(sn.freeidx, sid)
-        maybe_free &= ok
-        at = np.flatnonzero(maybe_free)
-        if len(at):
-            fs, fi = sid[at], slot[at]
-            byte = sn.bits8[sn.table.allocbits[fs].astype(np.int64) + (fi >> 3)]
-            ok[at] = ((byte >> (fi & 7).astype(np.uint8)) & 1).astype(np.bool_)
-        np.logical_not(ok, out=ok)
-        g[ok] = sn.total
+        sid, g = find_objects(sn, d)
+        # One comparison settles the usual pointer: into a slot below freeidx (allocated).
+        doubt = np.flatnonzero(d >= np.take(self._sure_end(), sid))
+        if len(doubt):
+            dd, ds = d[doubt], sid[doubt]
+            slot = g[doubt] - sn.gbase[ds]
+            ok = dd < self._slot_end()[ds]                # in a slot of a snapshot span
+            slot = np.where(ok, slot, 0)
+            byte = sn.bits8[sn.table.allocbits[ds].astype(np.int64) + (slot >> 3)]
+            ok &= ((byte >> (slot & 7).astype(np.uint8)) & 1).astype(np.bool_)   # isFree
+            g[doubt[~ok]] = sn.total
         return g
+
+    def _sure_end(self) -> np.ndarray:
+        """Per span id: the heap offset past its slots below freeidx, which are allocated
+        (0 outside the snapshot)."""
+        if self._sure is None:
+            sn = self.snap
+            sn.refine_freeidx()
+            t = sn.table
+            below = sn.rbase + np.minimum(sn.freeidx, t.nelems) * t.elemsize.astype(np.int64)
+            self._sure = np.minimum(np.where(t.nelems == 1, np.where(sn.freeidx > 0, sn.rlimit, 0),
+                                             below), self._slot_end())
+        return self._sure
 
     def _span_words(self) -> np.ndarray:
         """Per span id: the words of its pages (snapshot spans; made once per cycle)."""
@@ -236,33 +258,30 @@ class GraphPath:
 
 
 def _row_sums(m: np.ndarray) -> np.ndarray:
-    """Per row of a 2-D bool array, how many are set (a few columns: added column by
-    column, faster than a reduction along the short axis)."""
-    if m.shape[1] > 8:
-        return m.sum(axis=1, dtype=np.int32)
-    out = m[:, 0].astype(np.int32)
-    for j in range(1, m.shape[1]):
-        out += m[:, j]
+    """How many are set along the last axis of a bool array (a few: added column by column,
+    faster than a reduction along the short axis)."""
+    if m.shape[-1] > 8:
+        return m.sum(axis=-1, dtype=np.int32)
+    out = m[..., 0].astype(np.int32)
+    for j in range(1, m.shape[-1]):
+        out += m[..., j]
     return out
 
 
-def find_objects(sn: SpanSnapshot, d: np.ndarray, slot_end: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def find_objects(sn: SpanSnapshot, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """findObject over arrays: for heap offsets d (pointer - heap_lo, each in [0, heap_hi -
-    heap_lo)), (object number, span id, slot, inside a slot of a snapshot span), the slot
-    not yet checked to be allocated. ``slot_end``: per span id, the offset past its last
-    slot (0 outside the snapshot). The same resolution as the vectorised path's shade,
-    without its in-place buffers; where not inside, the other three are meaningless."""
+    heap_lo)), the span id of each one's page and the object number it points into if it
+    points into a slot of that span (whether it does, and whether the slot is allocated,
+    is the caller's check). The same resolution as the vectorised path's shade, without
+    its in-place buffers."""
     if sn.contiguous:
         sid = np.take(sn.page_sids(), d >> PAGE_SHIFT)
     else:
         page = sn.page_index_general(d)
         sid = np.where(page >= 0, np.take(sn.page_sids(), np.maximum(page, 0)), 0)
-    ok = d < np.take(slot_end, sid)
     off = np.subtract(d, np.take(sn.rbase, sid)).view(np.uint64)
     off *= np.take(sn.divmul, sid)
     off >>= np.uint64(32)
-    slot = off.view(np.int64)
     g = np.take(sn.gbase, sid)
-    g += slot
-    return g, sid, slot, ok
+    g += off.view(np.int64)
+    return sid, g
