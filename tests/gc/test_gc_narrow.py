@@ -285,3 +285,24 @@ def test_graph_path_with_arrays_of_typed_elements(heap):
     assert [live(heap, p) for p in targets] == [True, False] * k
     u64 = ctypes.c_uint64
     assert u64.from_address(arr).value == targets[0]
+
+
+@pytest.mark.parametrize("mode", ["vector", "scalar", "graph-only"])
+def test_words_past_a_spans_last_slot_are_not_scanned(heap, mode):
+    """The tail of a span's pages past its last slot holds no object: a stale address there
+    keeps nothing alive (the graph path reads whole pages and must mask it off)."""
+    force(heap, mode)
+    ps = [heap.alloc(48) for _ in range(170)]          # one span of 170 slots
+    s = heap._alloc.mheap.span_of(ps[0])
+    assert all(heap._alloc.mheap.span_of(p) is s for p in ps)
+    tail = s.base + s.nelems * s.elemsize
+    assert tail + 8 <= s.base + (s.npages << 13)
+    orphan = heap.alloc(64)
+    poke(tail, orphan)
+    table = heap.alloc(8 * len(ps))
+    for i, p in enumerate(ps):
+        poke(table + 8 * i, p)
+    heap.add_root(table)
+    heap.collect()
+    assert all(live(heap, p) for p in ps)
+    assert not live(heap, orphan)
