@@ -111,29 +111,23 @@ class GraphPath:
         total = sn.total
         grey = sn.gbase[sids] + idxs
         rows, counts, targets = self._edges(grey)
-        # Nodes: 0..r-1 the *rows* (the objects whose words were read, in the order read);
-        # r + g object number g as a leaf (an object whose words were not read: noscan, or
-        # in a span with nothing left to mark); a sink every pointer to no allocated object
-        # leads to; a virtual root with an edge to each grey object.
-        r = len(rows)
-        sink, root = r + total, r + total + 1
-        node_of = np.arange(r, sink + 1, dtype=np.int32)   # node_of[total]: the sink
-        node_of[rows] = np.arange(r, dtype=np.int32)
-        nodes = root + 1
-        indptr = np.empty(nodes + 1, np.int32)
-        indptr[0] = 0
-        np.cumsum(counts, out=indptr[1:r + 1])
-        indptr[r + 1:root + 1] = indptr[r]             # leaves and the sink: no edges
-        indptr[root + 1] = indptr[r] + len(grey)
+        # Nodes: the object numbers; a sink (total) that every pointer to no allocated
+        # object leads to; a virtual root (total + 1) with an edge to each grey object.
+        root = total + 1
+        cnt = np.zeros(total + 2, np.int32)
+        cnt[rows] = counts
+        cnt[root] = len(grey)
+        indptr = np.zeros(total + 3, np.int32)
+        np.cumsum(cnt, out=indptr[1:])
         indices = np.empty(len(targets) + len(grey), np.int32)
-        np.take(node_of, targets, out=indices[:len(targets)])
-        np.take(node_of, grey, out=indices[len(targets):])
-        graph = csr_matrix((np.ones(len(indices)), indices, indptr), shape=(nodes, nodes))
+        indices[:len(targets)] = targets
+        indices[len(targets):] = grey
+        # The search reads only indices and indptr: the weights need not be real memory.
+        ones = np.broadcast_to(np.float64(1.0), indices.shape)
+        graph = csr_matrix((ones, indices, indptr), shape=(total + 2, total + 2))
         order = breadth_first_order(graph, root, directed=True, return_predecessors=False)
         before = np.count_nonzero(state > 0)
-        state[np.take(rows, order[order < r])] = 1
-        leaf = order[order >= r]
-        state[leaf[leaf < sink] - r] = 1
+        state[order[order < total]] = 1
         self.marked += int(np.count_nonzero(state > 0)) - before
 
     def _edges(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,6 +172,8 @@ class GraphPath:
         rows: list[np.ndarray] = []
         counts: list[np.ndarray] = []
         offsets: list[np.ndarray] = []
+        span_first: list[np.ndarray] = []            # per span read: first object number
+        span_edges: list[np.ndarray] = []            # and edge count
         for i, j in zip([0, *cut.tolist()], [*cut.tolist(), len(ids)]):
             a, m, k, used = int(wbase[i]), j - i, int(stride[i]), int(lens[i])
             # The run's pages as one view of the heap (no copy); a span's tail past its
@@ -196,17 +192,21 @@ class GraphPath:
             if kind[i] < 2:                              # one object per span
                 rows.append(gb)
                 counts.append(_row_sums(per_span[:, :used]))
+                span_edges.append(counts[-1])
             else:
                 rows.append((gb[:, None] + np.arange(int(nel[i]))).ravel())
-                counts.append(_row_sums(per_span[:, :used].reshape(m, -1, int(welem[i]))
-                                        ).ravel())
+                per_obj = _row_sums(per_span[:, :used].reshape(m, -1, int(welem[i])))
+                counts.append(per_obj.ravel())
+                span_edges.append(per_obj.sum(axis=1, dtype=np.int64))
+            span_first.append(gb)
             d = np.take(words, at)
             d -= lo
             offsets.append(d)
         self.scanned += int(lens.sum())
-        d = np.concatenate(offsets).view(np.int64) if len(offsets) > 1 else \
-            offsets[0].view(np.int64)
-        return np.concatenate(rows), np.concatenate(counts), self._targets(d)
+        d = np.concatenate(offsets).view(np.int64)
+        targets = _object_order(self._targets(d), np.concatenate(span_first),
+                                np.concatenate(span_edges))
+        return np.concatenate(rows), np.concatenate(counts), targets
 
     def _targets(self, d: np.ndarray) -> np.ndarray:
         """The object number each heap offset points at if that is an allocated object of
@@ -255,6 +255,20 @@ class GraphPath:
             ends = sn.rbase + (t.nelems.astype(np.int64) * t.elemsize.astype(np.int64))
             self._end = np.where(t.nelems == 1, sn.rlimit, np.minimum(ends, sn.rlimit))
         return self._end
+
+
+def _object_order(targets: np.ndarray, first: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The edges, read span after span (``first``: each span's first object number,
+    ``edges``: its edge count), reordered span by span into object-number order, as the
+    rows of a CSR matrix go. Spans read in that order already (the usual case) cost a
+    check."""
+    if len(first) < 2 or bool((first[1:] > first[:-1]).all()):
+        return targets
+    by = np.argsort(first, kind="stable")
+    old = np.cumsum(edges) - edges
+    moved = edges[by]
+    new = np.cumsum(moved) - moved
+    return targets[np.repeat(old[by] - new, moved) + np.arange(len(targets))]
 
 
 def _row_sums(m: np.ndarray) -> np.ndarray:
