@@ -52,11 +52,12 @@ from scipy.sparse.csgraph import breadth_first_order
 from gcalloc.gc.spansnapshot import SpanSnapshot
 from gcalloc.sizeclasses import PAGE_SHIFT
 
-# When the graph path pays (measured, bench/bench_gc.py and docs/gc.md): extracting the
-# edges costs about GRAPH_WORD_COST of the scalar path's cost per word scanned, so once the
-# scalar path has scanned (white scan words) * GRAPH_WORD_COST words in one narrow stretch,
-# the extraction costs no more than the scalar work already spent: at worst (the search
-# reaches little) the narrow stretch costs about twice what the scalar path alone would.
+# When the graph path pays (measured with bench/bench_gc.py; docs/gc.md, "Which path marks
+# what"): the search costs about 1/20 of the scalar path's time per word, over every word of
+# the scan spans not yet all black. Handing over once the scalar path has scanned
+# GRAPH_WORD_COST of those words in one narrow stretch means it has spent about 1/6 of the
+# search's cost by then: a long list pays ~15% more than the search alone, and a stretch
+# that would have ended right after the hand-over costs at most ~7x the scalar path's.
 GRAPH_WORD_COST = 1 / 128
 MIN_SCALAR_WORDS = 8192     # a narrow stretch shorter than this always stays scalar
 
