@@ -96,6 +96,8 @@ class GraphPath:
         a search costs about ``cost`` of the scalar path's time per such word."""
         if self.cost == math.inf:                      # the graph path turned off
             return 1 << 62
+        if stretch < self.min_words:                   # a cycle's usual case: no O(spans)
+            return self.min_words - stretch            # pass, and ask again after that
         white = self.scan_words() - scanned_before
         return max(self.min_words, int(white * self.cost)) - stretch
 
