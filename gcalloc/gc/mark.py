@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gcalloc.gc.markbuf import CHUNK_CAP, OBLET_WORDS, Frontier, MarkScratch
-from gcalloc.gc.markgraph import GraphPath
+from gcalloc.gc.markgraph import GraphPath, buffers_of
 from gcalloc.gc.markscalar import ScalarPath
 from gcalloc.gc.markvec import VectorPath
 from gcalloc.gc.spansnapshot import SpanSnapshot
@@ -77,7 +77,7 @@ class Marker:
         self.state = self.scratch.mark_words(self.snapshot.total)   # the mark words
         self.vector = VectorPath(self.snapshot, self.state, self.scratch)
         self.scalar = ScalarPath(self.snapshot, self.state, scalar_frontier)
-        self.graph = GraphPath(self.snapshot, self.state, graph_cost)
+        self.graph = GraphPath(self.snapshot, self.state, graph_cost, buffers_of(self.scratch))
         self.vector_steps = 0
         self._marked_here = 0        # by mark_object
         self._packed: np.ndarray | None = None   # finish's packed marks

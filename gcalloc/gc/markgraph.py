@@ -44,6 +44,7 @@ compare them on random graphs). It finishes the frontier: nothing is grey after 
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -60,6 +61,8 @@ from gcalloc.sizeclasses import PAGE_SHIFT
 # that would have ended right after the hand-over costs at most ~7x the scalar path's.
 GRAPH_WORD_COST = 1 / 128
 MIN_SCALAR_WORDS = 8192     # a narrow stretch shorter than this always stays scalar
+BLOCK_WORDS = 1 << 18       # words read per block (2 MiB; a span bigger than that alone)
+KEEP_ENTRIES = 1 << 22      # arrays up to this many entries are kept between cycles
 
 
 class GraphPath:
@@ -67,10 +70,11 @@ class GraphPath:
     breadth-first search in compiled code. Counts the objects it marked, the words it read
     and the searches it ran."""
 
-    def __init__(self, snap: SpanSnapshot, state: np.ndarray,
-                 cost: float | None = None) -> None:
+    def __init__(self, snap: SpanSnapshot, state: np.ndarray, cost: float | None = None,
+                 pool: GraphBuffers | None = None) -> None:
         self.snap = snap
         self.state = state
+        self.pool = GraphBuffers() if pool is None else pool
         self.cost = GRAPH_WORD_COST if cost is None else cost
         self.min_words = MIN_SCALAR_WORDS if cost is None else 0
         self.marked = self.scanned = self.runs = 0
@@ -113,18 +117,16 @@ class GraphPath:
         self.runs += 1
         total = sn.total
         grey = sn.gbase[sids] + idxs
-        rows, counts, targets = self._edges(grey)
         # Nodes: the object numbers; a sink (total) that every pointer to no allocated
         # object leads to; a virtual root (total + 1) with an edge to each grey object.
         root = total + 1
-        cnt = np.zeros(total + 2, np.int32)
-        cnt[rows] = counts
+        cnt = self.pool.get("cnt", total + 2, np.int32)
+        cnt.fill(0)
+        indices = self._edges(grey, cnt)
         cnt[root] = len(grey)
-        indptr = np.zeros(total + 3, np.int32)
+        indptr = self.pool.get("indptr", total + 3, np.int32)
+        indptr[0] = 0
         np.cumsum(cnt, out=indptr[1:])
-        indices = np.empty(len(targets) + len(grey), np.int32)
-        indices[:len(targets)] = targets
-        indices[len(targets):] = grey
         # The search reads only indices and indptr: the weights need not be real memory.
         ones = np.broadcast_to(np.float64(1.0), indices.shape)
         graph = csr_matrix((ones, indices, indptr), shape=(total + 2, total + 2))
@@ -133,17 +135,18 @@ class GraphPath:
         state[order[order < total]] = 1
         self.marked += int(np.count_nonzero(state > 0)) - before
 
-    def _edges(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The candidate edges of the scan spans that hold a white or ``grey`` object: (the
-        object numbers of their objects, each one's count of edges, the edges' targets in
-        the same order: an object number, or ``total`` for a word pointing at no allocated
-        object).
+    def _edges(self, grey: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+        """The CSR indices of the search: the candidate edges of the scan spans that hold a
+        white or ``grey`` object, in object-number order of their sources (a target is an
+        object number, or ``total`` for a word pointing at no allocated object), then the
+        grey objects (the root's edges). Each object's edge count goes to ``cnt``.
 
-        Every object of those spans is a row, black ones included: a black object's
+        Every object of those spans is a source, black ones included: a black object's
         targets are all marked already, so reaching it changes nothing, and an unallocated
         slot is never a target, so its stale words are never followed. The spans are read
         in *runs*: spans of one (element size, slots, typed) kind that lie end to end in
-        the heap, whose words are one view of the heap reshaped to a row per object."""
+        the heap, a block of at most BLOCK_WORDS words at a time (whole spans), each a view
+        of the heap reshaped to a row per span and a row per object."""
         sn = self.snap
         ids = sn.ids
         if len(ids):
@@ -154,8 +157,6 @@ class GraphPath:
             nblack = np.add.reduceat(black, sn.gbase[ids], dtype=np.int64)
             ids = ids[sn.scannable[ids] & (nblack < sn.table.nelems[ids])]
         nel = sn.table.nelems[ids].astype(np.int64)
-        if not len(ids):
-            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
         welem = sn.welem[ids]
         typed = sn.typed[ids]
         # kind: one object per span (large objects and the biggest classes: sizes differ),
@@ -165,59 +166,79 @@ class GraphPath:
         by = np.lexsort((wbase, kind))
         ids, nel, welem, kind, wbase = ids[by], nel[by], welem[by], kind[by], wbase[by]
         lens = np.where(nel == 1, sn.wsize[ids], nel * welem)
-        # A span's pages, in words (past its last slot: a tail of a few words); a run's
-        # spans have one kind, one size and follow each other in the heap.
+        # A span's pages, in words (past its last slot: a tail of a few words); a block's
+        # spans have one kind, one size, follow each other in the heap and hold at most
+        # BLOCK_WORDS words between them (or are one span).
         stride = self._span_words()[ids]
+        first = np.cumsum(stride) - stride
+        block = first // BLOCK_WORDS
         cut = np.flatnonzero((np.diff(kind) != 0) | (np.diff(stride) != 0)
-                             | (np.diff(lens) != 0)
+                             | (np.diff(lens) != 0) | (np.diff(block) != 0)
                              | (wbase[1:] != wbase[:-1] + stride[:-1])) + 1
-        lo, hi = np.uint64(sn.heap_lo), np.uint64(sn.heap_hi)
-        rows: list[np.ndarray] = []
-        counts: list[np.ndarray] = []
-        offsets: list[np.ndarray] = []
+        out = self.pool.get("indices", int(lens.sum()) + len(grey), np.int32)
+        n = 0
         span_first: list[np.ndarray] = []            # per span read: first object number
         span_edges: list[np.ndarray] = []            # and edge count
         for i, j in zip([0, *cut.tolist()], [*cut.tolist(), len(ids)]):
-            a, m, k, used = int(wbase[i]), j - i, int(stride[i]), int(lens[i])
-            # The run's pages as one view of the heap (no copy); a span's tail past its
-            # last slot is masked off. Compares, not a subtraction: no array of words made.
-            words = sn.heap_words[a:a + m * k]
-            inside = words >= lo
-            inside &= words < hi
-            per_span = inside.reshape(m, k)
-            per_span[:, used:] = False
-            at = np.flatnonzero(inside)
-            if kind[i] & 1:                              # typed: only the pointer words
-                ptr = sn.pointer_bits(((at + a) << 3).astype(np.uint64) + lo)
-                inside[at[~ptr]] = False
-                at = at[ptr]
             gb = sn.gbase[ids[i:j]]
-            if kind[i] < 2:                              # one object per span
-                rows.append(gb)
-                counts.append(_row_sums(per_span[:, :used]))
-                span_edges.append(counts[-1])
+            c = self._block(int(wbase[i]), j - i, int(stride[i]), int(lens[i]),
+                            int(nel[i]), int(welem[i]), int(kind[i]), out, n)
+            if c.ndim == 1:                              # one object per span
+                cnt[gb] = c
+                span_edges.append(c)
             else:
-                rows.append((gb[:, None] + np.arange(int(nel[i]))).ravel())
-                per_obj = _row_sums(per_span[:, :used].reshape(m, -1, int(welem[i])))
-                counts.append(per_obj.ravel())
-                span_edges.append(per_obj.sum(axis=1, dtype=np.int64))
+                cnt[gb[:, None] + np.arange(c.shape[1])] = c
+                span_edges.append(c.sum(axis=1, dtype=np.int32))
             span_first.append(gb)
-            d = np.take(words, at)
-            d -= lo
-            offsets.append(d)
+            n += int(span_edges[-1].sum())
         self.scanned += int(lens.sum())
-        d = np.concatenate(offsets).view(np.int64)
-        targets = _object_order(self._targets(d), np.concatenate(span_first),
-                                np.concatenate(span_edges))
-        return np.concatenate(rows), np.concatenate(counts), targets
+        if span_first:
+            _object_order(out[:n], np.concatenate(span_first), np.concatenate(span_edges))
+        out[n:n + len(grey)] = grey
+        return out[:n + len(grey)]
 
-    def _targets(self, d: np.ndarray) -> np.ndarray:
-        """The object number each heap offset points at if that is an allocated object of
-        the snapshot, else ``total`` (one past every object: the drain's sink)."""
+    def _block(self, a: int, m: int, k: int, used: int, nel: int, welem: int, kind: int,
+               out: np.ndarray, n: int) -> np.ndarray:
+        """The candidate edges of m spans of one kind starting at heap word a, k words
+        apart, ``used`` words of slots each: their targets go to out[n:], and the edge
+        counts are returned per object (m x nel) or, for spans of one object, per span."""
         sn = self.snap
-        sid, g = find_objects(sn, d)
+        pool = self.pool
+        lo, hi = np.uint64(sn.heap_lo), np.uint64(sn.heap_hi)
+        words = sn.heap_words[a:a + m * k]
+        # Compares, not a subtraction: no array of words made; the tails masked off.
+        inside = np.greater_equal(words, lo, out=pool.get("inside", len(words), np.bool_))
+        inside &= np.less(words, hi, out=pool.get("inside2", len(words), np.bool_))
+        per_span = inside.reshape(m, k)
+        per_span[:, used:] = False
+        e = int(np.count_nonzero(inside))
+        at = np.compress(inside, pool.iota(len(words)), out=pool.get("at", e, np.int64))
+        if kind & 1:                                     # typed: only the pointer words
+            ptr = sn.pointer_bits(((at + a) << 3).astype(np.uint64) + lo)
+            inside[at[~ptr]] = False
+            at = at[ptr]
+            e = len(at)
+        if kind < 2:
+            counts = _row_sums(per_span[:, :used])
+        else:
+            counts = _row_sums(per_span[:, :used].reshape(m, nel, welem))
+        d = np.take(words, at, out=pool.get("d", e, np.uint64), mode="clip")
+        d -= lo
+        self._targets(d.view(np.int64), out[n:n + e])
+        return counts
+
+    def _targets(self, d: np.ndarray, out: np.ndarray) -> None:
+        """Into out: the object number each heap offset points at if that is an allocated
+        object of the snapshot, else ``total`` (one past every object: the drain's sink)."""
+        sn = self.snap
+        pool = self.pool
+        e = len(d)
+        sid, g = find_objects(sn, d, pool.get("sid", e, np.int64), pool.get("g", e, np.int64),
+                              pool.get("t", e, np.int64))
+        sure = np.take(self._sure_end(), sid, out=pool.get("t", e, np.int64), mode="clip")
         # One comparison settles the usual pointer: into a slot below freeidx (allocated).
-        doubt = np.flatnonzero(d >= np.take(self._sure_end(), sid))
+        doubt = np.flatnonzero(np.greater_equal(d, sure, out=pool.get("b", e, np.bool_)))
+        out[:] = g
         if len(doubt):
             dd, ds = d[doubt], sid[doubt]
             slot = g[doubt] - sn.gbase[ds]
@@ -225,8 +246,7 @@ class GraphPath:
             slot = np.where(ok, slot, 0)
             byte = sn.bits8[sn.table.allocbits[ds].astype(np.int64) + (slot >> 3)]
             ok &= ((byte >> (slot & 7).astype(np.uint8)) & 1).astype(np.bool_)   # isFree
-            g[doubt[~ok]] = sn.total
-        return g
+            out[doubt[~ok]] = sn.total
 
     def _sure_end(self) -> np.ndarray:
         """Per span id: the heap offset past its slots below freeidx, which are allocated
@@ -260,18 +280,18 @@ class GraphPath:
         return self._end
 
 
-def _object_order(targets: np.ndarray, first: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The edges, read span after span (``first``: each span's first object number,
-    ``edges``: its edge count), reordered span by span into object-number order, as the
+def _object_order(targets: np.ndarray, first: np.ndarray, edges: np.ndarray) -> None:
+    """Reorder the edges, read span after span (``first``: each span's first object number,
+    ``edges``: its edge count), in place, span by span into object-number order, as the
     rows of a CSR matrix go. Spans read in that order already (the usual case) cost a
     check."""
     if len(first) < 2 or bool((first[1:] > first[:-1]).all()):
-        return targets
+        return
     by = np.argsort(first, kind="stable")
-    old = np.cumsum(edges) - edges
-    moved = edges[by]
+    old = np.cumsum(edges, dtype=np.int64) - edges
+    moved = edges[by].astype(np.int64)
     new = np.cumsum(moved) - moved
-    return targets[np.repeat(old[by] - new, moved) + np.arange(len(targets))]
+    targets[:] = targets[np.repeat(old[by] - new, moved) + np.arange(len(targets))]
 
 
 def _row_sums(m: np.ndarray) -> np.ndarray:
@@ -285,20 +305,58 @@ def _row_sums(m: np.ndarray) -> np.ndarray:
     return out
 
 
-def find_objects(sn: SpanSnapshot, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def find_objects(sn: SpanSnapshot, d: np.ndarray, sid: np.ndarray, g: np.ndarray,
+                 tmp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """findObject over arrays: for heap offsets d (pointer - heap_lo, each in [0, heap_hi -
-    heap_lo)), the span id of each one's page and the object number it points into if it
-    points into a slot of that span (whether it does, and whether the slot is allocated,
-    is the caller's check). The same resolution as the vectorised path's shade, without
-    its in-place buffers."""
+    heap_lo)), into sid and g (tmp: scratch of the same length): the span id of each one's
+    page and the object number it points into if it points into a slot of that span
+    (whether it does, and whether the slot is allocated, is the caller's check). The same
+    resolution as the vectorised path's shade."""
     if sn.contiguous:
-        sid = np.take(sn.page_sids(), d >> PAGE_SHIFT)
+        np.take(sn.page_sids(), np.right_shift(d, PAGE_SHIFT, out=tmp), out=sid, mode="clip")
     else:
         page = sn.page_index_general(d)
-        sid = np.where(page >= 0, np.take(sn.page_sids(), np.maximum(page, 0)), 0)
-    off = np.subtract(d, np.take(sn.rbase, sid)).view(np.uint64)
-    off *= np.take(sn.divmul, sid)
+        sid[:] = np.where(page >= 0, np.take(sn.page_sids(), np.maximum(page, 0)), 0)
+    off = np.subtract(d, np.take(sn.rbase, sid, out=tmp, mode="clip"), out=tmp).view(np.uint64)
+    off *= np.take(sn.divmul, sid, out=g.view(np.uint64), mode="clip")
     off >>= np.uint64(32)
-    g = np.take(sn.gbase, sid)
+    np.take(sn.gbase, sid, out=g, mode="clip")
     g += off.view(np.int64)
     return sid, g
+
+
+class GraphBuffers:
+    """The graph path's arrays, kept from cycle to cycle with the Collector's MarkScratch (a
+    fresh multi-MB numpy temporary costs a page fault per 4 KiB, much of a search's time):
+    by name, each grown as needed, kept up to KEEP_ENTRIES entries (bigger ones are made
+    for the one search). A block's arrays are at most BLOCK_WORDS long, so what is kept is
+    a few MiB plus the CSR arrays, one int32 per object number and per edge."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self._iota = np.zeros(0, np.int64)
+
+    def get(self, name: str, n: int, dtype: type) -> np.ndarray:
+        a = self._arrays.get(name)
+        if a is None or len(a) < n or a.dtype != dtype:
+            a = np.empty(n + (n >> 3), dtype)
+            if len(a) <= KEEP_ENTRIES:
+                self._arrays[name] = a
+        return a[:n]
+
+    def iota(self, n: int) -> np.ndarray:
+        """0, 1, ..., n - 1."""
+        if len(self._iota) < n:
+            self._iota = np.arange(max(n, min(BLOCK_WORDS, KEEP_ENTRIES)), dtype=np.int64)
+        return self._iota[:n]
+
+
+_POOLS: weakref.WeakKeyDictionary[object, GraphBuffers] = weakref.WeakKeyDictionary()
+
+
+def buffers_of(owner: object) -> GraphBuffers:
+    """The GraphBuffers kept with ``owner`` (a Collector's MarkScratch)."""
+    pool = _POOLS.get(owner)
+    if pool is None:
+        pool = _POOLS[owner] = GraphBuffers()
+    return pool
