@@ -21,6 +21,7 @@ from heaputil import peek, poke
 from test_gc_mark import MODES, force, live, mark_only, new_heap, objects
 
 import gcalloc
+from gcalloc.gc import markgraph
 from gcalloc.gc.mark import SCALAR_FRONTIER
 from gcalloc.gc.markgraph import MIN_SCALAR_WORDS
 from gcalloc.gc.types import Type
@@ -154,8 +155,13 @@ def marked(heap: gcalloc.Heap, marker, g: Graph) -> set[int]:
     return got
 
 
+@pytest.mark.parametrize("block", [None, 2048], ids=["blocks", "small-blocks"])
 @pytest.mark.parametrize("seed", range(3))
-def test_mixed_narrow_and_wide_graph_paths_agree(heap, seed):
+def test_mixed_narrow_and_wide_graph_paths_agree(heap, seed, block, monkeypatch):
+    """small-blocks: the graph path reads runs of spans in blocks of two pages, so runs
+    split into many blocks and a large object's span is a block by itself."""
+    if block is not None:
+        monkeypatch.setattr(markgraph, "BLOCK_WORDS", block)
     g = build_mixed(heap, seed)
     expected = g.reachable()
     markers = {name: mark_only(heap, SCALAR_FRONTIER if frontier is None else frontier,
