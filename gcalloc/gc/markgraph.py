@@ -54,12 +54,12 @@ from gcalloc.gc.spansnapshot import SpanSnapshot
 from gcalloc.sizeclasses import PAGE_SHIFT
 
 # When the graph path pays (measured with bench/bench_gc.py; docs/gc.md, "Which path marks
-# what"): the search costs about 1/20 of the scalar path's time per word, over every word of
+# what"): the search costs about 1/30 of the scalar path's time per word, over every word of
 # the scan spans not yet all black. Handing over once the scalar path has scanned
 # GRAPH_WORD_COST of those words in one narrow stretch means it has spent about 1/6 of the
 # search's cost by then: a long list pays ~15% more than the search alone, and a stretch
 # that would have ended right after the hand-over costs at most ~7x the scalar path's.
-GRAPH_WORD_COST = 1 / 128
+GRAPH_WORD_COST = 1 / 192
 MIN_SCALAR_WORDS = 8192     # a narrow stretch shorter than this always stays scalar
 BLOCK_WORDS = 1 << 18       # words read per block (2 MiB; a span bigger than that alone)
 KEEP_ENTRIES = 1 << 22      # arrays up to this many entries are kept between cycles
