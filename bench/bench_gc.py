@@ -12,6 +12,7 @@ Workloads (each built once, then collected several times; the table gives the me
   chain with a 2-node leg at every node). They start on the scalar (Python) mark path and
   move to the graph path (gc/markgraph.py) once the scalar path has done its share; then
   the same 5x10^5-node list in a heap that is 90% garbage, with and without the graph path.
+  Both heaps hold the graph at once and are collected in turn, one of each per round.
 - ``random graph``: N nodes with 3 random edges each, all reachable from a root array.
 - ``garbage cycles``: ~500 spans of fresh garbage (8 size classes) and nothing live, the
   shape of an allocation loop's automatic cycles: the per-cycle fixed cost of marking
@@ -174,19 +175,6 @@ class Boehm:
         lib.GC_gcollect()
         return t
 
-    def shape(self, build, arg: int, repeat: int) -> float:
-        """GC_gcollect with the graph build(GC_malloc, arg) live (built with the collector
-        off, rooted in a root range), then dropped."""
-        lib = self.lib
-        lib.GC_disable()
-        self.roots[1] = build(lib.GC_malloc, arg)
-        lib.GC_enable()
-        lib.GC_gcollect()
-        t = timed(lib.GC_gcollect, repeat)
-        self.roots[1] = 0
-        lib.GC_gcollect()
-        return t
-
 
 def ours_tree(depth: int, repeat: int, workers: int | None = None):
     with gcalloc.Heap(gc_percent=-1) as h:
@@ -231,16 +219,36 @@ def mark_phase_times(h, repeat: int) -> tuple[float, float]:
     return statistics.median(pauses), statistics.median(sweeps)
 
 
-def ours_shape(build, arg: int, repeat: int) -> tuple[float, int, int, int]:
-    """collect() with the graph build(alloc, arg) live: (median, then the last cycle's
-    vector steps, objects on the scalar path, graph searches)."""
+def side_by_side(boehm: Boehm, build, arg: int, repeat: int):
+    """collect() and GC_gcollect on the same graph build(alloc, arg), built in both heaps
+    and collected in turn, one of each per round, so that both see the same load on the
+    machine: (Boehm's median or None, ours, then our last cycle's vector steps, objects on
+    the scalar path, graph searches)."""
+    lib = boehm.lib
     with gcalloc.Heap(gc_percent=-1) as h:
         root = h.handle(build(h.alloc, arg))
         h.collect()
-        t = timed(h.collect, repeat)
+        if lib is not None:
+            lib.GC_disable()
+            boehm.roots[1] = build(lib.GC_malloc, arg)   # rooted in Boehm's root range
+            lib.GC_enable()
+            lib.GC_gcollect()
+        theirs, ours = [], []
+        for _ in range(repeat):
+            if lib is not None:
+                t = time.perf_counter()
+                lib.GC_gcollect()
+                theirs.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            h.collect()
+            ours.append(time.perf_counter() - t)
+        if lib is not None:
+            boehm.roots[1] = 0
+            lib.GC_gcollect()
         m = h._gc.last_marker
         root.release()
-        return t, m.vector_steps, m.scalar_objects, m.graph_searches
+    return (statistics.median(theirs) if theirs else None, statistics.median(ours),
+            m.vector_steps, m.scalar_objects, m.graph_searches)
 
 
 def list_in_garbage(n: int, repeat: int, graph: bool) -> tuple[float, float]:
@@ -359,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nnarrow shapes: collect() beside GC_gcollect on the same graph")
     print(f"  {'':38}{'objects':>10}{'Boehm ms':>10}{'ours ms':>9}{'x Boehm':>9}  mark paths")
     for label, build, arg, nobj in narrow_shapes(args.list):
-        bt = boehm.shape(build, arg, args.repeat) if boehm.lib is not None else None
-        t, vsteps, sobjs, searches = ours_shape(build, arg, args.repeat)
+        bt, t, vsteps, sobjs, searches = side_by_side(boehm, build, arg, args.repeat)
         bcol = f"{bt * ms:10.1f}" if bt else f"{'-':>10}"
         ratio = f"{t / bt:9.2f}" if bt else f"{'-':>9}"
         print(f"  {label:38}{nobj:>10,}{bcol}{t * ms:9.1f}{ratio}  {vsteps} vector steps, "
