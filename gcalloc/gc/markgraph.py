@@ -47,8 +47,6 @@ import math
 import weakref
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order
 
 from gcalloc.gc.spansnapshot import SpanSnapshot
 from gcalloc.sizeclasses import PAGE_SHIFT
@@ -127,6 +125,10 @@ class GraphPath:
         indptr = self.pool.get("indptr", total + 3, np.int32)
         indptr[0] = 0
         np.cumsum(cnt, out=indptr[1:])
+        # Imported on the first search, not with gcalloc: scipy.sparse takes ~0.3-0.5 s to
+        # import, and most programs never make a narrow stretch this long.
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import breadth_first_order
         # The search reads only indices and indptr: the weights need not be real memory.
         ones = np.broadcast_to(np.float64(1.0), indices.shape)
         graph = csr_matrix((ones, indices, indptr), shape=(total + 2, total + 2))
