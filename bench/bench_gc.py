@@ -13,7 +13,8 @@ Workloads (each built once, then collected several times; the table gives the me
   move to the graph path (gc/markgraph.py) once the scalar path has done its share; then
   the same 5x10^5-node list in a heap that is 90% garbage, with and without the graph path.
   Both heaps hold the graph at once and are collected in turn, one of each per round.
-- ``random graph``: N nodes with 3 random edges each, all reachable from a root array.
+- ``random graph``: N nodes with 3 random edges each, all reachable from a root array;
+  collected by Boehm and by gcalloc in turn, one of each per round.
 - ``garbage cycles``: ~500 spans of fresh garbage (8 size classes) and nothing live, the
   shape of an allocation loop's automatic cycles: the per-cycle fixed cost of marking
   (Marker setup, roots) and of the whole cycle without the lazy sweep.
@@ -161,20 +162,6 @@ class Boehm:
         lib.GC_gcollect()
         return t
 
-    def graph(self, n: int, repeat: int) -> float:
-        """GC_gcollect with build_graph's n nodes live, rooted by a table of all of them
-        (a root range, as ours_graph roots them), then dropped."""
-        lib = self.lib
-        lib.GC_disable()
-        table = (ctypes.c_uint64 * n)(*build_graph(lib.GC_malloc, n))
-        lib.GC_add_roots(ctypes.addressof(table), ctypes.addressof(table) + ctypes.sizeof(table))
-        lib.GC_enable()
-        lib.GC_gcollect()
-        t = timed(lib.GC_gcollect, repeat)
-        ctypes.memset(table, 0, ctypes.sizeof(table))
-        lib.GC_gcollect()
-        return t
-
 
 def ours_tree(depth: int, repeat: int, workers: int | None = None):
     with gcalloc.Heap(gc_percent=-1) as h:
@@ -272,16 +259,38 @@ def list_in_garbage(n: int, repeat: int, graph: bool) -> tuple[float, float]:
     return statistics.median(pauses[1:]), statistics.median(sweeps[1:])
 
 
-def ours_graph(n: int, repeat: int) -> tuple[float, int, int]:
+def graph_side_by_side(boehm: Boehm, n: int, repeat: int):
+    """collect() and GC_gcollect on build_graph's n nodes, each heap's rooted by a table of
+    all of them (a root range), collected in turn, one of each per round: (Boehm's median
+    or None, ours, our last cycle's vector steps, objects on the scalar path)."""
+    lib = boehm.lib
     with gcalloc.Heap(gc_percent=-1) as h:
-        nodes = build_graph(h.alloc, n)
-        table = (ctypes.c_uint64 * n)(*nodes)
+        table = (ctypes.c_uint64 * n)(*build_graph(h.alloc, n))
         token = h.add_root_range(ctypes.addressof(table), ctypes.sizeof(table))
         h.collect()
-        t = timed(h.collect, repeat)
+        if lib is not None:
+            lib.GC_disable()
+            theirs_table = (ctypes.c_uint64 * n)(*build_graph(lib.GC_malloc, n))
+            lib.GC_add_roots(ctypes.addressof(theirs_table),
+                             ctypes.addressof(theirs_table) + ctypes.sizeof(theirs_table))
+            lib.GC_enable()
+            lib.GC_gcollect()
+        theirs, ours = [], []
+        for _ in range(repeat):
+            if lib is not None:
+                t = time.perf_counter()
+                lib.GC_gcollect()
+                theirs.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            h.collect()
+            ours.append(time.perf_counter() - t)
+        if lib is not None:
+            ctypes.memset(theirs_table, 0, ctypes.sizeof(theirs_table))
+            lib.GC_gcollect()
         m = h._gc.last_marker
         h.remove_root_range(token)
-        return t, m.vector_steps, m.scalar_objects
+    return (statistics.median(theirs) if theirs else None, statistics.median(ours),
+            m.vector_steps, m.scalar_objects)
 
 
 def garbage_cycles(repeat: int, spans: int = 500) -> tuple[float, float, int]:
@@ -378,8 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         how = "graph path on" if graph else "scalar path only"
         print(f"  list of {half:,} in a heap 90% garbage, {how}: pause without sweep "
               f"{pause * ms:.1f} ms, eager sweep {sweep * ms:.1f} ms")
-    t, vsteps, sobjs = ours_graph(args.graph, args.repeat)
-    bt = boehm.graph(args.graph, args.repeat) if boehm.lib is not None else None
+    bt, t, vsteps, sobjs = graph_side_by_side(boehm, args.graph, args.repeat)
     beside = f", Boehm {bt * ms:.1f} ms ({t / bt:.2f}x)" if bt else ""
     print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.1f} ms{beside}, "
           f"{vsteps} vector steps, {sobjs} objects on the scalar path")
