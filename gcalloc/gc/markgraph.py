@@ -133,9 +133,9 @@ class GraphPath:
         ones = np.broadcast_to(np.float64(1.0), indices.shape)
         graph = csr_matrix((ones, indices, indptr), shape=(total + 2, total + 2))
         order = breadth_first_order(graph, root, directed=True, return_predecessors=False)
-        before = np.count_nonzero(state > 0)
-        state[order[order < total]] = 1
-        self.marked += int(np.count_nonzero(state > 0)) - before
+        reached = order[order < total]
+        self.marked += int(np.count_nonzero(np.take(state, reached) == 0))
+        state[reached] = 1
 
     def _edges(self, grey: np.ndarray, cnt: np.ndarray) -> np.ndarray:
         """The CSR indices of the search: the candidate edges of the scan spans that hold a
@@ -189,7 +189,7 @@ class GraphPath:
                 cnt[gb] = c
                 span_edges.append(c)
             else:
-                cnt[gb[:, None] + np.arange(c.shape[1])] = c
+                _scatter_rows(cnt, gb, c)
                 span_edges.append(c.sum(axis=1, dtype=np.int32))
             span_first.append(gb)
             n += int(span_edges[-1].sum())
@@ -294,6 +294,19 @@ def _object_order(targets: np.ndarray, first: np.ndarray, edges: np.ndarray) -> 
     moved = edges[by].astype(np.int64)
     new = np.cumsum(moved) - moved
     targets[:] = targets[np.repeat(old[by] - new, moved) + np.arange(len(targets))]
+
+
+def _scatter_rows(cnt: np.ndarray, first: np.ndarray, c: np.ndarray) -> None:
+    """cnt[first[i] + j] = c[i, j]: spans' object counts into their object numbers; spans
+    numbered at equal steps (consecutive in the snapshot, the usual case) as one strided
+    store."""
+    m, n = c.shape
+    step = int(first[1] - first[0]) if m > 1 else n
+    if step >= n and bool((np.diff(first) == step).all()):
+        a = int(first[0])
+        cnt[a:a + m * step].reshape(m, step)[:, :n] = c
+    else:
+        cnt[first[:, None] + np.arange(n)] = c
 
 
 def _row_sums(m: np.ndarray) -> np.ndarray:
