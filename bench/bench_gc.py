@@ -6,22 +6,30 @@ Workloads (each built once, then collected several times; the table gives the me
   right, value), conservative objects linked through their first two words; Boehm builds the
   same tree with GC_malloc and roots it with GC_add_roots. Side by side: our full
   collection (mark + eager sweep, i.e. runtime.GC) at most 4x GC_gcollect.
-- ``linked list``: 10^6 nodes in one chain: a frontier of one object at every step, so all
-  of it runs on the scalar (Python) mark path.
-- ``random graph``: N nodes with 3 random edges each, all reachable from a root array.
+- ``narrow shapes``: graphs whose breadth-first frontier stays a few objects wide, each
+  beside Boehm on the same graph: singly linked lists of 5x10^5 and 10^6 24-byte nodes, a
+  doubly linked list, a list whose nodes each hang a 7-node subtree, and a *caterpillar* (a
+  chain with a 2-node leg at every node). They start on the scalar (Python) mark path and
+  move to the graph path (gc/markgraph.py) once the scalar path has done its share; then
+  the same 5x10^5-node list in a heap that is 90% garbage, with and without the graph path.
+  Both heaps hold the graph at once and are collected in turn, one of each per round.
+- ``random graph``: N nodes with 3 random edges each, all reachable from a root array;
+  collected by Boehm and by gcalloc in turn, one of each per round.
 - ``garbage cycles``: ~500 spans of fresh garbage (8 size classes) and nothing live, the
   shape of an allocation loop's automatic cycles: the per-cycle fixed cost of marking
   (Marker setup, roots) and of the whole cycle without the lazy sweep.
 - sweep time per span, and how many objects each mark path handled.
 
 Boehm is skipped with a message where libgc is missing. Run:
-``python bench/bench_gc.py [--depth 18] [--list 1000000] [--repeat 5] [--quick]``.
+``python bench/bench_gc.py [--depth 18] [--list 1000000] [--repeat 5] [--quick]``
+(``--list`` is the longer list; the shorter is half of it).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import random
 import statistics
@@ -62,6 +70,47 @@ def build_list(alloc, n: int) -> int:
         link(p, head, 0)
         head = p
     return head
+
+
+def build_dlist(alloc, n: int) -> int:
+    """A doubly linked list: word 0 the next node, word 1 the previous one."""
+    head = prev = alloc(24)
+    for _ in range(n - 1):
+        p = alloc(24)
+        link(prev, p, _word.from_address(prev + 8).value)
+        link(p, 0, prev)
+        prev = p
+    return head
+
+
+def build_list_of_trees(alloc, n: int, depth: int = 2) -> int:
+    """A list of n nodes (next, subtree), each hanging a binary tree of 2^(depth+1)-1 nodes."""
+    head = 0
+    for _ in range(n):
+        p = alloc(24)
+        link(p, head, build_tree(alloc, depth))
+        head = p
+    return head
+
+
+def build_caterpillar(alloc, n: int, leg: int = 2) -> int:
+    """A chain of n nodes (next, leg), each with a chain of ``leg`` nodes hanging off it."""
+    head = 0
+    for _ in range(n):
+        foot = build_list(alloc, leg)
+        p = alloc(24)
+        link(p, head, foot)
+        head = p
+    return head
+
+
+def narrow_shapes(n: int) -> list[tuple[str, object, int, int]]:
+    """(label, builder, argument, objects) of the narrow rows; n: the longer list."""
+    return [(f"singly linked list, {n // 2:,}", build_list, n // 2, n // 2),
+            (f"singly linked list, {n:,}", build_list, n, n),
+            (f"doubly linked list, {n // 2:,}", build_dlist, n // 2, n // 2),
+            (f"list of 7-node trees, {n // 16:,}", build_list_of_trees, n // 16, n // 2),
+            (f"caterpillar (2-node legs), {n // 6:,}", build_caterpillar, n // 6, n // 2)]
 
 
 def build_graph(alloc, n: int, seed: int = 1) -> list[int]:
@@ -108,7 +157,10 @@ class Boehm:
         self.roots[0] = build_tree(lib.GC_malloc, depth)
         lib.GC_enable()
         lib.GC_gcollect()
-        return timed(lib.GC_gcollect, repeat)
+        t = timed(lib.GC_gcollect, repeat)
+        self.roots[0] = 0
+        lib.GC_gcollect()
+        return t
 
 
 def ours_tree(depth: int, repeat: int, workers: int | None = None):
@@ -154,26 +206,91 @@ def mark_phase_times(h, repeat: int) -> tuple[float, float]:
     return statistics.median(pauses), statistics.median(sweeps)
 
 
-def ours_list(n: int, repeat: int) -> tuple[float, int]:
+def side_by_side(boehm: Boehm, build, arg: int, repeat: int):
+    """collect() and GC_gcollect on the same graph build(alloc, arg), built in both heaps
+    and collected in turn, one of each per round, so that both see the same load on the
+    machine: (Boehm's median or None, ours, then our last cycle's vector steps, objects on
+    the scalar path, graph searches)."""
+    lib = boehm.lib
     with gcalloc.Heap(gc_percent=-1) as h:
-        root = h.handle(build_list(h.alloc, n))
+        root = h.handle(build(h.alloc, arg))
         h.collect()
-        t = timed(h.collect, repeat)
-        scalar = h._gc.last_marker.scalar_objects
+        if lib is not None:
+            lib.GC_disable()
+            boehm.roots[1] = build(lib.GC_malloc, arg)   # rooted in Boehm's root range
+            lib.GC_enable()
+            lib.GC_gcollect()
+        theirs, ours = [], []
+        for _ in range(repeat):
+            if lib is not None:
+                t = time.perf_counter()
+                lib.GC_gcollect()
+                theirs.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            h.collect()
+            ours.append(time.perf_counter() - t)
+        if lib is not None:
+            boehm.roots[1] = 0
+            lib.GC_gcollect()
+        m = h._gc.last_marker
         root.release()
-        return t, scalar
+    return (statistics.median(theirs) if theirs else None, statistics.median(ours),
+            m.vector_steps, m.scalar_objects, m.graph_searches)
 
 
-def ours_graph(n: int, repeat: int) -> tuple[float, int, int]:
+def list_in_garbage(n: int, repeat: int, graph: bool) -> tuple[float, float]:
+    """(pause without the eager sweep, eager sweep) medians, as mark_phase_times, of a heap
+    holding an n-node list and 9 times its bytes of fresh garbage (conservative 64-byte
+    objects, allocated again before every cycle); graph=False keeps every narrow frontier
+    on the scalar path."""
+    pauses, sweeps = [], []
     with gcalloc.Heap(gc_percent=-1) as h:
-        nodes = build_graph(h.alloc, n)
-        table = (ctypes.c_uint64 * n)(*nodes)
+        if not graph:
+            h._gc.graph_cost = math.inf
+        root = h.handle(build_list(h.alloc, n))
+        for _ in range(repeat + 1):
+            for _ in range(n * 24 * 9 // 64):
+                h.alloc(64)
+            pause, sweep = mark_phase_times(h, 1)
+            pauses.append(pause)
+            sweeps.append(sweep)
+        assert h.read_memstats().heap_objects == n
+        root.release()
+    return statistics.median(pauses[1:]), statistics.median(sweeps[1:])
+
+
+def graph_side_by_side(boehm: Boehm, n: int, repeat: int):
+    """collect() and GC_gcollect on build_graph's n nodes, each heap's rooted by a table of
+    all of them (a root range), collected in turn, one of each per round: (Boehm's median
+    or None, ours, our last cycle's vector steps, objects on the scalar path)."""
+    lib = boehm.lib
+    with gcalloc.Heap(gc_percent=-1) as h:
+        table = (ctypes.c_uint64 * n)(*build_graph(h.alloc, n))
         token = h.add_root_range(ctypes.addressof(table), ctypes.sizeof(table))
         h.collect()
-        t = timed(h.collect, repeat)
+        if lib is not None:
+            lib.GC_disable()
+            theirs_table = (ctypes.c_uint64 * n)(*build_graph(lib.GC_malloc, n))
+            lib.GC_add_roots(ctypes.addressof(theirs_table),
+                             ctypes.addressof(theirs_table) + ctypes.sizeof(theirs_table))
+            lib.GC_enable()
+            lib.GC_gcollect()
+        theirs, ours = [], []
+        for _ in range(repeat):
+            if lib is not None:
+                t = time.perf_counter()
+                lib.GC_gcollect()
+                theirs.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            h.collect()
+            ours.append(time.perf_counter() - t)
+        if lib is not None:
+            ctypes.memset(theirs_table, 0, ctypes.sizeof(theirs_table))
+            lib.GC_gcollect()
         m = h._gc.last_marker
         h.remove_root_range(token)
-        return t, m.vector_steps, m.scalar_objects
+    return (statistics.median(theirs) if theirs else None, statistics.median(ours),
+            m.vector_steps, m.scalar_objects)
 
 
 def garbage_cycles(repeat: int, spans: int = 500) -> tuple[float, float, int]:
@@ -256,11 +373,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:34}{t * ms:9.1f}{ratio}")
     print(f"  mark paths: {vsteps} vector steps, {sobjs} objects on the scalar path, "
           f"{marked:,} marked")
-    t, scalar = ours_list(args.list, args.repeat)
-    print(f"\nlinked list of {args.list:,} nodes: collect() {t * ms:.0f} ms "
-          f"({t / args.list * 1e9:.0f} ns/node), {scalar:,} objects on the scalar path")
-    t, vsteps, sobjs = ours_graph(args.graph, args.repeat)
-    print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.0f} ms, "
+    print("\nnarrow shapes: collect() beside GC_gcollect on the same graph")
+    print(f"  {'':38}{'objects':>10}{'Boehm ms':>10}{'ours ms':>9}{'x Boehm':>9}  mark paths")
+    for label, build, arg, nobj in narrow_shapes(args.list):
+        bt, t, vsteps, sobjs, searches = side_by_side(boehm, build, arg, args.repeat)
+        bcol = f"{bt * ms:10.1f}" if bt else f"{'-':>10}"
+        ratio = f"{t / bt:9.2f}" if bt else f"{'-':>9}"
+        print(f"  {label:38}{nobj:>10,}{bcol}{t * ms:9.1f}{ratio}  {vsteps} vector steps, "
+              f"{sobjs:,} scalar objects, {searches} graph searches")
+    half = args.list // 2
+    for graph in (True, False):
+        pause, sweep = list_in_garbage(half, args.repeat, graph)
+        how = "graph path on" if graph else "scalar path only"
+        print(f"  list of {half:,} in a heap 90% garbage, {how}: pause without sweep "
+              f"{pause * ms:.1f} ms, eager sweep {sweep * ms:.1f} ms")
+    bt, t, vsteps, sobjs = graph_side_by_side(boehm, args.graph, args.repeat)
+    beside = f", Boehm {bt * ms:.1f} ms ({t / bt:.2f}x)" if bt else ""
+    print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.1f} ms{beside}, "
           f"{vsteps} vector steps, {sobjs} objects on the scalar path")
     mark, cycle, nspans = garbage_cycles(args.repeat, 50 if args.quick else 500)
     print(f"garbage cycles over {nspans} spans, nothing live: mark {mark * ms:.2f} ms, "

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gcalloc.gc.markbuf import CHUNK_CAP, OBLET_WORDS, Frontier, MarkScratch
+from gcalloc.gc.markgraph import GraphPath, buffers_of
 from gcalloc.gc.markscalar import ScalarPath
 from gcalloc.gc.markvec import VectorPath
 from gcalloc.gc.spansnapshot import SpanSnapshot
@@ -60,10 +61,13 @@ class Marker:
     """One cycle's marking state over the in-use spans of an allocator.
 
     pool: a one-thread executor for the second mark worker, or None to mark on this thread
-    only. scratch: the buffers kept from cycle to cycle (fresh ones if None)."""
+    only. scratch: the buffers kept from cycle to cycle (fresh ones if None). graph_cost:
+    when a narrow stretch moves to the graph path (markgraph.GRAPH_WORD_COST if None; 0
+    moves every narrow frontier there at once, tests use it to force the path)."""
 
     def __init__(self, mheap: MHeap, spans: list[MSpan], scalar_frontier: int = SCALAR_FRONTIER,
-                 pool: Executor | None = None, scratch: MarkScratch | None = None) -> None:
+                 pool: Executor | None = None, scratch: MarkScratch | None = None,
+                 graph_cost: float | None = None) -> None:
         self.mheap = mheap
         self.spans = spans
         self.scalar_frontier = scalar_frontier
@@ -73,6 +77,7 @@ class Marker:
         self.state = self.scratch.mark_words(self.snapshot.total)   # the mark words
         self.vector = VectorPath(self.snapshot, self.state, self.scratch)
         self.scalar = ScalarPath(self.snapshot, self.state, scalar_frontier)
+        self.graph = GraphPath(self.snapshot, self.state, graph_cost, buffers_of(self.scratch))
         self.vector_steps = 0
         self._marked_here = 0        # by mark_object
         self._packed: np.ndarray | None = None   # finish's packed marks
@@ -112,23 +117,40 @@ class Marker:
 
     @property
     def marked_objects(self) -> int:
-        return sum(self.vector.marked) + self.scalar.marked + self._marked_here
+        return (sum(self.vector.marked) + self.scalar.marked + self.graph.marked
+                + self._marked_here)
 
     @property
     def scanned_words(self) -> int:
-        return sum(self.vector.scanned) + self.scalar.scanned
+        return sum(self.vector.scanned) + self.scalar.scanned + self.graph.scanned
 
     @property
     def scalar_objects(self) -> int:
         return self.scalar.objects
 
+    @property
+    def graph_searches(self) -> int:
+        return self.graph.runs
+
     def _drain(self, frontier: Frontier) -> None:
+        stretch = 0   # words the scalar path scanned since the frontier was last wide
         while frontier.count:
             if frontier.count <= self.scalar_frontier:
-                sids, idxs = frontier.lists()
+                budget = self.graph.scalar_budget(stretch, self.scanned_words - stretch)
+                if budget > 0:
+                    sids, idxs = frontier.lists()
+                    self.scratch.release(frontier.buffers)
+                    before = self.scalar.scanned
+                    frontier = Frontier.of(*self.scalar.drain(sids, idxs, budget))
+                    stretch += self.scalar.scanned - before
+                    if not (frontier.count and frontier.count <= self.scalar_frontier
+                            and self.graph.worth_it(stretch, self.scanned_words - stretch)):
+                        continue
+                # Narrow for long enough: the graph path marks all that is reachable.
+                self.graph.drain(*_arrays(frontier))
                 self.scratch.release(frontier.buffers)
-                frontier = Frontier.of(*self.scalar.drain(sids, idxs))
-                continue
+                return
+            stretch = 0
             self.vector_steps += 1
             self.snapshot.refine_freeidx()
             if self.pool is not None and frontier.count >= PARALLEL_FRONTIER:
@@ -226,3 +248,11 @@ class Marker:
         self.state[g] = 1
         self._marked_here += 1
         return True
+
+
+def _arrays(frontier: Frontier) -> tuple[np.ndarray, np.ndarray]:
+    """A frontier's (span ids, slots) as two arrays."""
+    if len(frontier.chunks) == 1:
+        return frontier.chunks[0]
+    return (np.concatenate([s for s, _ in frontier.chunks]),
+            np.concatenate([i for _, i in frontier.chunks]))

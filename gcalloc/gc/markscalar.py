@@ -76,15 +76,17 @@ class ScalarPath:
         self.objects = self.marked = self.scanned = 0
         self._tables: ScalarTables | None = None
 
-    def drain(self, sids: list[int], idxs: list[int]) -> GreyArrays:
+    def drain(self, sids: list[int], idxs: list[int], budget: int | None = None) -> GreyArrays:
         """Scan narrow frontiers, breadth first, until the frontier empties or grows wider
-        than ``limit``; return that wide frontier to the vector path."""
+        than ``limit``; return that wide frontier to the vector path. With a budget, also
+        return the (narrow) frontier once about ``budget`` words have been scanned."""
         if not self.snap.contiguous or (self._tables is None and len(sids) <= FEW_OBJECTS
                                         and self.objects < FEW_OBJECTS):
             return self._drain_general(sids, idxs)
-        return self._drain_tables(sids, idxs)
+        return self._drain_tables(sids, idxs, budget)
 
-    def _drain_tables(self, sids: list[int], idxs: list[int]) -> GreyArrays:
+    def _drain_tables(self, sids: list[int], idxs: list[int],
+                      budget: int | None = None) -> GreyArrays:
         """The scalar step over the list copies of the tables (arenas in slot order)."""
         pages, rlimit, rbase, divmul, freeidx, gbase, scannable, sbase, selem, ssize, \
             typed, mv = self._scalar_tables()
@@ -93,7 +95,8 @@ class ScalarPath:
         unpack, alloc_bit = _unpack_words, self.snap.alloc_bit
         limit = self.limit
         scanned = marked = objects = 0
-        while sids and len(sids) <= limit:
+        stop = 1 << 62 if budget is None else budget
+        while sids and len(sids) <= limit and scanned < stop:
             next_sids: list[int] = []
             next_idxs: list[int] = []
             objects += len(sids)

@@ -82,6 +82,7 @@ class Collector:
         # locks are those marking takes that a thread may hold outside a safepoint region.
         self.cthreads = CThreads(quiesce=[self.roots.lock, allocator.mheap.lock])
         self.extra_roots.append(self.cthreads.candidates)
+        self.graph_cost: float | None = None      # and the graph path on (0) or off (inf)
         # Sweep plain spans as one batch at the end of automatic cycles too (see
         # Sweeper.sweep_batch); False leaves them all to lazy sweeping, as Go does.
         self.batch_sweep = True
@@ -165,7 +166,7 @@ class Collector:
         kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
                                                           self.scalar_frontier}
         marker = Marker(allocator.mheap, spans, pool=self._mark_pool(),
-                        scratch=self.mark_scratch, **kwargs)
+                        scratch=self.mark_scratch, graph_cost=self.graph_cost, **kwargs)
         allocator.marking = marker
         tiny = [c.tiny for c in allocator.mcaches if c.tiny]
         with self.roots.lock:

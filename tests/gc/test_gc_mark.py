@@ -1,9 +1,11 @@
 """Marking: reachable objects are never freed and keep their contents; unreachable
 ones (cycles included) are freed; the vectorised and scalar mark paths agree.
 
-Paths are forced through ``heap._gc.scalar_frontier``: 0 drains every frontier with numpy,
-10**9 drains everything in the Python loop, a small value makes the two hand work back and
-forth, None is the default crossover. Random graphs mix conservative, typed and noscan
+Paths are forced through ``heap._gc.scalar_frontier`` and ``heap._gc.graph_cost``: 0 drains
+every frontier with numpy, 10**9 (graph path off) drains everything in the Python loop, a
+small value makes the two hand work back and forth; ``graph`` sends every narrow frontier to
+the graph path (gc/markgraph.py) at once and ``graph-only`` every frontier; ``default`` is
+the default crossover. Random graphs mix conservative, typed and noscan
 objects, small and large (multi-oblet) ones, interior pointers, scalar decoys and every kind
 of root; the marks of each path are compared with each other and with a model's BFS.
 """
@@ -11,6 +13,7 @@ of root; the marks of each path are compared with each other and with a model's 
 from __future__ import annotations
 
 import ctypes
+import math
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,12 +23,14 @@ import pytest
 from heaputil import peek, poke
 
 import gcalloc
-from gcalloc.gc.mark import CHUNK_CAP, OBLET_WORDS, PARALLEL_FRONTIER, Marker
+from gcalloc.gc.mark import CHUNK_CAP, OBLET_WORDS, PARALLEL_FRONTIER, SCALAR_FRONTIER, Marker
 from gcalloc.gc.types import Type
 from gcalloc.mspan import SPAN_IN_USE
 
 U64 = ctypes.c_uint64
-MODES = {"vector": 0, "scalar": 10**9, "handoff": 3, "default": None}
+# mode: (scalar_frontier, graph_cost)
+MODES = {"vector": (0, math.inf), "scalar": (10**9, math.inf), "handoff": (3, math.inf),
+         "graph": (SCALAR_FRONTIER, 0.0), "graph-only": (10**9, 0.0), "default": (None, None)}
 
 
 def new_heap() -> gcalloc.Heap:
@@ -47,7 +52,7 @@ def mode(request):
 
 
 def force(heap: gcalloc.Heap, mode: str) -> None:
-    heap._gc.scalar_frontier = MODES[mode]
+    heap._gc.scalar_frontier, heap._gc.graph_cost = MODES[mode]
 
 
 def live(heap: gcalloc.Heap, p: int) -> bool:
@@ -169,8 +174,11 @@ def test_long_list_marks_on_either_path(heap, mode):
     marker = heap._gc.last_marker
     if mode == "vector":
         assert marker.scalar_objects == 0 and marker.vector_steps >= n - 1
-    elif mode in ("scalar", "default"):
+    elif mode == "scalar":
         assert marker.vector_steps == 0 and marker.scalar_objects == n
+    elif mode == "default":     # a long narrow stretch: the scalar path hands it on
+        assert marker.vector_steps == 0 and marker.graph_searches == 1
+        assert 0 < marker.scalar_objects < n
     poke(ps[n // 2], 0)                    # cut the list in half
     heap.collect()
     assert objects(heap) == n // 2 + 1
@@ -369,11 +377,14 @@ def reachable(objs: list[Obj], roots: list[int]) -> set[int]:
     return seen
 
 
-def mark_only(heap: gcalloc.Heap, scalar_frontier: int, pool=None) -> Marker:
-    """Mark without sweeping, as a cycle would (single-threaded test: no world to stop)."""
+def mark_only(heap: gcalloc.Heap, scalar_frontier: int, pool=None,
+              graph_cost: float | None = math.inf) -> Marker:
+    """Mark without sweeping, as a cycle would (single-threaded test: no world to stop);
+    the graph path off unless graph_cost says otherwise."""
     heap._alloc.flush_mcaches()
     spans = [s for s in heap._alloc.mheap.live_spans() if s.state == SPAN_IN_USE]
-    marker = Marker(heap._alloc.mheap, spans, scalar_frontier=scalar_frontier, pool=pool)
+    marker = Marker(heap._alloc.mheap, spans, scalar_frontier=scalar_frontier, pool=pool,
+                    graph_cost=graph_cost)
     with heap._gc.roots.lock:
         marker.mark_from(heap._gc.roots.candidates())
     return marker
@@ -383,11 +394,15 @@ def mark_only(heap: gcalloc.Heap, scalar_frontier: int, pool=None) -> Marker:
 def test_random_graph_mark_paths_agree(heap, seed):
     objs, roots, keep = build_random_graph(heap, seed)
     expected = reachable(objs, roots)
-    markers = {name: mark_only(heap, frontier if frontier is not None else 48)
-               for name, frontier in MODES.items()}
+    markers = {name: mark_only(heap, SCALAR_FRONTIER if frontier is None else frontier,
+                               graph_cost=cost)
+               for name, (frontier, cost) in MODES.items()}
     vector = markers["vector"]
     assert vector.scalar_objects == 0 and vector.vector_steps > 0
     assert markers["scalar"].vector_steps == 0 and markers["scalar"].scalar_objects > 0
+    assert markers["graph-only"].graph_searches == 1
+    assert markers["graph-only"].vector_steps == markers["graph-only"].scalar_objects == 0
+    assert markers["graph"].graph_searches >= 1
     for name, marker in markers.items():
         assert np.array_equal(marker.marks, vector.marks), name
         got = set()
