@@ -16,6 +16,7 @@ contract (arguments, exceptions), which the README's table is checked against.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import io
@@ -47,7 +48,13 @@ from gcalloc.mspan import MSpan
 from gcalloc.mstats import MemStats
 from gcalloc.os.probe import readable
 from gcalloc.scavenge import Scavenger, scavenge
-from gcalloc.sizeclasses import PAGE_SHIFT
+from gcalloc.sizeclasses import (
+    MAX_SMALL_SIZE,
+    PAGE_SHIFT,
+    class_to_size,
+    make_span_class,
+    size_to_class,
+)
 
 
 class Heap:
@@ -89,6 +96,9 @@ class Heap:
         self.free = a.free            # type: ignore[method-assign]  # same signature
         self.lookup = a.lookup        # type: ignore[method-assign]  # same signature
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
+        self._typed_plans: dict[tuple[object, int], _TypedPlan] = {}
+        self._pending = bitmap.PendingBits(a.mheap.arenas, a.mheap.spans, a.typed_fast)
+        bitmap.register(self._pending)
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._scavenger: Scavenger | None = None
@@ -166,28 +176,60 @@ class Heap:
     # --- typed allocation and Handles ---------------------------------------------------
 
     def _alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
-        """``alloc(size, type=T)``: size must be a multiple of T's size. A zero-size T only
-        allocates size 0 (the zerobase): n bytes of it would be no whole number of Ts, and
-        handing out the zerobase for them would let the caller write over the allocator's
-        own memory. Raises InvalidSize, InvalidArgument, InvalidType."""
+        """``alloc(size, type=T)`` off the fast path: size must be a multiple of T's size.
+        A zero-size T only allocates size 0 (the zerobase): n bytes of it would be no whole
+        number of Ts, and handing out the zerobase for them would let the caller write over
+        the allocator's own memory. Raises InvalidSize, InvalidArgument, InvalidType.
+
+        A small object's address goes to its layout's log (its bits are written in bulk:
+        gc/bitmap.py) and (type, size) into the allocator's typed fast table, so the next
+        ones take the fast path; a large object's bits are written now."""
+        plan: _TypedPlan | None
+        try:
+            plan = self._typed_plans[(type, size)]
+        except (KeyError, TypeError):
+            plan = self._typed_plan(type, size)
+        if plan is None:
+            return self._alloc.zerobase
+        scan = not (noscan or plan.type.noscan)
+        p = self.alloc(size, None, not scan, zero)
+        if plan.spc < 0:                       # large
+            if scan:
+                with self._alloc.inside():     # close() must not unmap the bitmap under this
+                    s = self._alloc.mheap.span_of(p)
+                    assert s is not None   # p was just allocated: its span is in use
+                    bitmap.write_layout(self._alloc.mheap.arenas, p,
+                                        plan.large_layout(s.npages << PAGE_SHIFT))
+                    s.typed = True
+            return p
+        if noscan:
+            return p
+        if not scan:
+            self._alloc.typed_fast[type] = (size, plan.spc | 1, _DISCARD, None)
+            return p
+        assert plan.layout is not None     # small
+        log = self._pending.log(plan.layout)
+        log.append(p)
+        self._alloc.typed_fast[type] = (size, plan.spc, log.append, plan.layout)
+        if self._pending.pending() > bitmap.PendingBits.LIMIT:
+            with self._alloc.inside():
+                self._pending.flush()
+        return p
+
+    def _typed_plan(self, type: object, size: int) -> _TypedPlan | None:
+        """Check T against size (the errors of _alloc_typed) and remember the result."""
         t = type_of(type)
         if size == 0:
-            return self._alloc.zerobase
+            return None
         if t.size == 0:
             raise InvalidSize(f"{size} bytes of a zero-size type: only size 0 is possible")
         if size % t.size:
             raise InvalidSize(f"size {size} is not a multiple of the type's size {t.size}")
         check_array(t, size)
-        noscan = noscan or t.noscan
-        p = self.alloc(size, None, noscan, zero)
-        if not noscan:
-            with self._alloc.inside():     # close() must not unmap the bitmap under this write
-                s = self._alloc.mheap.span_of(p)
-                assert s is not None   # p was just allocated: its span is in use
-                extent = s.npages << PAGE_SHIFT if s.sizeclass == 0 else s.elemsize
-                bitmap.set_object_type(self._alloc.mheap.arenas, p, extent, t, size)
-                s.typed = True
-        return p
+        plan = _TypedPlan(t, size)
+        if len(self._typed_plans) < 4096:      # a bound for callers with endless sizes
+            self._typed_plans[(type, size)] = plan
+        return plan
 
     def new(self, ctype: type | Type, n: int = 1) -> Handle:
         """Allocate ``n`` objects of ctypes type ``ctype`` (an array when n > 1), zeroed and
@@ -436,8 +478,12 @@ class Heap:
         bitmap.fill_span(self._alloc.mheap.arenas, first.base, nbytes, bitmap.ALL_ONES)
 
     def _on_free(self, s: MSpan, idx: int, refund: int) -> None:
+        if self._pending.pending():
+            # The object may be logged: its bits must be written (and its span typed)
+            # before they are reset, or a later flush would type whatever takes the slot.
+            self._pending.flush()
         if s.typed and s.sizeclass:
-            bitmap.reset_object(self._alloc.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
+            bitmap.reset_slots(self._alloc.mheap.arenas, s, [idx])
         if refund:
             self._gc.pacer.refund(refund)
         if s.specials:
@@ -506,6 +552,7 @@ class Heap:
             self._scavenger.stop()
             self._scavenger = None
         self._gc.roots.close()
+        self._pending.close()
         self._gc.close()
         try:
             self._alloc.release_memory()
@@ -524,6 +571,34 @@ class Heap:
         state = ("closed" if self._alloc.closed
                  else f"{self._alloc.stats.heap_inuse >> 10} KiB in use")
         return f"<gcalloc.Heap {state}>"
+
+
+# The log of pointer-free types: none.
+_DISCARD: Callable[[int], None] = collections.deque[int](maxlen=0).append
+
+
+class _TypedPlan:
+    """A checked (type, size) of alloc(size, type=T): its Type, its scan span class (-1:
+    large) and the Layout of its slot."""
+
+    __slots__ = ("type", "size", "spc", "layout", "_large")
+
+    def __init__(self, t: Type, size: int) -> None:
+        self.type = t
+        self.size = size
+        self._large: tuple[int, bitmap.Layout] | None = None
+        if size > MAX_SMALL_SIZE:
+            self.spc = -1
+            self.layout = None
+        else:
+            sc = size_to_class(size)
+            self.spc = int(make_span_class(sc, False))
+            self.layout = bitmap.Layout.of(t, class_to_size[sc], size)
+
+    def large_layout(self, extent: int) -> bitmap.Layout:
+        if self._large is None or self._large[0] != extent:
+            self._large = (extent, bitmap.Layout.of(self.type, extent, self.size))
+        return self._large[1]
 
 
 def _check_seconds(name: str, value: object) -> float:

@@ -145,6 +145,9 @@ class Allocator:
         self.marking: Marker | None = None
         self.efence = efence
         self.efence_unprotected = 0   # efence frees the OS refused to fault (see above)
+        # type -> (size, span class, log, layout): typed allocations the fast path takes
+        # (filled and flushed by the GC layer: gc/bitmap.py's PendingBits).
+        self.typed_fast: dict = {}
 
     # --- allocation: the fast path -----------------------------------------------------
 
@@ -182,6 +185,19 @@ class Allocator:
             if p:
                 return p
             return self._alloc_small(c, spc, zero)
+        if type is not None:
+            # A type the GC layer has seen at this size (its alloc_typed hook fills
+            # typed_fast): the run's next slot, its address logged for the heap bits. The
+            # entry is read before the run (see gc/bitmap.py's PendingBits).
+            try:
+                e = self.typed_fast.get(type)
+            except TypeError:
+                e = None    # unhashable: not a type; _alloc_other says so
+            if e is not None and e[0] == size and size.__class__ is int and not noscan:
+                p = next(c.runs[e[1]], 0)
+                if p:
+                    e[2](p)
+                    return p
         return self._alloc_other(c, size, type, noscan, zero)
 
     # --- allocation: slow paths --------------------------------------------------------

@@ -283,8 +283,7 @@ class Sweeper:
         if s.specials and self.on_free_objects is not None:
             self.on_free_objects(s, freed)
         if s.typed:
-            for i in freed:
-                bitmap.reset_object(self.mheap.arenas, s.base + i * s.elemsize, s.elemsize)
+            bitmap.reset_slots(self.mheap.arenas, s, freed)
         if s.tiny_blocks:
             s.tiny_blocks.difference_update(freed)
 
