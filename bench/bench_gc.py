@@ -55,6 +55,37 @@ def _node(alloc, left: int, right: int) -> int:
     return p
 
 
+class TreeNode(ctypes.Structure):
+    pass
+
+
+TreeNode._fields_ = [("left", ctypes.POINTER(TreeNode)), ("right", ctypes.POINTER(TreeNode)),
+                     ("value", ctypes.c_int64)]
+
+
+def typed_tree_rows(depth: int, repeat: int, boehm_ms: float | None) -> None:
+    """The GCBench tree built untyped (conservative) and typed (``type=TreeNode``: left,
+    right, value) in one run, side by side: collect() medians, typed/untyped and x Boehm."""
+    times = {}
+    for label, typ in (("untyped", None), ("typed", TreeNode)):
+        with gcalloc.Heap(gc_percent=-1) as h:
+            def alloc(size: int, h=h, typ=typ) -> int:
+                return h.alloc(size, type=typ)
+            root = h.handle(build_tree(alloc, depth))
+            h.collect()
+            times[label] = timed(h.collect, repeat)
+            assert h.read_memstats().heap_objects == (1 << (depth + 1)) - 1
+            root.release()
+    u, t = times["untyped"], times["typed"]
+    print(f"\ntyped GCBench tree, depth {depth}: collect() of the same tree built both ways")
+    print(f"  {'':34}{'ms':>9}{'x Boehm':>9}")
+    for label, v in (("untyped (conservative)", u), ("typed (type=TreeNode)", t)):
+        ratio = f"{v / boehm_ms:9.2f}" if boehm_ms else f"{'-':>9}"
+        print(f"  {label:34}{v * 1000:9.1f}{ratio}")
+    print(f"  typed / untyped = {t / u:.2f} (bar <= 1.10); both <= 2x Boehm: "
+          f"{'yes' if boehm_ms and max(t, u) <= 2 * boehm_ms else 'no'}")
+
+
 def build_list(alloc, n: int) -> int:
     head = 0
     for _ in range(n):
@@ -256,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:34}{t * ms:9.1f}{ratio}")
     print(f"  mark paths: {vsteps} vector steps, {sobjs} objects on the scalar path, "
           f"{marked:,} marked")
+    typed_tree_rows(args.depth, args.repeat, b)
     t, scalar = ours_list(args.list, args.repeat)
     print(f"\nlinked list of {args.list:,} nodes: collect() {t * ms:.0f} ms "
           f"({t / args.list * 1e9:.0f} ns/node), {scalar:,} objects on the scalar path")

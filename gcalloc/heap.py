@@ -23,8 +23,10 @@ import io
 import os
 import weakref
 from collections.abc import Callable, Iterator
+from operator import length_hint
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
+from gcalloc.arena import ARENA_BASE_OFFSET, LOG_HEAP_ARENA_BYTES, HeapArena
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc
 from gcalloc.errors import (
     HeapCorruption,
@@ -44,7 +46,7 @@ from gcalloc.gc.specials import Specials
 from gcalloc.gc.types import Type, check_array, ctype_size, type_of
 from gcalloc.hooks import GCHooks
 from gcalloc.malloc import MAX_ALLOC, Allocator
-from gcalloc.mspan import MSpan
+from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.mstats import MemStats
 from gcalloc.os.probe import readable
 from gcalloc.scavenge import Scavenger, scavenge
@@ -97,10 +99,16 @@ class Heap:
         self.lookup = a.lookup        # type: ignore[method-assign]  # same signature
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         self._typed_plans: dict[tuple[object, int], _TypedPlan] = {}
+        self._new_plans: dict[object, tuple[int, object]] = {}
+        # _find's views: the page map and alloc bits as memoryviews (Python ints per read)
+        self._arena_by_index: dict[int, HeapArena] = {}
+        self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
+        self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
         self._pending = bitmap.PendingBits(a.mheap.arenas, a.mheap.spans, a.typed_fast)
         bitmap.register(self._pending)
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
+            self._roots = self._gc.roots
             self._scavenger: Scavenger | None = None
             if scavenger or (scavenger is None and self._debug.scavenger):
                 self._scavenger = Scavenger(a.mheap)
@@ -237,6 +245,14 @@ class Heap:
         allocated with its layout and the Handle's ``view`` is its bytes (a ``c_ubyte``
         array of the Type's size). Raises InvalidArgument, InvalidType, InvalidSize,
         OutOfMemory, HeapClosed, all before anything is allocated."""
+        if n.__class__ is int and n == 1:
+            try:
+                size, view_type = self._new_plans[ctype]
+            except (KeyError, TypeError):
+                pass
+            else:
+                with self._gc.lock:   # no cycle between the allocation and its root
+                    return Handle(self._roots, self.alloc(size, ctype), view_type, 1)
         t = type_of(ctype)
         view_type = ctypes.c_ubyte * t.size if isinstance(ctype, Type) else ctype
         if isinstance(n, bool) or not isinstance(n, int):
@@ -248,7 +264,10 @@ class Heap:
             raise InvalidSize(f"{n} x {t.size} bytes exceeds the maximum allocation")
         with self._gc.lock:   # no cycle between the allocation and its root
             p = self.alloc(size, ctype)
-            return Handle(self._gc.roots, p, view_type, n)
+            handle = Handle(self._roots, p, view_type, n)
+        if n == 1 and len(self._new_plans) < 4096:   # checked: the next new(ctype) skips it
+            self._new_plans[ctype] = (size, view_type)
+        return handle
 
     def handle(self, p: int, ctype: type | None = None) -> Handle:
         """Root the object holding p for the life of the returned Handle; its ``view`` is
@@ -256,36 +275,90 @@ class Heap:
         object (its usable_size): a bigger view would read and write the next object.
         Raises NotHeapPointer, InvalidArgument (ctype not a ctypes type), InvalidType,
         InvalidSize (ctype larger than the object), HeapClosed."""
-        base, objsize = self._object(p)
+        found = self._find(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        base, objsize = found
         if ctype is not None:
             size = ctype_size(ctype)
             if size > objsize:
                 raise InvalidSize(f"a {size}-byte {ctype.__name__} does not fit the "
                                   f"{objsize}-byte object at {base:#x}")
-        return Handle(self._gc.roots, base, ctype, 1)
+        return Handle(self._roots, base, ctype, 1)
 
-    def _object(self, p: object) -> tuple[int, int]:
-        """(base, usable size) of the allocated object holding p."""
-        p = check_addr(p)
+    def _find(self, p: object) -> tuple[int, int] | None:
+        """lookup(p), by a shorter road for the usual case (Handles and roots are made per
+        object): the arena from a dict, the page map and alloc bits read through
+        memoryviews (Python ints, no numpy scalars), the safepoint region inlined. The
+        same tests as free.py's find_object, in the same order; anything unusual (no
+        mcache yet, inside a region, the world stopped, a closed heap, an address in no
+        arena seen yet) takes ``lookup`` itself."""
+        a = self._alloc
+        if p.__class__ is not int:
+            p = check_addr(p)
+        try:
+            c = a._tls.mcache
+        except AttributeError:
+            return self._find_slow(p)     # type: ignore[arg-type]
+        arena = self._arena_by_index.get((p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES)
+        if arena is None or c.mallocing or a._closed:
+            return self._find_slow(p)     # type: ignore[arg-type]
+        c.mallocing = True     # a safepoint region (Allocator._enter): close() waits for it
+        try:
+            if a._world.stopped:
+                found = None
+                slow = True
+            else:
+                slow = False
+                a.stats.lookups += 1
+                sid = self._page_span[arena.pages_off + ((p - arena.base) >> PAGE_SHIFT)]
+                s = a.mheap.spans[sid] if sid else None
+                if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+                    found = None
+                elif s.sizeclass == 0:
+                    found = (s.base, s.elemsize) if s.allocCount else None
+                else:
+                    elemsize = s.elemsize
+                    idx = (p - s.base) // elemsize
+                    owner = s.cached_by
+                    left = length_hint(owner.runs[s.spanclass]) if owner and s.run_end else 0
+                    if left and s.run_end - left * elemsize <= p < s.run_end:
+                        found = None   # reserved by an mcache, not yet handed out
+                    elif idx >= s.freeindex and not (
+                            self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
+                        found = None
+                    elif s.pending_frees and idx in s.pending_frees:
+                        found = None
+                    else:
+                        found = (s.base + idx * elemsize, elemsize)
+        finally:
+            c.mallocing = False
+        return self._find_slow(p) if slow else found  # type: ignore[arg-type]
+
+    def _find_slow(self, p: int) -> tuple[int, int] | None:
         self._check_open()
         found = self.lookup(p)
-        if found is None:
-            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        arena = self._alloc.mheap.arenas.arena_of(p)
+        if arena is not None:     # arenas stay until close: remember it for _find
+            self._arena_by_index[(p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES] = arena
         return found
-
-    def _object_base(self, p: object) -> int:
-        return self._object(p)[0]
 
     # --- roots -------------------------------------------------------------------------
 
     def add_root(self, p: int) -> None:
         """Keep the object holding p alive until a matching remove_root (counted). Raises
         NotHeapPointer, HeapClosed."""
-        self._gc.roots.add(self._object_base(p))
+        found = self._find(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        self._roots.add(found[0])
 
     def remove_root(self, p: int) -> None:
         """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""
-        self._gc.roots.remove(self._object_base(p))
+        found = self._find(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        self._roots.remove(found[0])
 
     def add_root_range(self, addr: int, size: int, conservative: bool = True,
                        type: object = None) -> int:
@@ -521,12 +594,15 @@ class Heap:
         """The root table's bookkeeping agrees with itself."""
         roots = self._gc.roots
         with roots.lock:
-            live = int((roots.handle_addrs != 0).sum())
+            table = list(roots.handle_addrs)
+            free = list(roots._free_slots)
             counts_ok = all(n > 0 for n in roots.counted.values())
-            handles_live = roots.handles_live
         out = []
-        if live != handles_live:
-            out.append(f"{live} handle slots in use, {handles_live} Handles live")
+        live = sum(1 for a in table if a)
+        if live != len(table) - len(free):
+            out.append(f"{live} handle slots in use, {len(table) - len(free)} Handles live")
+        if len(set(free)) != len(free) or any(table[i] for i in free):
+            out.append("a handle slot in use is on the free list (or on it twice)")
         if not counts_ok:
             out.append("a counted root has a count <= 0")
         return out

@@ -95,9 +95,10 @@ class VectorPath:
         the layout's pointer words are read, with no bitmap lookup. Returns the others."""
         sn = self.snap
         lay = np.take(sn.layout, sids)
-        if not lay.any():
+        k0 = int(lay[0])
+        if not k0 and not lay.any():
             return sids, idxs
-        kinds = np.unique(lay).tolist()
+        kinds = [k0] if (lay == k0).all() else np.unique(lay).tolist()
         for k in kinds:
             if not k:
                 continue
