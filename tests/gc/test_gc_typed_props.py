@@ -85,8 +85,11 @@ def _ones(n: int) -> int:
 
 
 @SETTINGS
-@given(ctype=layouts, count=st.sampled_from([1, 1, 2, 3, 7]), many=st.integers(1, 40))
-def test_bits_written_equal_the_pointer_map_of_the_fields(heap, ctype, count, many):
+@given(ctype=layouts, count=st.sampled_from([1, 1, 2, 3, 7]), many=st.integers(1, 80),
+       gap=st.sampled_from([0, 3, 11, 17]))
+def test_bits_written_equal_the_pointer_map_of_the_fields(heap, ctype, count, many, gap):
+    """Runs of consecutive typed slots (written as slices) and stragglers (by phase groups),
+    with untyped neighbours every ``gap`` objects sharing their edge bytes."""
     mask = expected_mask(ctype)
     size = ctypes.sizeof(ctype) * count
     if mask is None or (count > 1 and mask and ctypes.sizeof(ctype) % 8):
@@ -101,7 +104,7 @@ def test_bits_written_equal_the_pointer_map_of_the_fields(heap, ctype, count, ma
     objs = []                                  # (address, typed)
     for i in range(many):
         objs.append((heap.alloc(size, type=ctype), True))
-        if i % 5 == 2:
+        if gap and i % gap == gap - 1:
             objs.append((heap.alloc(size), False))  # an untyped neighbour, maybe sharing bytes
     for p, typed in objs:
         if typed and not full:
