@@ -190,10 +190,10 @@ class Allocator:
             # typed_fast): the run's next slot, its address logged for the heap bits. The
             # entry is read before the run (see gc/bitmap.py's PendingBits).
             try:
-                e = self.typed_fast.get(type)
-            except TypeError:
-                e = None    # unhashable: not a type; _alloc_other says so
-            if e is not None and e[0] == size and size.__class__ is int and not noscan:
+                e = self.typed_fast[type]
+            except (KeyError, TypeError):   # not seen yet, or unhashable: _alloc_other
+                return self._alloc_other(c, size, type, noscan, zero)
+            if e[0] == size and size.__class__ is int and not noscan:
                 p = next(c.runs[e[1]], 0)
                 if p:
                     e[2](p)
