@@ -203,12 +203,16 @@ class Heap:
         p = self.alloc(size, None, not scan, zero)
         if plan.spc < 0:                       # large
             if scan:
-                with self._alloc.inside():     # close() must not unmap the bitmap under this
-                    s = self._alloc.mheap.span_of(p)
+                a = self._alloc
+                entered = a._enter()     # close() must not unmap the bitmap under this write
+                try:
+                    s = a.mheap.span_of(p)
                     assert s is not None   # p was just allocated: its span is in use
-                    bitmap.write_layout(self._alloc.mheap.arenas, p,
+                    bitmap.write_layout(a.mheap.arenas, p,
                                         plan.large_layout(s.npages << PAGE_SHIFT))
                     s.typed = True
+                finally:
+                    a._leave(entered)
             return p
         if noscan:
             return p

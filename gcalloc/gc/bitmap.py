@@ -289,7 +289,7 @@ def write_layout(arenas: Arenas, p: int, lay: Layout) -> None:
     i = arena.bitmap_off + (w >> 2)
     with WRITE_LOCK:
         seg = arenas.bitmap[i:i + len(byte)]
-        if keep.any():
+        if keep[0] or keep[-1]:      # only the edge bytes can hold other objects' bits
             seg[:] = (seg & keep) | byte
         else:
             seg[:] = byte
