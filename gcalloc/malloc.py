@@ -9,8 +9,10 @@ The fast path (tiny block or ``next(run, 0)``) is a few attribute reads, one tab
 one builtin call on the thread's own mcache: no lock, no numpy, no ctypes. A *run* is the
 stretch of free slots Go's nextFreeFast would hand out one by one from allocCache; the slow
 path reserves it in one step, zeroes it if the span may be dirty, and stops it short of the
-next heap-profile sample (see mspan). Everything else leaves through ``_alloc_small`` (run
-used up) or ``_alloc_other`` (size 0, types, large objects, bad arguments).
+next heap-profile sample (see mspan). A typed call whose (type, size) is in ``typed_fast``
+takes the run too and appends the address to the type's log (the GC layer writes the heap
+bits in bulk). Everything else leaves through ``_alloc_small`` (run used up) or
+``_alloc_other`` (size 0, a type not in ``typed_fast`` yet, large objects, bad arguments).
 
 Zeroing: a span fresh from the OS is zero; ``span.needzero`` says whether a slot may hold old
 bytes, and only then is it cleared (``zero=False`` is Go's rawmem: never cleared).
