@@ -318,7 +318,6 @@ def print_typed(n: int, repeat: int) -> None:
                 h.collect()
             add("u new", _loop_untyped(h, n, 24))
             add("t new", _loop_new(h, n))
-            h.collect()
             add("t handle", _loop_handle(h, n, p))
             add("t roots", _loop_roots(h, n, p))
             h.collect()
@@ -332,24 +331,25 @@ def print_typed(n: int, repeat: int) -> None:
         keep.release()
         h.close()
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
-    print(f"typed allocation, Handles and roots: n={n} calls, median of {repeat} "
-          f"(gc off, a warm heap), ns/call")
+    print(f"typed allocation, Handles and roots: n={n} calls, {repeat} repetitions "
+          f"(gc off, a warm heap), median ns/call; ratio: the median of each repetition's "
+          f"typed/untyped (measured next to each other)")
     print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"{'call':<34}{'typed':>8}{'untyped':>9}{'ratio':>8}{'bar':>7}")
     ok = True
 
-    def row(label: str, t: float, u: float, bar: float) -> None:
+    def row(label: str, tkey: str, ukey: str, bar: float) -> None:
         nonlocal ok
-        r = t / u
+        r = statistics.median(t / u for t, u in zip(times[tkey][1:], times[ukey][1:]))
         ok = ok and r <= bar
-        print(f"{label:<34}{t:8.0f}{u:9.0f}{r:7.2f}x{bar:6.1f}x {'ok' if r <= bar else 'MISS'}")
+        print(f"{label:<34}{med[tkey]:8.0f}{med[ukey]:9.0f}{r:7.2f}x{bar:6.1f}x "
+              f"{'ok' if r <= bar else 'MISS'}")
 
     for label, _size, _typ, bar in TYPED_ROWS:
-        row(label, med["t " + label], med["u " + label], bar)
-    u24 = med["u new"]
-    row("new(Node) vs alloc(24)", med["t new"], u24, 2.5)
-    row("handle(p) vs alloc(24)", med["t handle"], u24, 3.0)
-    row("add_root+remove_root vs alloc(24)", med["t roots"], u24, 4.0)
+        row(label, "t " + label, "u " + label, bar)
+    row("new(Node) vs alloc(24)", "t new", "u new", 2.5)
+    row("handle(p) vs alloc(24)", "t handle", "u new", 3.0)
+    row("add_root+remove_root vs alloc(24)", "t roots", "u new", 4.0)
     if boehm is None:
         print("Boehm GC (libgc.so.1) not found: no Boehm rows")
     else:
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the typed table instead: type=, new, handle, roots against untyped")
     args = ap.parse_args(argv)
     if args.typed:
-        print_typed(min(args.n, 20_000) if args.n == 200_000 else args.n, args.repeat)
+        print_typed(20_000 if args.n == 200_000 else args.n,
+                    11 if args.repeat == 5 else args.repeat)
         return 0
     if args.breakdown:
         print_breakdown(args.n, args.repeat)

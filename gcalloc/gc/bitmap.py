@@ -243,6 +243,8 @@ def _write_groups(bitmap: np.ndarray, first: np.ndarray, ph: np.ndarray, lay: La
 
 
 RUN_MIN = 8     # consecutive slots from which a logged run is written as one slice
+BIG_WORDS = 64  # slots at least this big are written one slice each (fancy indexing of
+                # many bytes per object costs more than a slice per object)
 
 
 def _write_run(bitmap: np.ndarray, i: int, p0: int, m: int, lay: Layout) -> None:
@@ -398,16 +400,17 @@ class PendingBits:
 
     def _write(self, lay: Layout, addrs: np.ndarray) -> None:
         """Write the bits of the logged objects of one layout and type their spans. A log is
-        mostly runs of consecutive slots (an mcache's runs): each run of RUN_MIN or more is
-        one slice; the others are written by phase groups."""
+        mostly runs of consecutive slots (an mcache's runs): each run of RUN_MIN or more (of
+        any length for slots of BIG_WORDS or more) is one slice; the others are written by
+        phase groups."""
         arenas = self.arenas
         n = lay.nwords
         rest: np.ndarray | None = None
-        if len(addrs) >= RUN_MIN:
+        if len(addrs) >= RUN_MIN or n >= BIG_WORDS:
             brk = np.flatnonzero(np.diff(addrs.view(np.int64)) != n << 3) + 1
             starts = np.concatenate(([0], brk))
             ends = np.concatenate((brk, [len(addrs)]))
-            long = (ends - starts) >= RUN_MIN
+            long = (ends - starts) >= (1 if n >= BIG_WORDS else RUN_MIN)
             if long.any():
                 rest = np.ones(len(addrs), np.bool_)
                 with WRITE_LOCK:

@@ -38,6 +38,7 @@ import numpy as np
 from gcalloc.gc.markbuf import (
     BLOCK_WORDS,
     BUF_WORDS,
+    CHUNK_CAP,
     OBLET_WORDS,
     ChunkBuffer,
     Frontier,
@@ -58,6 +59,7 @@ class VectorPath:
         self.scratch = scratch
         self.marked = [0, 0]
         self.scanned = [0, 0]
+        self._lbufs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def step(self, chunks: list[ChunkBuffer], worker: int = 0) -> Frontier:
         """Scan the grey objects and shade what their words point at, one block of at most
@@ -94,7 +96,9 @@ class VectorPath:
         """Scan the objects of spans with a span type (one layout for the whole span): only
         the layout's pointer words are read, with no bitmap lookup. Returns the others."""
         sn = self.snap
-        lay = np.take(sn.layout, sids)
+        n = len(sids)
+        lay_buf, first_buf, base_buf = self._layout_buffers(worker, n)
+        lay = np.take(sn.layout, sids, out=lay_buf[:n], mode="clip")
         k0 = int(lay[0])
         if not k0 and not lay.any():
             return sids, idxs
@@ -102,9 +106,17 @@ class VectorPath:
         for k in kinds:
             if not k:
                 continue
-            sel = lay == k if len(kinds) > 1 else slice(None)
-            s_k, i_k = sids[sel], idxs[sel]
-            first = np.take(sn.welem, s_k) * i_k + np.take(sn.wbase, s_k)
+            if len(kinds) > 1:
+                sel = lay == k
+                s_k, i_k = sids[sel], idxs[sel]
+            else:
+                s_k, i_k = sids, idxs
+            m = len(s_k)
+            # into kept buffers: a chunk's temporaries are big enough for glibc to map and
+            # unmap them each time (page faults; see gc/markbuf.py)
+            first = np.take(sn.welem, s_k, out=first_buf[:m], mode="clip")
+            first *= i_k
+            first += np.take(sn.wbase, s_k, out=base_buf[:m], mode="clip")
             offs = sn.layouts[k].offsets   # type: ignore[union-attr]  # k > 0: a Layout
             n0 = len(offs)
             if not n0:
@@ -118,6 +130,15 @@ class VectorPath:
             return sids[:0], idxs[:0]
         rest = lay == 0
         return sids[rest], idxs[rest]
+
+    def _layout_buffers(self, worker: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """_scan_layouts' per-worker buffers (span type numbers, first words, bases)."""
+        bufs = self._lbufs.get(worker)
+        if bufs is None or len(bufs[0]) < n:
+            cap = max(n, CHUNK_CAP)
+            bufs = self._lbufs[worker] = (np.empty(cap, np.int32), np.empty(cap, np.int64),
+                                          np.empty(cap, np.int64))
+        return bufs
 
     def shade(self, P: np.ndarray, worker: int = 0) -> Frontier:
         """Mark the objects the candidate pointers P point at; return the newly grey scan
