@@ -355,10 +355,7 @@ class Heap:
         found = self._find(p)
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        roots = self._roots
-        with roots.lock:              # RootSet.add, inlined: a root per object
-            counted = roots.counted
-            counted[found[0]] = counted.get(found[0], 0) + 1
+        self._roots.add(found[0])
 
     def remove_root(self, p: int) -> None:
         """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""

@@ -195,7 +195,8 @@ class Allocator:
                 e = self.typed_fast[type]
             except (KeyError, TypeError):   # not seen yet, or unhashable: _alloc_other
                 return self._alloc_other(c, size, type, noscan, zero)
-            if e[0] == size and size.__class__ is int and not noscan:
+            # ``is``: the common small sizes are shared int objects; else compare as ints
+            if (e[0] is size or e[0] == size and size.__class__ is int) and not noscan:
                 p = next(c.runs[e[1]], 0)
                 if p:
                     e[2](p)

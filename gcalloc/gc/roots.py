@@ -165,12 +165,7 @@ class Handle:
         self.count = count
         self._view = None
         self._roots = roots.ref
-        try:
-            slot = roots._free_slots.pop()     # handle_slot, inlined: a Handle per object
-        except IndexError:
-            slot = roots._grow_handles()
-        roots.handle_addrs[slot] = addr
-        self._slot = slot
+        self._slot = roots.handle_slot(addr)
 
     @property
     def view(self):
@@ -195,8 +190,7 @@ class Handle:
         if slot >= 0:
             roots = self._roots()
             if roots is not None:
-                roots.handle_addrs[slot] = 0
-                roots._free_slots.append(slot)
+                roots.release_slot(slot)
 
     def __del__(self) -> None:
         try:
