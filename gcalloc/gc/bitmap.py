@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gcalloc.arena import HEAP_ARENA_BITMAP_BYTES, HEAP_ARENA_BYTES, Arenas
+from gcalloc.arena import HEAP_ARENA_BITMAP_BYTES, HEAP_ARENA_BYTES, PAGES_PER_ARENA, Arenas
 from gcalloc.errors import HeapCorruption
 from gcalloc.gc.types import Type
 from gcalloc.sizeclasses import PAGE_SHIFT
@@ -267,15 +267,24 @@ def _write_run(bitmap: np.ndarray, i: int, p0: int, m: int, lay: Layout) -> None
     seg[:] = vals
 
 
-def _locate(arenas: Arenas, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(arena slot, word index in the arena) of each heap address (uint64), and the arena
-    bases; HeapCorruption for an address outside the heap."""
+def _locate(arenas: Arenas, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
+    """(arena slot, word index in the arena) of each heap address (uint64); HeapCorruption
+    for an address outside the heap. A log usually lies in one arena: then two array
+    operations, without the arena index."""
+    if not len(addrs):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), None
+    lo = int(addrs.min())
+    hi = int(addrs.max())
+    arena = arenas.arena_of(lo)
+    if arena is not None and hi - arena.base < HEAP_ARENA_BYTES:
+        words = ((addrs - np.uint64(arena.base)) >> np.uint64(3)).astype(np.int64)
+        return np.full(len(addrs), arena.slot, np.int64), words, None
     slot = arenas.slots_of(addrs).astype(np.int64) - 1
-    if len(slot) and slot.min() < 0:
+    if slot.min() < 0:
         raise HeapCorruption("heap bitmap: a typed object outside the heap")
-    bases = np.array([a.base for a in arenas.all], dtype=np.uint64)
+    bases = np.array([x.base for x in arenas.all], dtype=np.uint64)
     words = ((addrs - bases[slot]) >> np.uint64(3)).astype(np.int64)
-    return slot, words, bases
+    return slot, words, None
 
 
 def write_layout(arenas: Arenas, p: int, lay: Layout) -> None:
@@ -401,42 +410,46 @@ class PendingBits:
     def _write(self, lay: Layout, addrs: np.ndarray) -> None:
         """Write the bits of the logged objects of one layout and type their spans. A log is
         mostly runs of consecutive slots (an mcache's runs): each run of RUN_MIN or more (of
-        any length for slots of BIG_WORDS or more) is one slice; the others are written by
-        phase groups."""
+        any length for slots of BIG_WORDS or more) is one slice, found with three array
+        operations over the log and then handled per run; the others are written by phase
+        groups."""
         arenas = self.arenas
         n = lay.nwords
+        sids: set[int] = set()
         rest: np.ndarray | None = None
         if len(addrs) >= RUN_MIN or n >= BIG_WORDS:
-            brk = np.flatnonzero(np.diff(addrs.view(np.int64)) != n << 3) + 1
+            brk = np.flatnonzero(np.diff(addrs) != np.uint64(n << 3)) + 1
             starts = np.concatenate(([0], brk))
             ends = np.concatenate((brk, [len(addrs)]))
             long = (ends - starts) >= (1 if n >= BIG_WORDS else RUN_MIN)
             if long.any():
                 rest = np.ones(len(addrs), np.bool_)
+                a0, a1 = starts[long].tolist(), ends[long].tolist()
                 with WRITE_LOCK:
-                    for a, b in zip(starts[long].tolist(), ends[long].tolist()):
-                        p = int(addrs[a])
+                    for a, b, p in zip(a0, a1, addrs[starts[long]].tolist()):
                         arena = arenas.arena_of(p)
                         if arena is None:
                             raise HeapCorruption(f"heap bitmap: {p:#x} is not in the heap")
                         w = (p - arena.base) >> 3
-                        if w + (b - a) * n > WORDS_PER_ARENA:
+                        end = w + (b - a) * n
+                        if end > WORDS_PER_ARENA:
                             continue        # across an arena's end: by groups below
                         _write_run(arenas.bitmap, arena.bitmap_off + (w >> 2), w & 3, b - a,
                                    lay)
                         rest[a:b] = False
+                        pg = arena.pages_off + (w >> (PAGE_SHIFT - 3))
+                        sids.update(arenas.page_span[pg:arena.pages_off + (
+                            (end - 1) >> (PAGE_SHIFT - 3)) + 1].tolist())
         left = addrs if rest is None else addrs[rest]
         if len(left):
             slot, words, _ = _locate(arenas, left)
             _write_groups(arenas.bitmap, slot * HEAP_ARENA_BITMAP_BYTES + (words >> 2),
                           words & 3, lay)
-        # The spans written: one look-up per page the log touches.
-        pages = addrs >> np.uint64(PAGE_SHIFT)
-        if len(pages) > 1:
-            pages = pages[np.flatnonzero(np.diff(pages.view(np.int64), prepend=-1))]
-        spans = {self._span_at(pg << PAGE_SHIFT) for pg in set(pages.tolist())}
+            pages = slot * PAGES_PER_ARENA + (words >> (PAGE_SHIFT - 3))
+            sids.update(arenas.page_span[np.unique(pages)].tolist())
         small = []
-        for s in spans:
+        for i in sids:
+            s = self.spans[i] if i else None
             if s is None:
                 continue
             if not s.typed:
@@ -445,13 +458,6 @@ class PendingBits:
                 small.append(s)
         if small:
             self._type_spans(lay, small)
-
-    def _span_at(self, p: int) -> MSpan | None:
-        arena = self.arenas.arena_of(p)
-        if arena is None:
-            return None
-        sid = int(self.arenas.page_span[arena.pages_off + ((p - arena.base) >> PAGE_SHIFT)])
-        return self.spans[sid] if sid else None
 
     def _type_spans(self, lay: Layout, spans: list[MSpan]) -> None:
         """Give lay to the spans whose every slot now has lay's bits (see the module
