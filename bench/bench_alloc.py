@@ -225,6 +225,15 @@ def _loop_untyped(h: gcalloc.Heap, calls: int, size: int) -> float:
     return (time.perf_counter_ns() - t0) / calls
 
 
+def _loop_keyword(h: gcalloc.Heap, calls: int, size: int) -> float:
+    """alloc(size, type=None): the untyped call spelled with the keyword (its floor)."""
+    alloc = h.alloc
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        alloc(size, type=None)
+    return (time.perf_counter_ns() - t0) / calls
+
+
 def _loop_new(h: gcalloc.Heap, calls: int) -> float:
     new = h.new
     t0 = time.perf_counter_ns()
@@ -317,6 +326,8 @@ def print_typed(n: int, repeat: int) -> None:
                 add("t " + label, _loop_typed(h, calls, size, typ))
                 h.collect()
             add("u new", _loop_untyped(h, n, 24))
+            add("t kw", _loop_keyword(h, n, 24))
+            h.collect()
             add("t new", _loop_new(h, n))
             add("t handle", _loop_handle(h, n, p))
             add("t roots", _loop_roots(h, n, p))
@@ -347,6 +358,9 @@ def print_typed(n: int, repeat: int) -> None:
 
     for label, _size, _typ, bar in TYPED_ROWS:
         row(label, "t " + label, "u " + label, bar)
+    print(f"{'alloc(24, type=None): keyword only':<34}{med['t kw']:8.0f}{med['u new']:9.0f}"
+          f"{statistics.median(t / u for t, u in zip(times['t kw'][1:], times['u new'][1:])):7.2f}x"
+          f"  (the floor of any type= call)")
     row("new(Node) vs alloc(24)", "t new", "u new", 2.5)
     row("handle(p) vs alloc(24)", "t handle", "u new", 3.0)
     row("add_root+remove_root vs alloc(24)", "t roots", "u new", 4.0)
