@@ -352,17 +352,25 @@ class Heap:
     def add_root(self, p: int) -> None:
         """Keep the object holding p alive until a matching remove_root (counted). Raises
         NotHeapPointer, HeapClosed."""
+        roots = self._roots
+        if p.__class__ is int and p in roots.counted and not self._alloc.closed:
+            roots.add(p)     # a counted root is an object's base, alive while rooted
+            return
         found = self._find(p)
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        self._roots.add(found[0])
+        roots.add(found[0])
 
     def remove_root(self, p: int) -> None:
         """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""
+        roots = self._roots
+        if p.__class__ is int and p in roots.counted and not self._alloc.closed:
+            roots.remove(p)  # a counted root's base needs no lookup (see add_root)
+            return
         found = self._find(p)
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        self._roots.remove(found[0])
+        roots.remove(found[0])
 
     def add_root_range(self, addr: int, size: int, conservative: bool = True,
                        type: object = None) -> int:
