@@ -220,9 +220,10 @@ class Heap:
             self._alloc.typed_fast[type] = (size, plan.spc | 1, _DISCARD, None)
             return p
         assert plan.layout is not None     # small
-        log = self._pending.log(plan.layout)
-        log.append(p)
-        self._alloc.typed_fast[type] = (size, plan.spc, log.append, plan.layout)
+        with bitmap.WRITE_LOCK:    # not between a flush's swap of the logs and its writes
+            log = self._pending.log(plan.layout)
+            log.append(p)
+            self._alloc.typed_fast[type] = (size, plan.spc, log.append, plan.layout)
         if self._pending.pending() > bitmap.PendingBits.LIMIT:
             with self._alloc.inside():
                 self._pending.flush()

@@ -476,19 +476,24 @@ class PendingBits:
         with WRITE_LOCK:
             self.closed = True
             self.logs = {}
+            _PENDING.pop(self.arenas, None)
 
 
-_PENDING: weakref.WeakKeyDictionary[Arenas, PendingBits] = weakref.WeakKeyDictionary()
+# Arenas -> its heap's PendingBits, both weakly: the Heap owns its PendingBits (which holds
+# the Arenas), so neither outlives the heap through this table.
+_PENDING: weakref.WeakKeyDictionary[Arenas, weakref.ref[PendingBits]] = \
+    weakref.WeakKeyDictionary()
 
 
 def register(pending: PendingBits) -> None:
     """Make ``flush(arenas)`` (the marker, the readers here) write pending's logs."""
-    _PENDING[pending.arenas] = pending
+    _PENDING[pending.arenas] = weakref.ref(pending)
 
 
 def flush(arenas: Arenas) -> None:
     """Write every logged typed object's bits of the heap owning arenas (if it logs any)."""
-    pending = _PENDING.get(arenas)
+    ref = _PENDING.get(arenas)
+    pending = ref() if ref is not None else None
     if pending is not None and pending.logs:
         pending.flush()
 
