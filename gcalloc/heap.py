@@ -592,15 +592,21 @@ class Heap:
             raise HeapCorruption("collector: " + "; ".join(problems[:20]))
 
     def _bitmap_problems(self) -> list[str]:
-        """The heap-bitmap invariant: every scan span holding no typed object has all-ones
-        bits (gc/bitmap.py)."""
+        """The heap-bitmap invariants: every scan span holding no typed object has all-ones
+        bits, and a span with a span type has its layout's bits in every slot
+        (gc/bitmap.py)."""
         out = []
+        arenas = self._alloc.mheap.arenas
         with self._alloc.mheap.lock:
             spans = [s for s in self._alloc.mheap.in_use_spans()
-                     if not s.noscan and not s.typed and not s.faulted]
+                     if not s.noscan and s.typed is not True and not s.faulted]
         for s in spans:
-            if not bitmap.span_all_ones(self._alloc.mheap.arenas, s.base, s.npages << PAGE_SHIFT):
-                out.append(f"untyped scan span without all-ones heap bits: {s!r}")
+            nbytes = s.npages << PAGE_SHIFT
+            if not s.typed:
+                if not bitmap.span_all_ones(arenas, s.base, nbytes):
+                    out.append(f"untyped scan span without all-ones heap bits: {s!r}")
+            elif not bitmap.span_has_layout(arenas, s, s.typed):   # type: ignore[arg-type]
+                out.append(f"span type {s.typed!r} not in every slot's bits: {s!r}")
         return out
 
     def _root_problems(self) -> list[str]:

@@ -103,6 +103,16 @@ def span_all_ones(arenas: Arenas, base: int, nbytes: int) -> bool:
                for off, w0, _, n in _arena_pieces(arenas, base, nbytes))
 
 
+def span_has_layout(arenas: Arenas, s: MSpan, lay: Layout) -> bool:
+    """Whether every slot of small span s has lay's bits (a span type's claim; verify)."""
+    nbytes = s.npages << PAGE_SHIFT
+    arena = arenas.arena_of(s.base)
+    if arena is None:
+        return False
+    i = arena.bitmap_off + ((s.base - arena.base) >> 5)
+    return bool((arenas.bitmap[i:i + (nbytes >> 5)] == lay.span_row(s.nelems, nbytes)).all())
+
+
 def object_bits(typ: Type, data_bytes: int, elemsize: int) -> tuple[int, int]:
     """(pointer bits, scan bits) over the object's words, as ints (bit i: word i).
 

@@ -6,17 +6,16 @@ mutator is Python, so the roots are declared).
   scanned word by word, conservatively or with a Type's pointer mask;
 - Handles: a slot in a table of addresses (a Python list, read into numpy only at mark time);
   the object is a root while the Python Handle object lives. Creating or dropping a Handle
-  is a list pop or append and one list store, with no lock: each is one atomic operation
-  under the interpreter lock, and the collector reads the table once per cycle.
+  is a list pop or append and one list store under ``lock`` (reentrant: a Handle's
+  ``__del__`` may run while this thread holds it); no numpy on that path.
 
 ``RootSet.candidates()`` returns every root word as one uint64 array of candidate pointers,
 which the marker resolves with findObject: interior pointers keep their object; pointers to
 free slots, free spans or outside the heap are ignored.
 
 Invariants: ``handle_addrs[i]`` is 0 for a free slot and every free slot is on
-``_free_slots`` once; ``counted[p] > 0`` for every key. Counted roots and ranges change under
-``lock``, which the collector also holds while it reads the roots; a Handle made while the
-collector reads is in this cycle's roots or not, as if made just before or just after.
+``_free_slots`` once; ``counted[p] > 0`` for every key. Mutations happen under ``lock``,
+which the collector also holds while it reads the roots.
 Once the heap closed (``closed``), a Handle's ``view`` raises HeapClosed; releasing one is
 still fine (it only touches this table).
 """
@@ -101,28 +100,32 @@ class RootSet:
     # --- handles -----------------------------------------------------------------------
 
     def handle_slot(self, p: int) -> int:
-        try:
-            slot = self._free_slots.pop()
-        except IndexError:
-            slot = self._grow_handles()
-        self.handle_addrs[slot] = p
-        return slot
+        # Under lock, although each step is atomic: without it, a Handle made or dropped
+        # while the collector reads the table lost a live object in
+        # test_threads_building_lists_while_another_collects (about 1 run in 10).
+        with self.lock:
+            try:
+                slot = self._free_slots.pop()
+            except IndexError:
+                slot = self._grow_handles()
+            self.handle_addrs[slot] = p
+            return slot
 
     def release_slot(self, slot: int) -> None:
-        self.handle_addrs[slot] = 0
-        self._free_slots.append(slot)
+        with self.lock:
+            self.handle_addrs[slot] = 0
+            self._free_slots.append(slot)
 
     @property
     def handles_live(self) -> int:
         return len(self.handle_addrs) - len(self._free_slots)
 
     def _grow_handles(self) -> int:
-        """Double the table (under lock: two threads may find it full) and take a slot."""
-        with self.lock:
-            old = len(self.handle_addrs)
-            self.handle_addrs.extend([0] * old)
-            self._free_slots.extend(range(old * 2 - 1, old, -1))
-            return old
+        """Double the table and take a slot (caller holds lock)."""
+        old = len(self.handle_addrs)
+        self.handle_addrs.extend([0] * old)
+        self._free_slots.extend(range(old * 2 - 1, old, -1))
+        return old
 
     # --- for the collector -------------------------------------------------------------
 
