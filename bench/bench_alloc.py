@@ -19,6 +19,16 @@ the same sequence of calls from a Python ``for`` loop:
 
 Repetitions interleave the variants in one process; the table gives the median ns per call and
 the ratio to Boehm. Run ``python bench/bench_alloc.py [-n N] [-r REPEAT]``.
+
+``--typed`` runs the typed table instead: each row times a typed call against the untyped call
+it stands beside, interleaved in one process on one Heap with the collector off (a collect()
+between repetitions, outside the timing, empties it), and prints the ratio and the bar:
+``alloc(size, type=T)`` against ``alloc(size)`` for a 24-byte ``Node``, the 96-byte ``Big``,
+arrays of n Nodes and a large (> 32 KiB) array; ``new(T)``, ``handle(p)`` and an
+``add_root``/``remove_root`` pair against ``alloc(24)``. A typed row's time includes writing
+its heap bits (the flush of the typed log, done inside the timing). Boehm's ``GC_malloc`` and
+``GC_malloc_explicitly_typed`` and a ``GC_add_roots``/``GC_remove_roots`` pair stand beside
+where libgc is present.
 """
 
 from __future__ import annotations
@@ -176,6 +186,197 @@ def breakdown(work: list[tuple[int, bool]], gc_percent: int) -> tuple[float, flo
             n / slow_calls)
 
 
+class Node(ctypes.Structure):
+    pass
+
+
+Node._fields_ = [("left", ctypes.POINTER(Node)), ("right", ctypes.POINTER(Node)),
+                 ("value", ctypes.c_int64)]
+
+
+class Inner(ctypes.Structure):
+    _fields_ = [("tag", ctypes.c_int32), ("next", ctypes.POINTER(Node))]
+
+
+class Big(ctypes.Structure):
+    """96 bytes: a nested struct, arrays, POINTER and c_char_p fields."""
+    _fields_ = [("inner", Inner), ("name", ctypes.c_char_p), ("kids", ctypes.POINTER(Node) * 3),
+                ("counts", ctypes.c_int32 * 6), ("weight", ctypes.c_double),
+                ("parent", ctypes.POINTER(Node)), ("flags", ctypes.c_uint64)]
+
+
+assert ctypes.sizeof(Node) == 24 and ctypes.sizeof(Big) == 96
+
+
+def _loop_typed(h: gcalloc.Heap, calls: int, size: int, typ: object) -> float:
+    alloc = h.alloc
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        alloc(size, type=typ)
+    h._pending.flush()        # the bulk write of the heap bits is part of the typed cost
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _loop_untyped(h: gcalloc.Heap, calls: int, size: int) -> float:
+    alloc = h.alloc
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        alloc(size)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _loop_keyword(h: gcalloc.Heap, calls: int, size: int) -> float:
+    """alloc(size, type=None): the untyped call spelled with the keyword (its floor)."""
+    alloc = h.alloc
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        alloc(size, type=None)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _loop_new(h: gcalloc.Heap, calls: int) -> float:
+    new = h.new
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        new(Node)
+    h._pending.flush()
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _loop_handle(h: gcalloc.Heap, calls: int, p: int) -> float:
+    handle = h.handle
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        handle(p)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _loop_roots(h: gcalloc.Heap, calls: int, p: int) -> float:
+    add, remove = h.add_root, h.remove_root
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        add(p)
+        remove(p)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _boehm_typed(lib: ctypes.CDLL):
+    """(GC_malloc_explicitly_typed, Node's descriptor) or None."""
+    try:
+        lib.GC_make_descriptor.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t]
+        lib.GC_make_descriptor.restype = ctypes.c_size_t
+        fn = lib.GC_malloc_explicitly_typed
+    except AttributeError:
+        return None
+    fn.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    fn.restype = ctypes.c_void_p
+    bm = (ctypes.c_size_t * 1)(0b011)
+    return fn, lib.GC_make_descriptor(bm, 3)
+
+
+def _loop_boehm(fn, calls: int, *args) -> float:
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        fn(*args)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _loop_boehm_roots(lib: ctypes.CDLL, calls: int) -> float:
+    area = (ctypes.c_uint64 * 4)()
+    lo = ctypes.addressof(area)
+    add, remove = lib.GC_add_roots, lib.GC_remove_roots
+    for fn in (add, remove):
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        fn.restype = None
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        add(lo, lo + 32)
+        remove(lo, lo + 32)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+# (label, untyped size, typed size, type, bar); calls scale down so a repetition stays
+# within ~24 MiB.
+TYPED_ROWS = [("alloc(24, type=Node)", 24, Node, 1.3),
+              ("alloc(96, type=Big)", 96, Big, 1.3),
+              ("alloc(10*24, type=Node)", 240, Node, 1.3),
+              ("alloc(100*24, type=Node)", 2400, Node, 1.3),
+              ("alloc(1000*24, type=Node)", 24000, Node, 1.3),
+              ("alloc(2000*24, type=Node) large", 48000, Node, 1.3)]
+
+
+def print_typed(n: int, repeat: int) -> None:
+    """The typed table (see the module comment)."""
+    boehm = load_boehm()
+    typed = _boehm_typed(boehm) if boehm is not None else None
+    h = gcalloc.Heap(gc_percent=-1)
+    p = h.alloc(24, type=Node)
+    keep = h.handle(p)
+    times: dict[str, list[float]] = {}
+
+    def add(name: str, t: float) -> None:
+        times.setdefault(name, []).append(t)
+
+    gc.disable()
+    try:
+        for _ in range(repeat + 1):            # the first repetition warms the heap
+            for label, size, typ, _bar in TYPED_ROWS:
+                calls = max(50, min(n, (24 << 20) // size))
+                add("u " + label, _loop_untyped(h, calls, size))
+                add("t " + label, _loop_typed(h, calls, size, typ))
+                h.collect()
+            add("u new", _loop_untyped(h, n, 24))
+            add("t kw", _loop_keyword(h, n, 24))
+            h.collect()
+            add("t new", _loop_new(h, n))
+            add("t handle", _loop_handle(h, n, p))
+            add("t roots", _loop_roots(h, n, p))
+            h.collect()
+            if boehm is not None:
+                add("b GC_malloc(24)", _loop_boehm(boehm.GC_malloc, n, 24))
+                if typed is not None:
+                    add("b typed", _loop_boehm(typed[0], n, 24, typed[1]))
+                add("b roots", _loop_boehm_roots(boehm, n))
+    finally:
+        gc.enable()
+        keep.release()
+        h.close()
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    print(f"typed allocation, Handles and roots: n={n} calls, {repeat} repetitions "
+          f"(gc off, a warm heap), median ns/call; ratio: the median of each repetition's "
+          f"typed/untyped (measured next to each other)")
+    print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"{'call':<34}{'typed':>8}{'untyped':>9}{'ratio':>8}{'bar':>7}")
+    ok = True
+
+    def row(label: str, tkey: str, ukey: str, bar: float) -> None:
+        nonlocal ok
+        r = statistics.median(t / u for t, u in zip(times[tkey][1:], times[ukey][1:]))
+        ok = ok and r <= bar
+        print(f"{label:<34}{med[tkey]:8.0f}{med[ukey]:9.0f}{r:7.2f}x{bar:6.1f}x "
+              f"{'ok' if r <= bar else 'MISS'}")
+
+    for label, _size, _typ, bar in TYPED_ROWS:
+        row(label, "t " + label, "u " + label, bar)
+    print(f"{'alloc(24, type=None): keyword only':<34}{med['t kw']:8.0f}{med['u new']:9.0f}"
+          f"{statistics.median(t / u for t, u in zip(times['t kw'][1:], times['u new'][1:])):7.2f}x"
+          f"  (the floor of any type= call)")
+    row("new(Node) vs alloc(24)", "t new", "u new", 2.5)
+    row("handle(p) vs alloc(24)", "t handle", "u new", 3.0)
+    row("add_root+remove_root vs alloc(24)", "t roots", "u new", 4.0)
+    if boehm is None:
+        print("Boehm GC (libgc.so.1) not found: no Boehm rows")
+    else:
+        b = med["b GC_malloc(24)"]
+        print(f"{'Boehm GC_malloc(24)':<34}{b:8.0f}")
+        if "b typed" in med:
+            print(f"{'Boehm GC_malloc_explicitly_typed':<34}{med['b typed']:8.0f}"
+                  f"{'':9}{med['b typed'] / b:7.2f}x (vs GC_malloc)")
+        print(f"{'Boehm GC_add_roots+GC_remove_roots':<34}{med['b roots']:8.0f}"
+              f"{'':9}{med['b roots'] / b:7.2f}x (vs GC_malloc)")
+    print(f"typed bars: {'all met' if ok else 'NOT all met'}")
+
+
 def print_breakdown(n: int, repeat: int) -> None:
     rows = [("benchmark mix, GC off", workload(n), -1),
             ("benchmark mix, GC on (GOGC=100)", workload(n), 100),
@@ -221,7 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-r", "--repeat", type=int, default=5, help="repetitions")
     ap.add_argument("--breakdown", action="store_true",
                     help="time the slow paths from inside instead (docs/performance.md)")
+    ap.add_argument("--typed", action="store_true",
+                    help="the typed table instead: type=, new, handle, roots against untyped")
     args = ap.parse_args(argv)
+    if args.typed:
+        print_typed(20_000 if args.n == 200_000 else args.n,
+                    11 if args.repeat == 5 else args.repeat)
+        return 0
     if args.breakdown:
         print_breakdown(args.n, args.repeat)
         return 0

@@ -6,6 +6,9 @@ Workloads (each built once, then collected several times; the table gives the me
   right, value), conservative objects linked through their first two words; Boehm builds the
   same tree with GC_malloc and roots it with GC_add_roots. Side by side: our full
   collection (mark + eager sweep, i.e. runtime.GC) at most 4x GC_gcollect.
+- ``typed gcbench tree``: the same tree built untyped and with ``type=TreeNode`` (left, right:
+  POINTER; value: c_int64) in two heaps, their collect()s alternating: the typed one reads
+  only the two pointer words of each node (its spans carry the node's layout).
 - ``narrow shapes``: graphs whose breadth-first frontier stays a few objects wide, each
   beside Boehm on the same graph: singly linked lists of 5x10^5 and 10^6 24-byte nodes, a
   doubly linked list, a list whose nodes each hang a 7-node subtree, and a *caterpillar* (a
@@ -61,6 +64,51 @@ def _node(alloc, left: int, right: int) -> int:
     p = alloc(24)
     link(p, left, right)
     return p
+
+
+class TreeNode(ctypes.Structure):
+    pass
+
+
+TreeNode._fields_ = [("left", ctypes.POINTER(TreeNode)), ("right", ctypes.POINTER(TreeNode)),
+                     ("value", ctypes.c_int64)]
+
+
+def typed_tree_rows(depth: int, repeat: int, boehm_ms: float | None) -> None:
+    """The GCBench tree built untyped (conservative) and typed (``type=TreeNode``: left,
+    right, value) in two heaps alive at once, their collect()s alternating (side by side in
+    one run): medians, typed/untyped and x Boehm."""
+    heaps, roots = [], []
+    try:
+        for typ in (None, TreeNode):
+            h = gcalloc.Heap(gc_percent=-1)
+            heaps.append(h)
+            roots.append(h.handle(build_tree(lambda n, h=h, typ=typ: h.alloc(n, type=typ),
+                                             depth)))
+            h.collect()
+            assert h.read_memstats().heap_objects == (1 << (depth + 1)) - 1
+        runs: list[list[float]] = [[], []]
+        for _ in range(max(repeat, 9)):
+            for h, out in zip(heaps, runs):
+                t = time.perf_counter()
+                h.collect()
+                out.append(time.perf_counter() - t)
+    finally:
+        for r in roots:
+            r.release()
+        for h in heaps:
+            h.close()
+    u, t = statistics.median(runs[0]), statistics.median(runs[1])
+    paired = statistics.median(b / a for a, b in zip(*runs))   # each pair side by side
+    print(f"\ntyped GCBench tree, depth {depth}: the same tree built both ways, collect()s "
+          f"alternating")
+    print(f"  {'':34}{'ms':>9}{'x Boehm':>9}")
+    for label, v in (("untyped (conservative)", u), ("typed (type=TreeNode)", t)):
+        ratio = f"{v / boehm_ms:9.2f}" if boehm_ms else f"{'-':>9}"
+        print(f"  {label:34}{v * 1000:9.1f}{ratio}")
+    both = ("yes" if max(t, u) <= 2 * boehm_ms else "no") if boehm_ms else "no Boehm"
+    print(f"  typed / untyped = {paired:.2f} (median of alternating pairs; bar <= 1.10); "
+          f"both <= 2x Boehm: {both}")
 
 
 def build_list(alloc, n: int) -> int:
@@ -373,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:34}{t * ms:9.1f}{ratio}")
     print(f"  mark paths: {vsteps} vector steps, {sobjs} objects on the scalar path, "
           f"{marked:,} marked")
+    typed_tree_rows(args.depth, args.repeat, b)
     print("\nnarrow shapes: collect() beside GC_gcollect on the same graph")
     print(f"  {'':38}{'objects':>10}{'Boehm ms':>10}{'ours ms':>9}{'x Boehm':>9}  mark paths")
     for label, build, arg, nobj in narrow_shapes(args.list):

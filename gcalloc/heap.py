@@ -16,17 +16,20 @@ contract (arguments, exceptions), which the README's table is checked against.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import io
 import os
 import weakref
 from collections.abc import Callable, Iterator
+from operator import length_hint
 from typing import Any
 
 import numpy as np
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
+from gcalloc.arena import ARENA_BASE_OFFSET, LOG_HEAP_ARENA_BYTES, HeapArena
 from gcalloc.capi import CApi
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
@@ -50,11 +53,17 @@ from gcalloc.gc.types import Type, check_array, ctype_size, type_of
 from gcalloc.gc.weak import Cleanup, WeakAndCleanups, WeakPointer
 from gcalloc.hooks import GCHooks
 from gcalloc.malloc import MAX_ALLOC, Allocator
-from gcalloc.mspan import MSpan
+from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.mstats import MemStats
 from gcalloc.os.probe import readable
 from gcalloc.scavenge import Scavenger, scavenge
-from gcalloc.sizeclasses import PAGE_SHIFT
+from gcalloc.sizeclasses import (
+    MAX_SMALL_SIZE,
+    PAGE_SHIFT,
+    class_to_size,
+    make_span_class,
+    size_to_class,
+)
 
 
 class Heap:
@@ -98,9 +107,18 @@ class Heap:
         self.free = a.free            # type: ignore[method-assign]  # same signature
         self.lookup = a.lookup        # type: ignore[method-assign]  # same signature
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
+        self._typed_plans: dict[tuple[object, int], _TypedPlan] = {}
+        self._new_plans: dict[object, tuple[int, object]] = {}
+        # _find's views: the page map and alloc bits as memoryviews (Python ints per read)
+        self._arena_by_index: dict[int, HeapArena] = {}
+        self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
+        self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
+        self._pending = bitmap.PendingBits(a.mheap.arenas, a.mheap.spans, a.typed_fast)
+        bitmap.register(self._pending)
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._gc.pacer.set_memory_limit(memlimit)
+            self._roots = self._gc.roots
             self._scavenger: Scavenger | None = None
             if scavenger or (scavenger is None and self._debug.scavenger):
                 self._scavenger = Scavenger(a.mheap)
@@ -193,28 +211,65 @@ class Heap:
     # --- typed allocation and Handles ---------------------------------------------------
 
     def _alloc_typed(self, size: int, type: object, noscan: bool, zero: bool) -> int:
-        """``alloc(size, type=T)``: size must be a multiple of T's size. A zero-size T only
-        allocates size 0 (the zerobase): n bytes of it would be no whole number of Ts, and
-        handing out the zerobase for them would let the caller write over the allocator's
-        own memory. Raises InvalidSize, InvalidArgument, InvalidType."""
+        """``alloc(size, type=T)`` off the fast path: size must be a multiple of T's size.
+        A zero-size T only allocates size 0 (the zerobase): n bytes of it would be no whole
+        number of Ts, and handing out the zerobase for them would let the caller write over
+        the allocator's own memory. Raises InvalidSize, InvalidArgument, InvalidType.
+
+        A small object's address goes to its layout's log (its bits are written in bulk:
+        gc/bitmap.py) and (type, size) into the allocator's typed fast table, so the next
+        ones take the fast path; a large object's bits are written now."""
+        plan: _TypedPlan | None
+        try:
+            plan = self._typed_plans[(type, size)]
+        except (KeyError, TypeError):
+            plan = self._typed_plan(type, size)
+        if plan is None:
+            return self._alloc.zerobase
+        scan = not (noscan or plan.type.noscan)
+        p = self.alloc(size, None, not scan, zero)
+        if plan.spc < 0:                       # large
+            if scan:
+                a = self._alloc
+                entered = a._enter()     # close() must not unmap the bitmap under this write
+                try:
+                    s = a.mheap.span_of(p)
+                    assert s is not None   # p was just allocated: its span is in use
+                    bitmap.write_layout(a.mheap.arenas, p,
+                                        plan.large_layout(s.npages << PAGE_SHIFT))
+                    s.typed = True
+                finally:
+                    a._leave(entered)
+            return p
+        if noscan:
+            return p
+        if not scan:
+            self._alloc.typed_fast[type] = (size, plan.spc | 1, _DISCARD, None)
+            return p
+        assert plan.layout is not None     # small
+        with bitmap.WRITE_LOCK:    # not between a flush's swap of the logs and its writes
+            log = self._pending.log(plan.layout)
+            log.append(p)
+            self._alloc.typed_fast[type] = (size, plan.spc, log.append, plan.layout)
+        if self._pending.pending() > bitmap.PendingBits.LIMIT:
+            with self._alloc.inside():
+                self._pending.flush()
+        return p
+
+    def _typed_plan(self, type: object, size: int) -> _TypedPlan | None:
+        """Check T against size (the errors of _alloc_typed) and remember the result."""
         t = type_of(type)
         if size == 0:
-            return self._alloc.zerobase
+            return None
         if t.size == 0:
             raise InvalidSize(f"{size} bytes of a zero-size type: only size 0 is possible")
         if size % t.size:
             raise InvalidSize(f"size {size} is not a multiple of the type's size {t.size}")
         check_array(t, size)
-        noscan = noscan or t.noscan
-        p = self.alloc(size, None, noscan, zero)
-        if not noscan:
-            with self._alloc.inside():     # close() must not unmap the bitmap under this write
-                s = self._alloc.mheap.span_of(p)
-                assert s is not None   # p was just allocated: its span is in use
-                extent = s.npages << PAGE_SHIFT if s.sizeclass == 0 else s.elemsize
-                bitmap.set_object_type(self._alloc.mheap.arenas, p, extent, t, size)
-                s.typed = True
-        return p
+        plan = _TypedPlan(t, size)
+        if len(self._typed_plans) < 4096:      # a bound for callers with endless sizes
+            self._typed_plans[(type, size)] = plan
+        return plan
 
     def alloc_many(self, size: int, n: int, type: object = None,
                    noscan: bool = False) -> np.ndarray:
@@ -263,6 +318,14 @@ class Heap:
         allocated with its layout and the Handle's ``view`` is its bytes (a ``c_ubyte``
         array of the Type's size). Raises InvalidArgument, InvalidType, InvalidSize,
         OutOfMemory, HeapClosed, all before anything is allocated."""
+        if n.__class__ is int and n == 1:
+            try:
+                size, view_type = self._new_plans[ctype]
+            except (KeyError, TypeError):
+                pass
+            else:
+                with self._gc.lock:   # no cycle between the allocation and its root
+                    return Handle(self._roots, self.alloc(size, ctype), view_type, 1)
         t = type_of(ctype)
         view_type = ctypes.c_ubyte * t.size if isinstance(ctype, Type) else ctype
         if isinstance(n, bool) or not isinstance(n, int):
@@ -274,7 +337,10 @@ class Heap:
             raise InvalidSize(f"{n} x {t.size} bytes exceeds the maximum allocation")
         with self._gc.lock:   # no cycle between the allocation and its root
             p = self.alloc(size, ctype)
-            return Handle(self._gc.roots, p, view_type, n)
+            handle = Handle(self._roots, p, view_type, n)
+        if n == 1 and len(self._new_plans) < 4096:   # checked: the next new(ctype) skips it
+            self._new_plans[ctype] = (size, view_type)
+        return handle
 
     def handle(self, p: int, ctype: type | None = None) -> Handle:
         """Root the object holding p for the life of the returned Handle; its ``view`` is
@@ -282,36 +348,98 @@ class Heap:
         object (its usable_size): a bigger view would read and write the next object.
         Raises NotHeapPointer, InvalidArgument (ctype not a ctypes type), InvalidType,
         InvalidSize (ctype larger than the object), HeapClosed."""
-        base, objsize = self._object(p)
+        found = self._find(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        base, objsize = found
         if ctype is not None:
             size = ctype_size(ctype)
             if size > objsize:
                 raise InvalidSize(f"a {size}-byte {ctype.__name__} does not fit the "
                                   f"{objsize}-byte object at {base:#x}")
-        return Handle(self._gc.roots, base, ctype, 1)
+        return Handle(self._roots, base, ctype, 1)
 
-    def _object(self, p: object) -> tuple[int, int]:
-        """(base, usable size) of the allocated object holding p."""
-        p = check_addr(p)
+    def _find(self, p: object) -> tuple[int, int] | None:
+        """lookup(p), by a shorter road for the usual case (Handles and roots are made per
+        object): the arena from a dict, the page map and alloc bits read through
+        memoryviews (Python ints, no numpy scalars), the safepoint region inlined. The
+        same tests as free.py's find_object, in the same order; anything unusual (no
+        mcache yet, inside a region, the world stopped, a closed heap, an address in no
+        arena seen yet) takes ``lookup`` itself."""
+        a = self._alloc
+        if p.__class__ is not int:
+            p = check_addr(p)
+        try:
+            c = a._tls.mcache
+        except AttributeError:
+            return self._find_slow(p)     # type: ignore[arg-type]
+        arena = self._arena_by_index.get((p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES)
+        if arena is None or c.mallocing or a._closed:
+            return self._find_slow(p)     # type: ignore[arg-type]
+        c.mallocing = True     # a safepoint region (Allocator._enter): close() waits for it
+        try:
+            if a._world.stopped:
+                found = None
+                slow = True
+            else:
+                slow = False
+                a.stats.lookups += 1
+                sid = self._page_span[arena.pages_off + ((p - arena.base) >> PAGE_SHIFT)]
+                s = a.mheap.spans[sid] if sid else None
+                if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+                    found = None
+                elif s.sizeclass == 0:
+                    found = (s.base, s.elemsize) if s.allocCount else None
+                else:
+                    elemsize = s.elemsize
+                    idx = (p - s.base) // elemsize
+                    owner = s.cached_by
+                    left = length_hint(owner.runs[s.spanclass]) if owner and s.run_end else 0
+                    if left and s.run_end - left * elemsize <= p < s.run_end:
+                        found = None   # reserved by an mcache, not yet handed out
+                    elif idx >= s.freeindex and not (
+                            self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
+                        found = None
+                    elif s.pending_frees and idx in s.pending_frees:
+                        found = None
+                    else:
+                        found = (s.base + idx * elemsize, elemsize)
+        finally:
+            c.mallocing = False
+        return self._find_slow(p) if slow else found  # type: ignore[arg-type]
+
+    def _find_slow(self, p: int) -> tuple[int, int] | None:
         self._check_open()
         found = self.lookup(p)
-        if found is None:
-            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        arena = self._alloc.mheap.arenas.arena_of(p)
+        if arena is not None:     # arenas stay until close: remember it for _find
+            self._arena_by_index[(p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES] = arena
         return found
-
-    def _object_base(self, p: object) -> int:
-        return self._object(p)[0]
 
     # --- roots -------------------------------------------------------------------------
 
     def add_root(self, p: int) -> None:
         """Keep the object holding p alive until a matching remove_root (counted). Raises
         NotHeapPointer, HeapClosed."""
-        self._gc.roots.add(self._object_base(p))
+        roots = self._roots
+        if p.__class__ is int and p in roots.counted and not self._alloc.closed:
+            roots.add(p)     # a counted root is an object's base, alive while rooted
+            return
+        found = self._find(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        roots.add(found[0])
 
     def remove_root(self, p: int) -> None:
         """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""
-        self._gc.roots.remove(self._object_base(p))
+        roots = self._roots
+        if p.__class__ is int and p in roots.counted and not self._alloc.closed:
+            roots.remove(p)  # a counted root's base needs no lookup (see add_root)
+            return
+        found = self._find(p)
+        if found is None:
+            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
+        roots.remove(found[0])
 
     def add_root_range(self, addr: int, size: int, conservative: bool = True,
                        type: object = None) -> int:
@@ -551,8 +679,12 @@ class Heap:
         bitmap.fill_span(self._alloc.mheap.arenas, first.base, nbytes, bitmap.ALL_ONES)
 
     def _on_free(self, s: MSpan, idx: int, refund: int) -> None:
+        if self._pending.pending():
+            # The object may be logged: its bits must be written (and its span typed)
+            # before they are reset, or a later flush would type whatever takes the slot.
+            self._pending.flush()
         if s.typed and s.sizeclass:
-            bitmap.reset_object(self._alloc.mheap.arenas, s.base + idx * s.elemsize, s.elemsize)
+            bitmap.reset_slots(self._alloc.mheap.arenas, s, [idx])
         if refund:
             self._gc.pacer.refund(refund)
         if s.specials:
@@ -580,27 +712,36 @@ class Heap:
             raise HeapCorruption("collector: " + "; ".join(problems[:20]))
 
     def _bitmap_problems(self) -> list[str]:
-        """The heap-bitmap invariant: every scan span holding no typed object has all-ones
-        bits (gc/bitmap.py)."""
+        """The heap-bitmap invariants: every scan span holding no typed object has all-ones
+        bits, and a span with a span type has its layout's bits in every slot
+        (gc/bitmap.py)."""
         out = []
+        arenas = self._alloc.mheap.arenas
         with self._alloc.mheap.lock:
             spans = [s for s in self._alloc.mheap.in_use_spans()
-                     if not s.noscan and not s.typed and not s.faulted]
+                     if not s.noscan and s.typed is not True and not s.faulted]
         for s in spans:
-            if not bitmap.span_all_ones(self._alloc.mheap.arenas, s.base, s.npages << PAGE_SHIFT):
-                out.append(f"untyped scan span without all-ones heap bits: {s!r}")
+            nbytes = s.npages << PAGE_SHIFT
+            if not s.typed:
+                if not bitmap.span_all_ones(arenas, s.base, nbytes):
+                    out.append(f"untyped scan span without all-ones heap bits: {s!r}")
+            elif not bitmap.span_has_layout(arenas, s, s.typed):   # type: ignore[arg-type]
+                out.append(f"span type {s.typed!r} not in every slot's bits: {s!r}")
         return out
 
     def _root_problems(self) -> list[str]:
         """The root table's bookkeeping agrees with itself."""
         roots = self._gc.roots
         with roots.lock:
-            live = int((roots.handle_addrs != 0).sum())
+            table = list(roots.handle_addrs)
+            free = list(roots._free_slots)
             counts_ok = all(n > 0 for n in roots.counted.values())
-            handles_live = roots.handles_live
         out = []
-        if live != handles_live:
-            out.append(f"{live} handle slots in use, {handles_live} Handles live")
+        live = sum(1 for a in table if a)
+        if live != len(table) - len(free):
+            out.append(f"{live} handle slots in use, {len(table) - len(free)} Handles live")
+        if len(set(free)) != len(free) or any(table[i] for i in free):
+            out.append("a handle slot in use is on the free list (or on it twice)")
         if not counts_ok:
             out.append("a counted root has a count <= 0")
         return out
@@ -628,6 +769,7 @@ class Heap:
             self._scavenger.stop()
             self._scavenger = None
         self._gc.roots.close()
+        self._pending.close()
         self._gc.close()
         try:
             self._alloc.release_memory()
@@ -646,6 +788,34 @@ class Heap:
         state = ("closed" if self._alloc.closed
                  else f"{self._alloc.stats.heap_inuse >> 10} KiB in use")
         return f"<gcalloc.Heap {state}>"
+
+
+# The log of pointer-free types: none.
+_DISCARD: Callable[[int], None] = collections.deque[int](maxlen=0).append
+
+
+class _TypedPlan:
+    """A checked (type, size) of alloc(size, type=T): its Type, its scan span class (-1:
+    large) and the Layout of its slot."""
+
+    __slots__ = ("type", "size", "spc", "layout", "_large")
+
+    def __init__(self, t: Type, size: int) -> None:
+        self.type = t
+        self.size = size
+        self._large: tuple[int, bitmap.Layout] | None = None
+        if size > MAX_SMALL_SIZE:
+            self.spc = -1
+            self.layout = None
+        else:
+            sc = size_to_class(size)
+            self.spc = int(make_span_class(sc, False))
+            self.layout = bitmap.Layout.of(t, class_to_size[sc], size)
+
+    def large_layout(self, extent: int) -> bitmap.Layout:
+        if self._large is None or self._large[0] != extent:
+            self._large = (extent, bitmap.Layout.of(self.type, extent, self.size))
+        return self._large[1]
 
 
 def _check_seconds(name: str, value: object) -> float:

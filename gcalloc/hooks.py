@@ -40,7 +40,8 @@ class GCHooks:
     # before the slot is free again: specials, heap bits, and ``refund`` bytes back to the
     # pacer (0 for a slot that stays charged: see gc/pacer.py).
     on_free: Callable[[MSpan, int, int], None]
-    # ``alloc(size, type=T)``: check T against size, allocate, write T's pointer bits.
+    # ``alloc(size, type=T)`` off the typed fast path: check T against size, allocate, log
+    # (small) or write (large) T's pointer bits, fill the allocator's ``typed_fast`` entry.
     alloc_typed: Callable[[int, object, bool, bool], int]
     # The collector's MemStats fields (next_gc, num_gc, pause_ns, ...) as a dict.
     gc_memstats: Callable[[], dict[str, Any]]

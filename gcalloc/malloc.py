@@ -9,8 +9,10 @@ The fast path (tiny block or ``next(run, 0)``) is a few attribute reads, one tab
 one builtin call on the thread's own mcache: no lock, no numpy, no ctypes. A *run* is the
 stretch of free slots Go's nextFreeFast would hand out one by one from allocCache; the slow
 path reserves it in one step, zeroes it if the span may be dirty, and stops it short of the
-next heap-profile sample (see mspan). Everything else leaves through ``_alloc_small`` (run
-used up) or ``_alloc_other`` (size 0, types, large objects, bad arguments).
+next heap-profile sample (see mspan). A typed call whose (type, size) is in ``typed_fast``
+takes the run too and appends the address to the type's log (the GC layer writes the heap
+bits in bulk). Everything else leaves through ``_alloc_small`` (run used up) or
+``_alloc_other`` (size 0, a type not in ``typed_fast`` yet, large objects, bad arguments).
 
 Zeroing: a span fresh from the OS is zero; ``span.needzero`` says whether a slot may hold old
 bytes, and only then is it cleared (``zero=False`` is Go's rawmem: never cleared).
@@ -152,6 +154,9 @@ class Allocator:
         # Run first by flush_mcaches, world stopped: caches outside the mcaches (the C ABI's
         # thread buckets, capi.py) give their runs back while the spans are still cached.
         self.flush_hooks: list[Callable[[], None]] = []
+        # type -> (size, span class, log, layout): typed allocations the fast path takes
+        # (filled and flushed by the GC layer: gc/bitmap.py's PendingBits).
+        self.typed_fast: dict = {}
 
     # --- allocation: the fast path -----------------------------------------------------
 
@@ -189,6 +194,20 @@ class Allocator:
             if p:
                 return p
             return self._alloc_small(c, spc, zero)
+        if type is not None:
+            # A type the GC layer has seen at this size (its alloc_typed hook fills
+            # typed_fast): the run's next slot, its address logged for the heap bits. The
+            # entry is read before the run (see gc/bitmap.py's PendingBits).
+            try:
+                e = self.typed_fast[type]
+            except (KeyError, TypeError):   # not seen yet, or unhashable: _alloc_other
+                return self._alloc_other(c, size, type, noscan, zero)
+            # ``is``: the common small sizes are shared int objects; else compare as ints
+            if (e[0] is size or e[0] == size and size.__class__ is int) and not noscan:
+                p = next(c.runs[e[1]], 0)
+                if p:
+                    e[2](p)
+                    return p
         return self._alloc_other(c, size, type, noscan, zero)
 
     # --- allocation: slow paths --------------------------------------------------------

@@ -12,7 +12,9 @@ which finds each object through the arena index and the span itself.
 Invariants kept here, as on the vectorised path: a word that does not point into an
 allocated slot of a snapshot span marks nothing (a free slot's mark word becomes -1 on the
 table step), so only allocated objects end marked; noscan objects are marked but never
-enter the next frontier; typed objects' words are read only where their pointer bit is set;
+enter the next frontier; typed objects' words are read only where their pointer bit is set
+(for a span with a span type: only its layout's pointer words, picked from the unpacked
+object without a bitmap read);
 a grey object enters exactly one next frontier (one thread: a mark word read as white is
 set before the next word is read). Both paths mark the same objects for the same frontier.
 """
@@ -20,7 +22,8 @@ set before the next word is read). Both paths mark the same objects for the same
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -60,9 +63,19 @@ class ScalarTables(NamedTuple):
     ssize: list[int]          # object size
     typed: list[bool]
     mem: memoryview
+    layout: list[int]                    # span type number (0: none)
+    pickers: list[Callable[[Sequence[int]], Sequence[int]] | None]   # by layout number
 
 
 GreyArrays = tuple[np.ndarray, np.ndarray]   # a frontier as (span ids, slots)
+
+
+def _picker(offsets: list[int]) -> Callable[[Sequence[int]], Sequence[int]]:
+    """A function taking an object's words to its pointer words (a span type's)."""
+    if len(offsets) == 1:
+        only = offsets[0]
+        return lambda words: (words[only],)
+    return itemgetter(*offsets)
 
 
 class ScalarPath:
@@ -89,7 +102,7 @@ class ScalarPath:
                       budget: int | None = None) -> GreyArrays:
         """The scalar step over the list copies of the tables (arenas in slot order)."""
         pages, rlimit, rbase, divmul, freeidx, gbase, scannable, sbase, selem, ssize, \
-            typed, mv = self._scalar_tables()
+            typed, mv, layout, pickers = self._scalar_tables()
         marks = self.state.data
         lo, span = self.snap.heap_lo, self.snap.heap_hi - self.snap.heap_lo
         unpack, alloc_bit = _unpack_words, self.snap.alloc_bit
@@ -105,7 +118,10 @@ class ScalarPath:
                 base = sbase[sid] + idx * selem[sid]
                 scanned += size >> 3
                 words: Sequence[int]
-                if typed[sid]:
+                k = layout[sid]
+                if k:
+                    words = pickers[k](unpack(size >> 3, mv, base - _MEM_BASE))  # type: ignore[misc]
+                elif typed[sid]:
                     words = self._typed_words(base, size)
                 else:
                     words = unpack(size >> 3, mv, base - _MEM_BASE)
@@ -146,7 +162,9 @@ class ScalarPath:
                 sn.rbase.tolist(), sn.divmul.tolist(), sn.freeidx.tolist(),
                 sn.gbase.tolist(), sn.scannable.tolist(), t.base.tolist(),
                 t.elemsize.tolist(), sn.objsize.tolist(), sn.typed.tolist(),
-                memoryview(_MEM_RAW))
+                memoryview(_MEM_RAW), sn.layout.tolist(),
+                [None if lay is None else _picker(lay.offsets.tolist())
+                 for lay in sn.layouts])
         return self._tables
 
     def _typed_words(self, base: int, size: int) -> list[int]:

@@ -7,6 +7,8 @@ candidate words (plus one oblet):
 - ``_gather`` reads every word of the block's objects with one np.take from a view of the
   heap (word k of every object together, so the broadcast runs along the long axis);
 - ``_typed_filter`` drops typed objects' words whose heap-bitmap pointer bit is clear;
+  objects of spans with a span type (``_scan_layouts``) are gathered at their layout's
+  pointer words only, so a precise type reads fewer words than conservative scanning;
 - ``_shade_block`` resolves every candidate at once (findObject over arrays: heap offset ->
   page -> span id -> span mirror -> slot and object number), keeps the white objects,
   deduplicates them with one scatter of tickets into their mark words (which marks them
@@ -36,6 +38,7 @@ import numpy as np
 from gcalloc.gc.markbuf import (
     BLOCK_WORDS,
     BUF_WORDS,
+    CHUNK_CAP,
     OBLET_WORDS,
     ChunkBuffer,
     Frontier,
@@ -56,6 +59,7 @@ class VectorPath:
         self.scratch = scratch
         self.marked = [0, 0]
         self.scanned = [0, 0]
+        self._lbufs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def step(self, chunks: list[ChunkBuffer], worker: int = 0) -> Frontier:
         """Scan the grey objects and shade what their words point at, one block of at most
@@ -63,8 +67,13 @@ class VectorPath:
         sn = self.snap
         ws = self.scratch.workspace(worker)
         out = Frontier(self.scratch)
+        layouts = len(sn.layouts) > 1
         for sids, idxs in chunks:
+            if layouts:
+                sids, idxs = self._scan_layouts(ws, sids, idxs, worker, out)
             n = len(sids)
+            if not n:
+                continue
             ws.ensure_chunk(n)
             first = np.take(sn.welem, sids, out=ws.first[:n], mode="clip")
             first *= idxs
@@ -82,6 +91,55 @@ class VectorPath:
                 self._shade_block(ws, vals, worker, out)
         return out.done()
 
+    def _scan_layouts(self, ws: Workspace, sids: np.ndarray, idxs: np.ndarray, worker: int,
+                      out: Frontier) -> tuple[np.ndarray, np.ndarray]:
+        """Scan the objects of spans with a span type (one layout for the whole span): only
+        the layout's pointer words are read, with no bitmap lookup. Returns the others."""
+        sn = self.snap
+        n = len(sids)
+        lay_buf, first_buf, base_buf = self._layout_buffers(worker, n)
+        lay = np.take(sn.layout, sids, out=lay_buf[:n], mode="clip")
+        k0 = int(lay[0])
+        if not k0 and not lay.any():
+            return sids, idxs
+        kinds = [k0] if (lay == k0).all() else np.unique(lay).tolist()
+        for k in kinds:
+            if not k:
+                continue
+            if len(kinds) > 1:
+                sel = lay == k
+                s_k, i_k = sids[sel], idxs[sel]
+            else:
+                s_k, i_k = sids, idxs
+            m = len(s_k)
+            # into kept buffers: a chunk's temporaries are big enough for glibc to map and
+            # unmap them each time (page faults; see gc/markbuf.py)
+            first = np.take(sn.welem, s_k, out=first_buf[:m], mode="clip")
+            first *= i_k
+            first += np.take(sn.wbase, s_k, out=base_buf[:m], mode="clip")
+            offs = sn.layouts[k].offsets   # type: ignore[union-attr]  # k > 0: a Layout
+            n0 = len(offs)
+            if not n0:
+                continue
+            step = max(1, BLOCK_WORDS // n0)
+            ws.ensure(min(len(first) * n0, BUF_WORDS))
+            for lo in range(0, len(first), step):
+                vals = self._gather(ws, first[lo:lo + step], None, n0, worker, offs)
+                self._shade_block(ws, vals, worker, out)
+        if kinds[0]:
+            return sids[:0], idxs[:0]
+        rest = lay == 0
+        return sids[rest], idxs[rest]
+
+    def _layout_buffers(self, worker: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """_scan_layouts' per-worker buffers (span type numbers, first words, bases)."""
+        bufs = self._lbufs.get(worker)
+        if bufs is None or len(bufs[0]) < n:
+            cap = max(n, CHUNK_CAP)
+            bufs = self._lbufs[worker] = (np.empty(cap, np.int32), np.empty(cap, np.int64),
+                                          np.empty(cap, np.int64))
+        return bufs
+
     def shade(self, P: np.ndarray, worker: int = 0) -> Frontier:
         """Mark the objects the candidate pointers P point at; return the newly grey scan
         objects."""
@@ -95,22 +153,25 @@ class VectorPath:
             self._shade_block(ws, vals, worker, out)
         return out.done()
 
-    def _gather(self, ws: Workspace, first: np.ndarray, nwords: np.ndarray, n0: int,
-                worker: int) -> np.ndarray:
+    def _gather(self, ws: Workspace, first: np.ndarray, nwords: np.ndarray | None, n0: int,
+                worker: int, offs: np.ndarray | None = None) -> np.ndarray:
         """The words of the objects starting at word indexes ``first``, into ws.vals (in no
         particular order; ws.widx keeps each one's word index). n0: the objects' common
-        size in words, or 0 if sizes differ."""
+        size in words, or 0 if sizes differ. ``offs``: the n0 word offsets to read in each
+        object (a span type's pointer words), instead of words 0..n0-1."""
         if n0:
+            rows = ws.iota[:n0] if offs is None else offs
             # One object size (the usual frontier): broadcast with the longer axis inner,
             # where numpy's loops are fast (word k of every object together, for a block of
             # many small objects).
             m = len(first)
             nw = m * n0
             if m >= n0:
-                np.add(ws.iota[:n0, None], first, out=ws.widx[:nw].reshape(n0, m))
+                np.add(rows[:, None], first, out=ws.widx[:nw].reshape(n0, m))
             else:
-                np.add(first[:, None], ws.iota[:n0], out=ws.widx[:nw].reshape(m, n0))
+                np.add(first[:, None], rows, out=ws.widx[:nw].reshape(m, n0))
         else:
+            assert nwords is not None
             starts = np.cumsum(nwords) - nwords
             run = np.repeat(first - starts, nwords)
             nw = len(run)

@@ -4,15 +4,18 @@ mutator is Python, so the roots are declared).
 - counted roots (``add_root``/``remove_root``): an object stays alive while its count > 0;
 - root ranges (``add_root_range``): memory outside the heap (a ctypes array, a C struct)
   scanned word by word, conservatively or with a Type's pointer mask;
-- Handles: a slot in a numpy table of addresses; the object is a root while the Python Handle
-  object lives. Creating or dropping a Handle is a list pop/append and one array store.
+- Handles: a slot in a table of addresses (a Python list, read into numpy only at mark time);
+  the object is a root while the Python Handle object lives. Creating or dropping a Handle
+  is a list pop or append and one list store under ``lock`` (reentrant: a Handle's
+  ``__del__`` may run while this thread holds it); no numpy on that path.
 
 ``RootSet.candidates()`` returns every root word as one uint64 array of candidate pointers,
 which the marker resolves with findObject: interior pointers keep their object; pointers to
 free slots, free spans or outside the heap are ignored.
 
-Invariants: ``handle_addrs[i]`` is 0 for a free slot; ``counted[p] > 0`` for every key.
-Mutations happen under ``lock``, which the collector also holds while it reads the roots.
+Invariants: ``handle_addrs[i]`` is 0 for a free slot and every free slot is on
+``_free_slots`` once; ``counted[p] > 0`` for every key. Mutations happen under ``lock``,
+which the collector also holds while it reads the roots.
 Once the heap closed (``closed``), a Handle's ``view`` raises HeapClosed; releasing one is
 still fine (it only touches this table).
 """
@@ -60,9 +63,9 @@ class RootSet:
         self.counted: dict[int, int] = {}
         self.ranges: dict[int, RootRange] = {}
         self._tokens = itertools.count(1)
-        self.handle_addrs = np.zeros(1024, dtype=np.uint64)
+        self.handle_addrs: list[int] = [0] * 1024
         self._free_slots: list[int] = list(range(1023, -1, -1))
-        self.handles_live = 0
+        self.ref = weakref.ref(self)    # shared by every Handle of this set
         self.closed = False
 
     # --- counted roots -----------------------------------------------------------------
@@ -97,32 +100,39 @@ class RootSet:
     # --- handles -----------------------------------------------------------------------
 
     def handle_slot(self, p: int) -> int:
+        # Under lock, although each step is atomic: without it, a Handle made or dropped
+        # while the collector reads the table lost a live object in
+        # test_threads_building_lists_while_another_collects (about 1 run in 10).
         with self.lock:
-            if not self._free_slots:
-                self._grow_handles()
-            slot = self._free_slots.pop()
+            try:
+                slot = self._free_slots.pop()
+            except IndexError:
+                slot = self._grow_handles()
             self.handle_addrs[slot] = p
-            self.handles_live += 1
             return slot
 
     def release_slot(self, slot: int) -> None:
         with self.lock:
             self.handle_addrs[slot] = 0
             self._free_slots.append(slot)
-            self.handles_live -= 1
 
-    def _grow_handles(self) -> None:
+    @property
+    def handles_live(self) -> int:
+        return len(self.handle_addrs) - len(self._free_slots)
+
+    def _grow_handles(self) -> int:
+        """Double the table and take a slot (caller holds lock)."""
         old = len(self.handle_addrs)
-        grown = np.zeros(old * 2, dtype=np.uint64)
-        grown[:old] = self.handle_addrs
-        self.handle_addrs = grown
-        self._free_slots.extend(range(old * 2 - 1, old - 1, -1))
+        self.handle_addrs.extend([0] * old)
+        self._free_slots.extend(range(old * 2 - 1, old, -1))
+        return old
 
     # --- for the collector -------------------------------------------------------------
 
     def candidates(self, extra: list[int] = ()) -> np.ndarray:  # type: ignore[assignment]
         """Every root word as candidate pointers (caller holds lock)."""
-        parts = [self.handle_addrs[self.handle_addrs != 0]]
+        table = np.array(self.handle_addrs, dtype=np.uint64)
+        parts = [table[table != 0]]
         if self.counted:
             parts.append(np.fromiter(self.counted.keys(), dtype=np.uint64,
                                      count=len(self.counted)))
@@ -138,7 +148,7 @@ class RootSet:
             self.closed = True
             self.counted.clear()
             self.ranges.clear()
-            self.handle_addrs[:] = 0
+            self.handle_addrs[:] = [0] * len(self.handle_addrs)
 
 
 class Handle:
@@ -157,7 +167,7 @@ class Handle:
         self.ctype = ctype
         self.count = count
         self._view = None
-        self._roots = weakref.ref(roots)
+        self._roots = roots.ref
         self._slot = roots.handle_slot(addr)
 
     @property
@@ -180,9 +190,10 @@ class Handle:
         """Stop rooting the object (also done when the Handle is garbage-collected)."""
         slot, self._slot = self._slot, -1
         self._view = None
-        roots = self._roots()
-        if slot >= 0 and roots is not None:
-            roots.release_slot(slot)
+        if slot >= 0:
+            roots = self._roots()
+            if roots is not None:
+                roots.release_slot(slot)
 
     def __del__(self) -> None:
         try:

@@ -18,7 +18,9 @@ Invariants the paths rely on:
   allocBit is set (``alloc_bit``), which is how only allocated objects end marked;
 - ``scannable[sid]`` is False for noscan spans, whose objects are marked but never scanned;
 - ``typed[sid]``: the span's objects are scanned only at the words whose heap-bitmap
-  pointer bit is set (``pointer_bits``); the other spans are scanned conservatively;
+  pointer bit is set (``pointer_bits``); ``layout[sid] = k > 0``: the span's every object
+  has ``layouts[k]``'s bits, so only that layout's pointer words are read (no bitmap read);
+  the other spans are scanned conservatively;
 - ``off * divmul[sid] >> 32 == off // elemsize`` for every offset in a span (0 for spans of
   one object, whose every offset is slot 0).
 """
@@ -31,6 +33,7 @@ import numpy as np
 
 from gcalloc.addrspace import MEM64, word_index
 from gcalloc.arena import ARENA_BASE_OFFSET, LOG_HEAP_ARENA_BYTES, PAGES_PER_ARENA
+from gcalloc.gc import bitmap
 from gcalloc.mspan import MSpan
 from gcalloc.sizeclasses import PAGE_SHIFT
 
@@ -50,6 +53,9 @@ class SpanSnapshot:
         self.table: Any = mheap.table
         self.bits8 = mheap.gcbits.bits8
         self.spans = spans
+        # Typed objects allocated since the last cycle get their heap bits (and their spans
+        # their layout) now, before any table below reads them.
+        bitmap.flush(self.arenas)
         self.table.sync()
         self._number_objects()
         self._free_index()
@@ -101,8 +107,7 @@ class SpanSnapshot:
         """Per span id: typed, object size, divmul, sizes in words, scannable, and each
         span's range relative to heap_lo (rlimit 0: not a span to mark in)."""
         t, ids, cap = self.table, self.ids, self.table.capacity
-        self.typed = np.zeros(cap, np.bool_)
-        self.typed[ids] = [s.typed for s in self.spans]
+        self._layout_tables(cap)
         # Spans of one object (large objects, and the biggest size classes): the object is
         # the span's [base, limit) and every offset in it is slot 0 (divmul 0). For a small
         # span of one object limit - base is its elemsize anyway.
@@ -122,6 +127,31 @@ class SpanSnapshot:
         self.rbase = (t.base - lo).astype(np.int64)                  # span base - heap_lo
         self.rlimit = np.zeros(cap, np.int64)
         self.rlimit[ids] = (t.limit[ids] - lo).astype(np.int64)
+
+    def _layout_tables(self, cap: int) -> None:
+        """typed[sid]: scan at the bitmap's pointer bits; layout[sid] k > 0: every object of
+        the span has ``layouts[k]``'s bits (a span type, gc/bitmap.py), so the paths read
+        only its pointer words (``typed`` is False there)."""
+        self.typed = np.zeros(cap, np.bool_)
+        self.layout = np.zeros(cap, np.int32)
+        self.layouts: list[bitmap.Layout | None] = [None]
+        flags = [s.typed for s in self.spans]
+        if not any(flags):
+            return
+        number: dict[int, int] = {}
+        kinds = []
+        for f in flags:
+            if f is True or f is False:
+                kinds.append(0)
+                continue
+            k = number.get(id(f))
+            if k is None:
+                k = number[id(f)] = len(self.layouts)
+                self.layouts.append(f)
+            kinds.append(k)
+        kind = np.array(kinds, dtype=np.int32)
+        self.layout[self.ids] = kind
+        self.typed[self.ids] = np.array([f is True for f in flags], dtype=np.bool_)
 
     # --- freeidx -----------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ class Sweeper:
 
     def sweep_batch(self, spans: list[MSpan], marked: np.ndarray, forced: bool) -> None:
         """Sweep, as one batch at mark termination, the uncached spans that need nothing per
-        object (no specials, typed heap bits, tiny blocks or queued frees);
+        object (no specials, tiny blocks, queued frees or dead typed objects);
         ``marked[i]`` is the number of objects marked in ``spans[i]``. The world is stopped.
 
         For these spans sweeping is bookkeeping only: the mark bits become the alloc bits,
@@ -118,9 +118,13 @@ class Sweeper:
         """
         mheap = self.mheap
         sg = mheap.sweepgen
+        # A typed span is plain when none of its objects died (no heap bits to reset), as
+        # is a large one (a dead large span's bits are rewritten when its pages are reused).
+        counts = marked.tolist()
         plain = [i for i, s in enumerate(spans)
                  if s.sweepgen == sg - 2 and s.cached_by is None
-                 and not (s.specials or s.typed or s.tiny_blocks or s.pending_frees)]
+                 and not (s.specials or s.tiny_blocks or s.pending_frees)
+                 and (not s.typed or not s.sizeclass or counts[i] == s.allocCount)]
         if not plain:
             return
         table = mheap.table
@@ -283,8 +287,7 @@ class Sweeper:
         if s.specials and self.on_free_objects is not None:
             self.on_free_objects(s, freed)
         if s.typed:
-            for i in freed:
-                bitmap.reset_object(self.mheap.arenas, s.base + i * s.elemsize, s.elemsize)
+            bitmap.reset_slots(self.mheap.arenas, s, freed)
         if s.tiny_blocks:
             s.tiny_blocks.difference_update(freed)
 

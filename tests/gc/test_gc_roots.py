@@ -548,11 +548,28 @@ def test_threads_building_lists_while_another_collects():
 def test_verify_checks_the_root_table(heap):
     handles = [heap.new(ctypes.c_uint64) for _ in range(3)]
     heap.verify()
-    heap._gc.roots.handles_live += 1            # bookkeeping no longer matches the table
+    roots = heap._gc.roots
+    roots._free_slots.append(handles[0]._slot)   # a live slot on the free list
     try:
         with pytest.raises(HeapCorruption, match="Handles live"):
             heap.verify()
     finally:
-        heap._gc.roots.handles_live -= 1
+        roots._free_slots.pop()
     heap.verify()
     del handles
+
+
+def test_counted_root_taken_again_without_lookup_still_refused_after_close():
+    h = gcalloc.Heap(-1, scavenger=False, debug="")
+    p = h.alloc(64)
+    h.add_root(p)
+    h.add_root(p)                    # already a counted root: counted again
+    assert h._gc.roots.counted == {p: 2}
+    h.remove_root(p)
+    h.collect()
+    assert h.lookup(p) is not None   # one count left keeps it
+    h.close()
+    with pytest.raises(HeapClosed):
+        h.add_root(p)
+    with pytest.raises(HeapClosed):
+        h.remove_root(p)
