@@ -160,7 +160,8 @@ class GraphPath:
             ids = ids[sn.scannable[ids] & (nblack < sn.table.nelems[ids])]
         nel = sn.table.nelems[ids].astype(np.int64)
         welem = sn.welem[ids]
-        typed = sn.typed[ids]
+        # A span with a span type (layout > 0) has precise bits too: filter it as typed.
+        typed = sn.typed[ids] | (sn.layout[ids] > 0)
         # kind: one object per span (large objects and the biggest classes: sizes differ),
         # else element size and slots; typed spans apart (their words are filtered)
         kind = np.where(nel == 1, 0, welem * 65536 + nel) * 2 + typed
