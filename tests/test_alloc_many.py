@@ -19,13 +19,6 @@ class Node(ctypes.Structure):
     _fields_ = [("next", ctypes.c_void_p), ("value", ctypes.c_int64)]
 
 
-@pytest.fixture
-def heap():
-    h = gcalloc.Heap(-1, debug="")
-    yield h
-    h.close()
-
-
 def test_objects_are_distinct_zeroed_and_allocated(heap) -> None:
     """GC_malloc_many: n separate objects of the requested size, cleared."""
     # dirty memory first: a batch reuses freed slots' pages only after they were cleared

@@ -37,15 +37,6 @@ def new_heap() -> gcalloc.Heap:
     return gcalloc.Heap(-1, scavenger=False, debug="")
 
 
-@pytest.fixture
-def heap():
-    h = new_heap()
-    try:
-        yield h
-    finally:
-        h.close()
-
-
 @pytest.fixture(params=list(MODES))
 def mode(request):
     return request.param

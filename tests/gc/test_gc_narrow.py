@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 from heaputil import peek, poke
-from test_gc_mark import MODES, force, live, mark_only, new_heap, objects
+from test_gc_mark import MODES, force, live, mark_only, objects
 
 import gcalloc
 from gcalloc.gc import markgraph
@@ -31,15 +31,6 @@ from gcalloc.gc.types import Type
 
 # A typed node: words 0 and 2 are pointers, word 1 a scalar that may hold an address.
 NODE = Type(24, 0b101, "node")
-
-
-@pytest.fixture
-def heap():
-    h = new_heap()
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 class Graph:

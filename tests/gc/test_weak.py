@@ -28,13 +28,6 @@ class Node(ctypes.Structure):
     _fields_ = [("next", ctypes.c_void_p), ("value", ctypes.c_int64)]
 
 
-@pytest.fixture
-def heap():
-    h = gcalloc.Heap(-1, debug="")
-    yield h
-    h.close()
-
-
 def test_value_until_unreachable_and_does_not_keep_alive(heap) -> None:
     """Value returns the pointer while the object is reachable and nil once it is not; the
     weak pointer itself does not keep it reachable (weak.Pointer's doc)."""
