@@ -2,7 +2,8 @@
 system compiler: the packaged header, every call and its errors, the inline fast path's
 buckets (shared mcache, given back at each collection, one-slot black runs while marking,
 emptied at close), thread records, and the three ways in (ctypes, cffi, a CPython extension).
-The threads-and-stacks half (suspension, C locals as roots) is tested in test_cthreads*.py.
+The threads-and-stacks half is tested in test_capi_roots.py (C locals as roots, through this
+header) and test_cthreads.py (the suspension protocol, from a harness).
 """
 
 from __future__ import annotations

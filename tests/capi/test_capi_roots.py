@@ -267,4 +267,6 @@ def test_close_while_c_threads_allocate(lib):
     assert not any(t.is_alive() for t in threads)
     assert results == [1] * 4
     assert len(seen) == 1 and len(seen[0]) == 4
-    assert all(s in (ct.SUSPENDED, ct.IN_CALL) for s in seen[0])
+    # None RUNNING: stopped in its own code, or in a call, or gone (a call that met the
+    # allocator's shut_down failed, and its thread ended, before the C threads were stopped).
+    assert all(s in (ct.SUSPENDED, ct.IN_CALL, ct.EXITED) for s in seen[0]), seen
