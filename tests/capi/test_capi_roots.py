@@ -247,9 +247,13 @@ def test_close_while_c_threads_allocate(lib):
     counts = [ctypes.c_int64(0) for _ in range(4)]
     results: list[int] = []
     seen: list[list[int]] = []
-    heap._gc.cthreads.on_close = (lambda close=heap._gc.cthreads.on_close: (
-        seen.append([ct._i32(r) & ct.STATE_MASK for r in heap._gc.cthreads.records()]),
-        close()))
+    capi, close = heap._capi, heap._capi.close
+
+    def recording_close() -> None:    # the threads' states when the buckets are emptied
+        seen.append([ct._i32(r) & ct.STATE_MASK for r in heap._gc.cthreads.records()])
+        close()
+
+    capi.close = heap._gc.cthreads.on_close = recording_close   # whoever calls it
 
     def body(i: int) -> None:
         results.append(lib.alloc_until_closed(api, ctypes.addressof(counts[i])))
