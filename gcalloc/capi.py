@@ -24,9 +24,24 @@ What this module owns, and its invariants:
   left the mcache) the slots stay counted as allocated, unmarked, and this cycle's sweep
   frees them. Either way no slot is handed out twice.
 - **Buckets are emptied whenever the world stops for a collection** (the allocator's flush
-  hook, run first in ``flush_mcaches``, with every C thread suspended by the collector) and
-  at close, so no bucket outlives the mark that follows, and an allocation during marking
-  gets a one-slot run allocated black, as Python's do.
+  hook, run first in ``flush_mcaches``, after the collector stopped every C thread: they are
+  suspended by signal or parked in a call, gc/cthreads.py) and at close, so no bucket
+  outlives the mark that follows, and an allocation during marking gets a one-slot run
+  allocated black, as Python's do.
+- **A result in flight is a root.** Between the allocation a slow path makes and the moment
+  its thread has the pointer in C again (``gcalloc_stop_leave``) it is in no frame the
+  collector scans: the callback stores it in the record with ``CThreads.publish`` before any
+  cycle can start in between -- ``_refill`` while its safepoint region still holds the world
+  (the stopper waits for the mcache's ``mallocing``), the calls through ``Heap.alloc``
+  under the collector's lock. A cycle the allocation itself triggers (``gc_poll``) runs on
+  this thread inside that lock (an RLock) with the object as an extra root.
+- **Closing stops the C threads first.** Heap.close() shuts the allocator down, then
+  ``CThreads.close`` stops every registered C thread and calls ``close`` here (its
+  ``on_close``): the api is marked closed and every bucket emptied while no thread can be
+  halfway through a bump, then the threads resume and fail at their next slow path.
+- **Records are reaped by the collector** (``on_reap``, with the world stopped, once a
+  thread exited), which is also the only reader that must mask ``state``: the collector's
+  request bit may be set in it.
 - **Callbacks hold the CApi weakly** and are kept for the life of the process (a C thread
   may have loaded a function pointer just before close()): after the heap is gone they fail
   with HeapClosed.
@@ -39,7 +54,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import signal
 import threading
 import weakref
 from collections.abc import Callable
@@ -54,6 +68,7 @@ from gcalloc.errors import (
     InvalidType,
     OutOfMemory,
 )
+from gcalloc.gc.cthreads import EXITED, STATE_MASK, CThreads, suspend_signal
 from gcalloc.gc.types import Type
 from gcalloc.malloc import MAX_ALLOC, SMALL_FAST_MAX
 from gcalloc.mcache import EMPTY_RUN, EMPTY_SPAN
@@ -78,7 +93,6 @@ ERROR_OFFSET = 2368           # offsetof(gcalloc_thread, error)
 ERROR_BYTES = 256
 API_OFFSET = 128              # offsetof(gcalloc_thread, api)
 REFILLS_OFFSET = 144
-STATE_EXITED = 6              # GCALLOC_STOP_EXITED (gcalloc_stop.h)
 _BUCKET_WORD = BUCKETS_OFFSET // 8
 _CLASS128_BIAS = 1024 - 128 + 1
 
@@ -179,7 +193,7 @@ class _Permanent:
             if not self.free_records and self.retired:
                 keep: list[int] = []
                 for r in self.retired:
-                    (self.free_records if _state(r) == STATE_EXITED else keep).append(r)
+                    (self.free_records if _state(r) == EXITED else keep).append(r)
                 self.retired = keep
             if self.free_records:
                 r = self.free_records.pop()
@@ -211,7 +225,8 @@ def _memory() -> _Permanent:
 
 
 def _state(record: int) -> int:
-    return ctypes.c_int32.from_address(record).value
+    """The record's state (gcalloc_stop.h), without the collector's request bit."""
+    return ctypes.c_int32.from_address(record).value & STATE_MASK
 
 
 def _write_error(dst: int, size: int, exc: BaseException) -> None:
@@ -274,7 +289,7 @@ class CApi:
         for name, cb in zip(names, callbacks):
             setattr(api, name, cb)
         api.struct_size = API_BYTES
-        api.suspend_signal = _suspend_signal(heap._gc)
+        api.suspend_signal = suspend_signal()
         api.num_span_classes = NUM_SPAN_CLASSES
         api.max_small_size = MAX_SMALL_SIZE
         api.tables_check = tables_check()
@@ -282,10 +297,9 @@ class CApi:
         api.closed = 0
         api.abi_version = ABI_VERSION      # last: a half-built api fails the header's check
         self._api = api
-        ct = getattr(heap._gc, "cthreads", None)
-        self._cthreads = ct
-        if ct is not None:
-            ct.on_reap = self._on_reap
+        self._cthreads: CThreads = heap._gc.cthreads
+        self._cthreads.on_reap = self._on_reap
+        self._cthreads.on_close = self.close
         a.flush_hooks.append(self._flush)
         # A heap dropped without close(): C calls through its api fail from then on.
         self._dropped = weakref.finalize(heap, _abandon, self.addr, self._record_addrs)
@@ -297,11 +311,16 @@ class CApi:
         addr = _memory().record()
         rec = _Record(addr)
         rec.words[API_OFFSET // 8] = self.addr
+        try:
+            # On this thread, inside its first call: the record is IN_CALL from here on, and
+            # the header's gcalloc_stop_register leaves the call once it has the stack.
+            self._cthreads.add(addr)
+        except BaseException:
+            _memory().release(addr)
+            raise
         with self._lock:
             self._records[addr] = rec
             self._record_addrs.append(addr)
-        if self._cthreads is not None:
-            self._cthreads.add(addr)
         return addr
 
     def _thread_mcache(self, rec: _Record) -> MCache:
@@ -345,6 +364,8 @@ class CApi:
             w[i + 1] = end
             w[REFILLS_OFFSET // 8] += 1
             rec.owners[spc] = (c, s)
+            # Still inside the safepoint region: no cycle can start before p is a root.
+            CThreads.publish(rec.addr, p)
         finally:
             c.mallocing = False
         if due:
@@ -382,15 +403,14 @@ class CApi:
             self._reap(rec)
 
     def _flush(self) -> None:
-        """The allocator's flush hook: the world is stopped for a collection."""
+        """The allocator's flush hook: the world and every C thread are stopped for a
+        collection (exited threads were reaped just before, by ``on_reap``)."""
         for rec in list(self._records.values()):
-            if self._cthreads is None and _state(rec.addr) == STATE_EXITED:
-                self._reap(rec)
-            else:
-                self._give_back(rec)
+            self._give_back(rec)
 
     def close(self) -> None:
-        """The heap is closing (its world stopped for good): every later C call fails."""
+        """The heap is closing (``on_close``: its world stopped for good, every C thread
+        stopped): every later C call fails."""
         self._api.closed = 1
         for rec in list(self._records.values()):
             w = rec.words
@@ -417,7 +437,14 @@ class CApi:
         rec = self._rec(t)
         if 0 < size <= MAX_SMALL_SIZE and not self._a.efence:
             return self._refill(rec, size, noscan)
-        return self._heap.alloc(size, None, bool(noscan))
+        return self._published(rec, size, None, bool(noscan))
+
+    def _published(self, rec: _Record, size: int, typ: Type | None, noscan: bool) -> int:
+        """Heap.alloc, its result published to rec before any other thread can collect."""
+        with self._heap._gc.lock:
+            p = self._heap.alloc(size, typ, noscan)
+            CThreads.publish(rec.addr, p)
+        return p
 
     def _register_type(self, t: int, size: int, offsets: int, n: int) -> int:
         self._rec(t)
@@ -438,7 +465,7 @@ class CApi:
             return len(self._types)
 
     def _alloc_typed(self, t: int, type_id: int, count: int) -> int:
-        self._rec(t)
+        rec = self._rec(t)
         self._a.check_open()
         if not 1 <= type_id <= len(self._types):
             raise InvalidArgument(f"no type with id {type_id} registered on this heap")
@@ -447,7 +474,7 @@ class CApi:
             raise InvalidSize(f"count must be >= 1, got {count}")
         if typ.size * count > MAX_ALLOC:
             raise InvalidSize(f"{count} x {typ.size} bytes exceeds the maximum allocation")
-        return self._heap.alloc(typ.size * count, typ)
+        return self._published(rec, typ.size * count, typ, False)
 
     def _free(self, t: int, p: int) -> int:
         self._rec(t)
@@ -541,14 +568,6 @@ def _weak(ref: weakref.ref, name: str, failed: int, err_arg: bool = False) -> Ca
             _write_error(t + ERROR_OFFSET if t else 0, ERROR_BYTES, e)
             return failed
     return call
-
-
-def _suspend_signal(collector: object) -> int:
-    """The signal C threads are suspended with: the collector's C-thread registry chooses it
-    (gcalloc/gc/cthreads.py) when there is one."""
-    ct = getattr(collector, "cthreads", None)
-    sig = getattr(ct, "signum", None)
-    return int(sig) if isinstance(sig, int) else int(getattr(signal, "SIGXCPU", 24))
 
 
 def _abandon(api_addr: int, records: list[int]) -> None:

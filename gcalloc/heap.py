@@ -758,8 +758,9 @@ class Heap:
             return
         if not self._alloc.shut_down():
             return
-        if self._capi is not None:
-            self._capi.close()          # the world is stopped: empty the C buckets
+        # The C threads too, while the C ABI (its on_close) closes its api and empties their
+        # buckets: none is halfway through a bump. They resume and fail from then on.
+        self._gc.cthreads.close()
         # No thread is inside the allocator or the collector now and none will enter: each
         # raises HeapClosed. The background threads may still be running (a finalizer, a
         # scavenge); the memory stays mapped until they have stopped.

@@ -520,13 +520,17 @@ class CThreads:
         try:
             if self._stopped is None:
                 self.suspend_all()
-            if self.on_close is not None:
-                self.on_close()
         finally:
-            with self.lock:
-                self.closed = True
-                self._records.clear()
-            self.resume_all()
+            try:
+                # Even when a thread would not stop (ThreadSuspendTimeout): the api must
+                # close, or C would go on allocating from a closed heap.
+                if self.on_close is not None:
+                    self.on_close()
+            finally:
+                with self.lock:
+                    self.closed = True
+                    self._records.clear()
+                self.resume_all()
 
 
 def signal_name(sig: int) -> str:

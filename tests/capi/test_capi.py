@@ -2,7 +2,8 @@
 system compiler: the packaged header, every call and its errors, the inline fast path's
 buckets (shared mcache, given back at each collection, one-slot black runs while marking,
 emptied at close), thread records, and the three ways in (ctypes, cffi, a CPython extension).
-The threads-and-stacks half (suspension, C locals as roots) is tested in test_cthreads*.py.
+The threads-and-stacks half is tested in test_capi_roots.py (C locals as roots, through this
+header) and test_cthreads.py (the suspension protocol, from a harness).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cbuild import HERE, build_shared, require_compiler
 
 import gcalloc
 from gcalloc import capi
+from gcalloc.gc import cthreads as ct
 from gcalloc.sizeclasses import NUM_SPAN_CLASSES, class_to_size
 
 ROOT = HERE.parent.parent
@@ -404,7 +406,7 @@ def test_thread_record_per_thread_reaped_after_exit(heap, lib):
     theirs = heap._capi._records[rec.value]
     assert theirs.words[capi.REFILLS_OFFSET // 8] == 4    # 1000 objects: 4 spans, 4 refills
     assert theirs.owns_mcache and len(heap._alloc.mcaches) == mcaches + 1
-    assert capi._state(rec.value) == capi.STATE_EXITED
+    assert capi._state(rec.value) == ct.EXITED
     heap.collect()                                       # reaped with the world stopped
     assert rec.value not in heap._capi._records and mine in heap._capi._records
     assert len(heap._alloc.mcaches) == mcaches
@@ -513,3 +515,19 @@ def test_c_allocations_are_paced(lib):
         assert lib.alloc_in_pthread(heap.capi, 1_000_000, ctypes.byref(rec))
         assert heap.read_memstats().num_gc >= 2
         heap.verify()
+
+
+def test_an_exited_record_with_the_request_bit_is_reused():
+    """A retired record is free once its thread exited, whatever the collector's request bit
+    (gcalloc_stop.h: only the low byte is the state)."""
+    mem = capi._memory()
+    r = mem.record()
+    ctypes.c_int32.from_address(r).value = ct.EXITED | ct.REQUESTED
+    with mem.lock:
+        free, mem.free_records = mem.free_records, []
+    try:
+        mem.retire([r])
+        assert mem.record() == r
+    finally:
+        with mem.lock:
+            mem.free_records.extend(free)

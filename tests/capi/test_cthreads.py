@@ -1,12 +1,12 @@
-"""C locals are roots in every thread: gcalloc_stop.h and gcalloc/gc/cthreads.py.
+"""The C thread protocol: gcalloc_stop.h and gcalloc/gc/cthreads.py, from a C harness.
 
-Real C (tests/capi/cthreads_harness.c, compiled with gcc, including only gcalloc_stop.h)
-keeps heap pointers only in its locals: a naive 200,000-node list, a bottom-up depth-16 tree
-(the left subtree only in a frame while the right one is built), and a list one thread keeps
-reversing in pure C while another thread's allocations run collections. Each harness
-"gcalloc call" is a ctypes callback into ``heap.alloc``, bracketed as the C ABI's calls are.
-``test_*_without_suspension`` show the same code is corrupted when the C threads are not
-stopped (so each intact result above is something the test could have failed).
+tests/capi/cthreads_harness.c (compiled with gcc, including only gcalloc_stop.h) registers
+threads the way gcalloc.h does (a ctypes callback for the first call, which adds the record,
+then gcalloc_stop_register) and runs the states a thread can be in when another collects:
+its own C code, the fast path's bracket, a blocked system call, back in Python, a blocked
+suspend signal; plus the registry (reaping, close, bad records, a record added during a stop)
+and the signal's configuration. The data-structure tests (C locals as roots: list, tree,
+reversal, with their negative controls) go through the real header in test_capi_roots.py.
 """
 
 from __future__ import annotations
@@ -30,15 +30,10 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 HERE = Path(__file__).parent
 INCLUDE = Path(gcalloc.__file__).parent / "include"
-N_LIST = 200_000
-DEPTH = 16
-GARBAGE = 48    # bytes dropped with every node at GOGC>=100, so that it collects too
 HANG = 120.0     # hang guard for joins and condition waits (seconds)
 
-ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)
 ADD = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 REC = ctypes.c_uint64 * 16      # 128 bytes, 8-aligned, outside every heap
-VOIDFN = ctypes.CFUNCTYPE(None)
 
 
 @pytest.fixture(scope="module")
@@ -54,225 +49,38 @@ def lib(tmp_path_factory):
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     L.h_attach.argtypes, L.h_attach.restype = [p, ADD, i32], i32
     L.h_detach.argtypes, L.h_detach.restype = [p], None
-    L.h_list.argtypes, L.h_list.restype = [p, ALLOC, i64], i64
-    L.h_tree.argtypes, L.h_tree.restype = [p, ALLOC, i32], i64
-    L.h_reverse.argtypes, L.h_reverse.restype = [p, ALLOC, i64, p, p], i64
     L.h_fast_loop.argtypes, L.h_fast_loop.restype = [p, p, p], i64
     L.h_spin.argtypes, L.h_spin.restype = [p], i64
     L.h_sleep.argtypes, L.h_sleep.restype = [p], i64
     L.h_block_signal.argtypes, L.h_block_signal.restype = [i32], i32
     L.h_unblock_signal.argtypes, L.h_unblock_signal.restype = [i32], i32
-    L.h_set_garbage.argtypes, L.h_set_garbage.restype = [ctypes.c_size_t], None
     L.h_fast_hold.argtypes, L.h_fast_hold.restype = [p, p, p], i64
-    L.h_list_then_callback.argtypes = [p, ALLOC, i64, VOIDFN]
-    L.h_list_then_callback.restype = i64
     return L
 
 
 class Harness:
-    """Records and callbacks for one heap (kept alive as long as the heap)."""
+    """Records and the add() callback for one heap (kept alive as long as the heap)."""
 
     def __init__(self, lib, heap: gcalloc.Heap) -> None:
         self.lib, self.heap = lib, heap
-        lib.h_set_garbage(GARBAGE if heap.gc_percent >= 100 else 0)
         self.records: list = []
-        self.tls = threading.local()     # this thread's record address
         self.errors: list[BaseException] = []
-
-        def alloc(n: int) -> int:
-            try:
-                # As the C ABI's slow path does: no cycle between the allocation and the
-                # moment the result is a root (gcalloc_stop_leave takes over from there).
-                with heap._gc.lock:
-                    p = heap.alloc(n)
-                    heap._gc.cthreads.publish(self.tls.record, p)
-                return p
-            except BaseException as e:   # reported by the test, not lost in ctypes
-                self.errors.append(e)
-                return 0
 
         def add(addr: int) -> None:
             try:
                 heap._gc.cthreads.add(addr)
-            except BaseException as e:
+            except BaseException as e:   # reported by the test, not lost in ctypes
                 self.errors.append(e)
 
-        self.alloc = ALLOC(alloc)
         self.add = ADD(add)
 
-    def attach(self):
+    def attach(self) -> int:
+        """Register the calling thread with a fresh record; its address."""
         r = REC()
         self.records.append(r)
-        self.tls.record = ctypes.addressof(r)
         assert self.lib.h_attach(ctypes.addressof(r), self.add, ct.suspend_signal()) == 0
+        assert not self.errors, self.errors
         return ctypes.addressof(r)
-
-    def run(self, fn, *args) -> int:
-        """Register this thread, run fn(record, alloc, *args) in C, unregister."""
-        r = self.attach()
-        try:
-            return fn(r, self.alloc, *args)
-        finally:
-            self.lib.h_detach(r)
-
-    def in_threads(self, n: int, fn, *args) -> list[int]:
-        results: list[int | BaseException] = [0] * n
-
-        def body(i: int) -> None:
-            try:
-                results[i] = self.run(fn, *args)
-            except BaseException as e:
-                results[i] = e
-
-        threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(HANG)
-            assert not t.is_alive(), "a C thread hung"
-        for x in results:
-            if isinstance(x, BaseException):
-                raise x
-        return results   # type: ignore[return-value]
-
-
-@pytest.fixture(params=[10, 100], ids=["gogc10", "gogc100"])
-def gheap(request):
-    h = gcalloc.Heap(request.param, scavenger=False, debug="")
-    try:
-        yield h
-    finally:
-        h.close()
-
-
-def check(heap: gcalloc.Heap, h: Harness, gc_before: int = 0) -> None:
-    assert not h.errors, h.errors
-    assert heap.read_memstats().num_gc > gc_before, "no collection ran: nothing was tested"
-    heap.verify()
-
-
-# --- the naive structures --------------------------------------------------------------
-
-def test_list_one_thread(lib, gheap):
-    h = Harness(lib, gheap)
-    assert h.run(lib.h_list, N_LIST) == N_LIST
-    check(gheap, h)
-
-
-def test_tree_one_thread(lib, gheap):
-    h = Harness(lib, gheap)
-    assert h.run(lib.h_tree, DEPTH) == (1 << DEPTH) - 1
-    check(gheap, h)
-
-
-def test_list_four_threads(lib, gheap):
-    h = Harness(lib, gheap)
-    assert h.in_threads(4, lib.h_list, N_LIST) == [N_LIST] * 4
-    check(gheap, h)
-
-
-def test_tree_four_threads(lib, gheap):
-    h = Harness(lib, gheap)
-    assert h.in_threads(4, lib.h_tree, DEPTH) == [(1 << DEPTH) - 1] * 4
-    check(gheap, h)
-
-
-def _reverse_while_collecting(lib, heap: gcalloc.Heap, h: Harness, n: int) -> int:
-    """One C thread builds n nodes and reverses them in pure C; this thread allocates until
-    three collections ran meanwhile. Returns the nodes the C thread found intact."""
-    stop = ctypes.c_int32(0)
-    rounds = ctypes.c_int64(0)
-    result: list[int | BaseException] = []
-
-    def body() -> None:
-        try:
-            result.append(h.run(lib.h_reverse, n, ctypes.addressof(stop),
-                                ctypes.addressof(rounds)))
-        except BaseException as e:
-            result.append(e)
-
-    t = threading.Thread(target=body)
-    t.start()
-    try:
-        guard = time.monotonic() + HANG
-        while rounds.value == 0 and t.is_alive():     # built, and reversing
-            assert time.monotonic() < guard, "the C thread never started reversing"
-            time.sleep(0.001)
-        gc0 = heap.read_memstats().num_gc
-        keep = []
-        while heap.read_memstats().num_gc < gc0 + 3:
-            keep.append(heap.alloc(4096))
-            if len(keep) > 64:
-                keep.clear()
-        assert rounds.value > 0
-    finally:
-        stop.value = 1
-        t.join(HANG)
-    assert not t.is_alive(), "the C thread hung"
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
-
-
-def test_reverse_in_pure_c_while_another_thread_collects(lib, gheap):
-    h = Harness(lib, gheap)
-    assert _reverse_while_collecting(lib, gheap, h, N_LIST) == N_LIST
-    check(gheap, h)
-
-
-def _collect_in_own_callback(lib, heap: gcalloc.Heap, n: int) -> int:
-    """C builds n nodes, then calls its own Python callback (not a gcalloc call), which
-    collects on the same thread and allocates over whatever the cycle freed."""
-    h = Harness(lib, heap)
-    keep: list[int] = []
-
-    def user() -> None:
-        for _ in range(2):
-            heap.collect()
-            keep.extend(heap.alloc(16) for _ in range(n))   # reuse freed nodes (zeroed)
-
-    cb = VOIDFN(user)
-    got = h.run(lambda r, a, m: lib.h_list_then_callback(r, a, m, cb), n)
-    assert not h.errors, h.errors
-    return got
-
-
-def test_the_collecting_threads_own_c_frames_are_roots(lib, heap):
-    assert _collect_in_own_callback(lib, heap, 20_000) == 20_000
-    heap.verify()
-
-
-def test_own_c_frames_without_the_stack_address_are_lost(lib, heap, monkeypatch):
-    monkeypatch.setattr(ct._libc(), "stack_address", lambda: 0)
-    assert _collect_in_own_callback(lib, heap, 20_000) < 20_000
-
-
-# --- the same code without the suspension: corrupted (the tests above can fail) -------------
-
-def _without_suspension(heap: gcalloc.Heap) -> None:
-    # Nothing stopped, nothing scanned: candidates() has no stopped thread to read.
-    heap._gc.cthreads.suspend_all = lambda: None   # type: ignore[method-assign]
-
-
-def test_list_without_suspension_is_corrupted(lib):
-    with gcalloc.Heap(10, scavenger=False, debug="") as heap:
-        _without_suspension(heap)
-        h = Harness(lib, heap)
-        assert h.run(lib.h_list, N_LIST) < N_LIST
-
-
-def test_tree_without_suspension_is_corrupted(lib):
-    with gcalloc.Heap(10, scavenger=False, debug="") as heap:
-        _without_suspension(heap)
-        h = Harness(lib, heap)
-        assert h.run(lib.h_tree, DEPTH) < (1 << DEPTH) - 1
-
-
-def test_reverse_without_suspension_is_corrupted(lib):
-    with gcalloc.Heap(100, scavenger=False, debug="") as heap:
-        _without_suspension(heap)
-        h = Harness(lib, heap)
-        assert _reverse_while_collecting(lib, heap, h, N_LIST) < N_LIST
 
 
 # --- the protocol ----------------------------------------------------------------------
