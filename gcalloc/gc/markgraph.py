@@ -303,8 +303,11 @@ def _scatter_rows(cnt: np.ndarray, first: np.ndarray, c: np.ndarray) -> None:
     store."""
     m, n = c.shape
     step = int(first[1] - first[0]) if m > 1 else n
-    if step >= n and bool((np.diff(first) == step).all()):
-        a = int(first[0])
+    a = int(first[0])
+    # The strided store needs the last row's whole step inside cnt: the last span's object
+    # numbers may end closer to cnt's end than a step.
+    if (step >= n and a + m * step <= len(cnt)
+            and bool((np.diff(first) == step).all())):
         cnt[a:a + m * step].reshape(m, step)[:, :n] = c
     else:
         cnt[first[:, None] + np.arange(n)] = c

@@ -315,3 +315,21 @@ def test_import_gcalloc_leaves_scipy_for_the_first_search():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(gcalloc.__file__)))
     assert out.stdout.strip() == "False"
+
+
+def test_scatter_rows_when_the_last_span_ends_inside_a_step():
+    """Spans numbered at equal steps whose last one ends less than a step before the end of
+    the count array: the strided store would overrun it (a reshape error seen with four C
+    threads building lists at GOGC=10); the counts still land at their object numbers."""
+    from gcalloc.gc.markgraph import _scatter_rows
+
+    first = np.array([0, 4, 8])
+    c = np.arange(1, 7, dtype=np.int64).reshape(3, 2)
+    cnt = np.zeros(10, np.int64)
+    _scatter_rows(cnt, first, c)
+    expected = np.zeros(10, np.int64)
+    expected[(first[:, None] + np.arange(2)).ravel()] = c.ravel()
+    assert np.array_equal(cnt, expected)
+    wide = np.zeros(12, np.int64)          # room for every step: the strided store
+    _scatter_rows(wide, first, c)
+    assert np.array_equal(wide[:10], expected) and not wide[10:].any()
