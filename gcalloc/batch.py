@@ -86,7 +86,12 @@ def carve(allocator: Allocator, c: MCache, size: int, n: int, noscan: bool
     mheap = allocator.mheap
     spans = mheap.alloc_spans(unit * k, spc, units // k, needzero=True)
     if units % k:       # the rest in one smaller span, adjacent or not
-        spans += mheap.alloc_spans(unit * (units % k), spc, 1, needzero=True)
+        try:
+            spans += mheap.alloc_spans(unit * (units % k), spc, 1, needzero=True)
+        except BaseException:
+            for s in spans:     # the first call's spans hold nothing yet: back to the heap
+                mheap.free_span(s)
+            raise
     for s in spans:
         s.freeindex = s.allocCount = s.nelems
         s.allocCache = 0

@@ -280,8 +280,9 @@ class Heap:
         ``arr.tolist()``) is not a root. Overwriting an element drops that object from the
         roots; the array cannot be resized. See docs/batch.md. Raises InvalidSize (negative
         n or size, too large, not a multiple of the type), InvalidArgument (n or size not an
-        int, a bad type), InvalidType, OutOfMemory, HeapClosed, all before anything is
-        allocated."""
+        int, a bad type), InvalidType, HeapClosed, before anything is allocated;
+        OutOfMemory up front for a batch the heap can never hold, or when the OS refuses
+        memory midway, after the batch gave back what it took (the heap stays valid)."""
         size = self._alloc.check_size(size)
         if isinstance(n, bool) or not isinstance(n, int):
             raise InvalidArgument(f"n must be an int, not {n.__class__.__name__}")

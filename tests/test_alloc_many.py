@@ -238,3 +238,35 @@ def test_threads_batch_while_collecting() -> None:
         assert not errors, errors
         assert h.read_memstats().num_gc > 0
         h.verify()
+
+
+def test_an_os_failure_at_any_call_leaves_a_valid_heap() -> None:
+    """Every OS call alloc_many makes for a batch that takes two page-heap calls (three full
+    64-page spans and a smaller one), failed in turn until the batch needs no more: the call
+    raises, the heap verifies and collects, and the pages the batch took before the failure
+    are free again."""
+    import gcalloc.os as gos
+
+    n = 64 * 128 * 3 + 7
+    failed = 0
+    for k in range(64):
+        h = gcalloc.Heap(-1, scavenger=False, debug="")
+        try:
+            h.alloc(8)
+            h.free_os_memory()      # released pages: each page-heap call maps some back
+            in_use = h.read_memstats().heap_inuse
+            gos.inject_nth_failure(k)
+            try:
+                h.alloc_many(64, n)
+            except gcalloc.errors.GcallocError:
+                failed += 1
+            else:
+                break               # k is past the batch's last OS call
+            finally:
+                gos.clear_injected_failures()
+            h.verify()
+            h.collect()
+            assert h.read_memstats().heap_inuse == in_use, k
+        finally:
+            h.close()
+    assert failed >= 2      # both page-heap calls' OS work was failed at least once
