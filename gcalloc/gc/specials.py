@@ -176,6 +176,9 @@ class Specials:
             SpecialProfile, SPECIAL_PROFILE_BYTES, None,
             PersistentChunks(persistent, "specialprofilealloc"),  # type: ignore[arg-type]
             reset=_reset_profile)
+        # The one cell of weak pointers to size-0 objects (they share the zerobase, which is
+        # never freed, so only close() clears it); made on first use.
+        self.zero_cell: WeakCell | None = None
         self.weak_alloc: FixAlloc[SpecialWeak] = FixAlloc(
             SpecialWeak, SPECIAL_WEAK_BYTES, None,
             PersistentChunks(persistent, "specialWeakHandleAlloc"),  # type: ignore[arg-type]
@@ -293,6 +296,13 @@ class Specials:
         return fn
 
     # --- weak handles and cleanups (Go 1.24's getOrAddWeakHandle, addCleanup) ----------
+
+    def zero_weak_cell(self, zerobase: int) -> WeakCell:
+        """The cell every weak pointer to a size-0 object shares."""
+        with self.lock:
+            if self.zero_cell is None:
+                self.zero_cell = WeakCell(zerobase)
+            return self.zero_cell
 
     def weak_cell(self, s: MSpan, offset: int, addr: int) -> WeakCell:
         """The weak cell at ``offset`` of span s, made if there is none (getOrAddWeakHandle):
@@ -504,6 +514,8 @@ class Specials:
                         cast(WeakCell, cast(SpecialWeak, rec).cell).addr = 0
                 s.specials = None
             self.spans.clear()
+            if self.zero_cell is not None:
+                self.zero_cell.addr = 0
             self.finalizers = self.weak_or_cleanup = 0
             self.finalizer_alloc.clear()
             self.profile_alloc.clear()

@@ -53,11 +53,6 @@ if TYPE_CHECKING:
     from gcalloc.gc.specials import Special, Specials
     from gcalloc.mspan import MSpan
 
-# The cell of weak pointers to size-0 objects: they all share one address that is never
-# freed (Go's zerobase), so it never clears.
-_ZERO_CELLS: dict[int, WeakCell] = {}
-
-
 class WeakPointer:
     """A weak pointer (Go's weak.Pointer): ``value()`` is the address it was made for while
     the object is reachable, None once a collection found it unreachable or it was freed.
@@ -133,7 +128,7 @@ class WeakAndCleanups:
             p = allocator.check_addr(p)
             allocator.check_open()
             if p == allocator.zerobase:
-                return WeakPointer(_ZERO_CELLS.setdefault(p, WeakCell(p)))
+                return WeakPointer(self.specials.zero_weak_cell(p))
             s = self._span(p, "make_weak")
             return WeakPointer(self.specials.weak_cell(s, p - s.base, p))
 

@@ -261,6 +261,20 @@ def test_zero_size_objects(heap) -> None:
     assert w.value() == z and ran == []
 
 
+def test_zero_size_weak_pointer_is_none_after_close() -> None:
+    """The zero-size cell belongs to its heap: once the heap closed its weak pointers read
+    None like every other (another heap's zero-size weak pointers are not affected)."""
+    a, b = gcalloc.Heap(-1, debug=""), gcalloc.Heap(-1, debug="")
+    try:
+        wa, wb = a.make_weak(a.alloc(0)), b.make_weak(b.alloc(0))
+        a.close()
+        assert wa.value() is None
+        assert wb.value() == b.alloc(0)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_many_objects(heap) -> None:
     """A weak pointer per object over many spans: exactly the dropped ones clear."""
     ps = [heap.alloc(48) for _ in range(3000)]
