@@ -8,10 +8,31 @@ unknown names are ignored as Go ignores unknown GODEBUG keys, malformed values a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from gcalloc.errors import ConfigError, InvalidArgument
-from gcalloc.gc.memlimit import MAX_INT64, parse_limit
+
+MAX_INT64 = (1 << 63) - 1        # Go's math.MaxInt64: no memory limit
+
+_SUFFIXES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_LIMIT_RE = re.compile(r"(\d+)(B|KiB|MiB|GiB|TiB)?")
+
+
+def parse_limit(text: str) -> int:
+    """A GOMEMLIMIT value: a non-negative integer with an optional suffix B, KiB, MiB, GiB or
+    TiB (Go 1.19 runtime/debug's parseByteCount), or "off" for none. Raises ConfigError."""
+    text = text.strip()
+    if text == "off":
+        return MAX_INT64
+    m = _LIMIT_RE.fullmatch(text)
+    if m is None:
+        raise ConfigError(f"GCALLOC_MEMLIMIT={text!r}: not an integer with an optional suffix "
+                          f"B, KiB, MiB, GiB or TiB")
+    n = int(m.group(1)) * _SUFFIXES[m.group(2) or "B"]
+    if n > MAX_INT64:
+        raise ConfigError(f"GCALLOC_MEMLIMIT={text!r} overflows an int64")
+    return n
 
 
 @dataclass(frozen=True)

@@ -33,41 +33,20 @@ Invariants: ``0 <= fill <= capacity + the longest cycle``; ``limit`` is in [0, M
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gcalloc.errors import ConfigError, InvalidArgument
+from gcalloc.debug import MAX_INT64
+from gcalloc.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from gcalloc.mstats import HeapStats
 
-MAX_INT64 = (1 << 63) - 1        # Go's math.MaxInt64: no limit
 HEADROOM_MIN = 1 << 20           # memoryLimitMinHeapGoalHeadroom
 HEADROOM_PERCENT = 3             # memoryLimitHeapGoalHeadroomPercent
 SCAVENGE_REDUCE_PERCENT = 5      # mgcscavenge.go reduceExtraPercent
 LIMITER_CAPACITY = 0.1           # seconds (Go's capacityPerProc: 1 s per P)
-
-_SUFFIXES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-_LIMIT_RE = re.compile(r"(\d+)(B|KiB|MiB|GiB|TiB)?")
-
-
-def parse_limit(text: str) -> int:
-    """A GOMEMLIMIT value: a non-negative integer with an optional suffix B, KiB, MiB, GiB or
-    TiB (Go 1.19 runtime/debug's parseByteCount), or "off" for none. Raises ConfigError."""
-    text = text.strip()
-    if text == "off":
-        return MAX_INT64
-    m = _LIMIT_RE.fullmatch(text)
-    if m is None:
-        raise ConfigError(f"GCALLOC_MEMLIMIT={text!r}: not an integer with an optional suffix "
-                          f"B, KiB, MiB, GiB or TiB")
-    n = int(m.group(1)) * _SUFFIXES[m.group(2) or "B"]
-    if n > MAX_INT64:
-        raise ConfigError(f"GCALLOC_MEMLIMIT={text!r} overflows an int64")
-    return n
-
 
 def check_limit(n: object) -> int:
     """The argument of set_memory_limit: an int (a negative one reads). Raises

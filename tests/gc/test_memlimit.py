@@ -14,15 +14,10 @@ import psutil
 import pytest
 
 import gcalloc
+from gcalloc.debug import MAX_INT64, parse_limit
 from gcalloc.errors import ConfigError, InvalidArgument
 from gcalloc.gc import trace
-from gcalloc.gc.memlimit import (
-    LIMITER_CAPACITY,
-    MAX_INT64,
-    CPULimiter,
-    limit_heap_goal,
-    parse_limit,
-)
+from gcalloc.gc.memlimit import LIMITER_CAPACITY, CPULimiter, limit_heap_goal
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
