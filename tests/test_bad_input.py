@@ -91,6 +91,7 @@ CASES = [
     C("new", "n-zero", "h.new(Node, 0)", "InvalidSize"),
     C("new", "n-huge", "h.new(Node, 1 << 50)", "InvalidSize"),
     C("new", "n-str", "h.new(Node, '2')", "InvalidArgument"),
+    C("new", "out-of-memory", "h.new(ctypes.c_char * (1 << 20), 1 << 20)", "OutOfMemory"),
     C("new", "ctype-str", "h.new('Node')", "InvalidArgument"),
     C("new", "no-fields", "h.new(NoFields)", "InvalidType"),
     C("new", "closed", "h.new(Node)", "HeapClosed", closed=True),
