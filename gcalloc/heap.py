@@ -741,16 +741,13 @@ class Heap:
         with roots.lock:
             table = list(roots.handle_addrs)
             free = list(roots._free_slots)
-            released = list(roots._released)
             counts_ok = all(n > 0 for n in roots.counted.values())
         out = []
         live = sum(1 for a in table if a)
         if live != len(table) - len(free):
-            out.append(f"{live} handle slots in use, {len(table) - len(free)} not free")
+            out.append(f"{live} handle slots in use, {len(table) - len(free)} Handles live")
         if len(set(free)) != len(free) or any(table[i] for i in free):
             out.append("a handle slot in use is on the free list (or on it twice)")
-        if len(set(released)) != len(released) or set(released) & set(free):
-            out.append("a dropped Handle's slot is released twice or also free")
         if not counts_ok:
             out.append("a counted root has a count <= 0")
         return out

@@ -5,22 +5,16 @@ mutator is Python, so the roots are declared).
 - root ranges (``add_root_range``): memory outside the heap (a ctypes array, a C struct)
   scanned word by word, conservatively or with a Type's pointer mask;
 - Handles: a slot in a table of addresses (a Python list, read into numpy only at mark time);
-  the object is a root while the Python Handle object lives. Creating a Handle is a pop and
-  one list store under ``lock`` (reentrant: a Handle's ``__del__`` may run while this thread
-  holds it). Dropping one takes no lock: its slot goes on ``_released`` (a deque, whose
-  append is atomic) and keeps its address until a new Handle takes the slot over or the
-  collector drains ``_released`` (under ``lock``, just before it reads the table). So the
-  table itself only changes under ``lock``, and the collector's read of it never meets a
-  half-made change; a dropped Handle's object merely stays a root until then. No numpy on
-  either path.
+  the object is a root while the Python Handle object lives. Creating or dropping a Handle
+  is a list pop or append and one list store under ``lock`` (reentrant: a Handle's
+  ``__del__`` may run while this thread holds it); no numpy on that path.
 
 ``RootSet.candidates()`` returns every root word as one uint64 array of candidate pointers,
 which the marker resolves with findObject: interior pointers keep their object; pointers to
 free slots, free spans or outside the heap are ignored.
 
 Invariants: ``handle_addrs[i]`` is 0 for a free slot and every free slot is on
-``_free_slots`` once; a slot on ``_released`` is on it once, not on ``_free_slots``, and
-still holds its old address; ``counted[p] > 0`` for every key. Mutations happen under ``lock``,
+``_free_slots`` once; ``counted[p] > 0`` for every key. Mutations happen under ``lock``,
 which the collector also holds while it reads the roots.
 Once the heap closed (``closed``), a Handle's ``view`` raises HeapClosed; releasing one is
 still fine (it only touches this table).
@@ -28,7 +22,6 @@ still fine (it only touches this table).
 
 from __future__ import annotations
 
-import collections
 import itertools
 import threading
 import weakref
@@ -72,7 +65,6 @@ class RootSet:
         self._tokens = itertools.count(1)
         self.handle_addrs: list[int] = [0] * 1024
         self._free_slots: list[int] = list(range(1023, -1, -1))
-        self._released: collections.deque[int] = collections.deque()  # see the module comment
         self.ref = weakref.ref(self)    # shared by every Handle of this set
         self.closed = False
 
@@ -113,29 +105,20 @@ class RootSet:
         # test_threads_building_lists_while_another_collects (about 1 run in 10).
         with self.lock:
             try:
-                slot = self._released.pop()     # a dropped Handle's slot: overwritten
+                slot = self._free_slots.pop()
             except IndexError:
-                try:
-                    slot = self._free_slots.pop()
-                except IndexError:
-                    slot = self._grow_handles()
+                slot = self._grow_handles()
             self.handle_addrs[slot] = p
             return slot
 
     def release_slot(self, slot: int) -> None:
-        self._released.append(slot)       # no lock: see the module comment
-
-    def _drain_released(self) -> None:
-        """Free the slots of dropped Handles (caller holds lock)."""
-        rel, addrs, free = self._released, self.handle_addrs, self._free_slots
-        while rel:
-            slot = rel.popleft()     # only lock holders pop: rel is not empty here
-            addrs[slot] = 0
-            free.append(slot)
+        with self.lock:
+            self.handle_addrs[slot] = 0
+            self._free_slots.append(slot)
 
     @property
     def handles_live(self) -> int:
-        return len(self.handle_addrs) - len(self._free_slots) - len(self._released)
+        return len(self.handle_addrs) - len(self._free_slots)
 
     def _grow_handles(self) -> int:
         """Double the table and take a slot (caller holds lock)."""
@@ -148,7 +131,6 @@ class RootSet:
 
     def candidates(self, extra: list[int] = ()) -> np.ndarray:  # type: ignore[assignment]
         """Every root word as candidate pointers (caller holds lock)."""
-        self._drain_released()
         table = np.array(self.handle_addrs, dtype=np.uint64)
         parts = [table[table != 0]]
         if self.counted:
@@ -166,7 +148,6 @@ class RootSet:
             self.closed = True
             self.counted.clear()
             self.ranges.clear()
-            self._drain_released()
             self.handle_addrs[:] = [0] * len(self.handle_addrs)
 
 
@@ -179,8 +160,7 @@ class Handle:
     one whose heap was closed raises HeapClosed.
     """
 
-    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "_release", "_view",
-                 "__weakref__")
+    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "_view", "__weakref__")
 
     def __init__(self, roots: RootSet, addr: int, ctype: object, count: int) -> None:
         self.addr = addr
@@ -188,8 +168,6 @@ class Handle:
         self.count = count
         self._view = None
         self._roots = roots.ref
-        # the deque's own append: no RootSet lookup when dropped, and no strong ref to it
-        self._release = roots._released.append
         self._slot = roots.handle_slot(addr)
 
     @property
@@ -210,17 +188,17 @@ class Handle:
 
     def release(self) -> None:
         """Stop rooting the object (also done when the Handle is garbage-collected)."""
-        self._view = None
         slot, self._slot = self._slot, -1
+        self._view = None
         if slot >= 0:
-            self._release(slot)     # RootSet.release_slot, inlined
+            roots = self._roots()
+            if roots is not None:
+                roots.release_slot(slot)
 
     def __del__(self) -> None:
         try:
-            slot, self._slot = self._slot, -1
-            if slot >= 0:
-                self._release(slot)
-        except Exception:  # a Handle whose __init__ failed has no slot
+            self.release()
+        except Exception:  # interpreter shutdown: nothing left to release into
             pass
 
     def __int__(self) -> int:

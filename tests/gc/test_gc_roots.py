@@ -551,40 +551,12 @@ def test_verify_checks_the_root_table(heap):
     roots = heap._gc.roots
     roots._free_slots.append(handles[0]._slot)   # a live slot on the free list
     try:
-        with pytest.raises(HeapCorruption, match="not free"):
+        with pytest.raises(HeapCorruption, match="Handles live"):
             heap.verify()
     finally:
         roots._free_slots.pop()
     heap.verify()
-    handles[1].release()                         # its slot waits on the released deque
-    roots._released.append(handles[1]._slot)     # ... now twice
-    roots._released.append(roots._released[0])
-    try:
-        with pytest.raises(HeapCorruption, match="released twice"):
-            heap.verify()
-    finally:
-        roots._released.pop()
-    heap.verify()
     del handles
-
-
-def test_a_dropped_handle_roots_nothing_after_the_next_collect(heap):
-    """Dropping a Handle takes no lock: its slot waits on the released deque, still holding
-    the address, until a new Handle takes it over or the collector drains it."""
-    roots = heap._gc.roots
-    h1 = heap.new(Node)
-    p = h1.addr
-    slot = h1._slot
-    del h1
-    assert roots.handles_live == 0
-    assert roots.handle_addrs[slot] == p          # not yet cleared: still a root
-    h2 = heap.new(Node)
-    assert h2._slot == slot and roots.handle_addrs[slot] == h2.addr   # taken over
-    h2.release()
-    heap.collect()                                # drained before the table is read
-    assert roots.handle_addrs[slot] == 0 and slot in roots._free_slots
-    assert not live(heap, p) and not live(heap, h2.addr)
-    heap.verify()
 
 
 def test_counted_root_taken_again_without_lookup_still_refused_after_close():
