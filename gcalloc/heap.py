@@ -115,6 +115,7 @@ class Heap:
         self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
         self._pending = bitmap.PendingBits(a.mheap.arenas, a.mheap.spans, a.typed_fast)
         bitmap.register(self._pending)
+        a.typed_refilled = self._typed_limit
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._gc.pacer.set_memory_limit(memlimit)
@@ -251,10 +252,15 @@ class Heap:
             log = self._pending.log(plan.layout)
             log.append(p)
             self._alloc.typed_fast[type] = (size, plan.spc, log.append, plan.layout)
+        self._typed_limit()
+        return p
+
+    def _typed_limit(self) -> None:
+        """Write the logged typed objects' bits once the logs hold LIMIT of them (their
+        memory bound): after a typed slow call and after a typed run refilled."""
         if self._pending.pending() > bitmap.PendingBits.LIMIT:
             with self._alloc.inside():
                 self._pending.flush()
-        return p
 
     def _typed_plan(self, type: object, size: int) -> _TypedPlan | None:
         """Check T against size (the errors of _alloc_typed) and remember the result."""

@@ -11,7 +11,8 @@ stretch of free slots Go's nextFreeFast would hand out one by one from allocCach
 path reserves it in one step, zeroes it if the span may be dirty, and stops it short of the
 next heap-profile sample (see mspan). A typed call whose (type, size) is in ``typed_fast``
 takes the run too and appends the address to the type's log (the GC layer writes the heap
-bits in bulk). Everything else leaves through ``_alloc_small`` (run used up) or
+bits in bulk); when that run is used up it takes the next as ``_alloc_small`` does
+(``_alloc_typed_run``). Everything else leaves through ``_alloc_small`` (run used up) or
 ``_alloc_other`` (size 0, a type not in ``typed_fast`` yet, large objects, bad arguments).
 
 Zeroing: a span fresh from the OS is zero; ``span.needzero`` says whether a slot may hold old
@@ -157,6 +158,8 @@ class Allocator:
         # type -> (size, span class, log, layout): typed allocations the fast path takes
         # (filled and flushed by the GC layer: gc/bitmap.py's PendingBits).
         self.typed_fast: dict = {}
+        # Called after a typed fast entry's run refilled: bounds the logs (the GC layer's).
+        self.typed_refilled: Callable[[], None] = _no_op
 
     # --- allocation: the fast path -----------------------------------------------------
 
@@ -208,9 +211,22 @@ class Allocator:
                 if p:
                     e[2](p)
                     return p
+                if not self.efence:
+                    return self._alloc_typed_run(c, type, e, zero)
         return self._alloc_other(c, size, type, noscan, zero)
 
     # --- allocation: slow paths --------------------------------------------------------
+
+    def _alloc_typed_run(self, c: MCache, type: object, e: tuple, zero: bool) -> int:
+        """A typed fast entry's run is used up: the next run as ``_alloc_small`` takes it,
+        its first slot logged. The entry is read again after the refill (a collection there
+        gives the logs fresh lists); only one for the same size may log it, since the
+        entry is per type and another size has another layout. Then the logs' bound."""
+        p = self._alloc_small(c, e[1], zero)
+        now = self.typed_fast.get(type)
+        (now if now is not None and now[0] == e[0] else e)[2](p)
+        self.typed_refilled()
+        return p
 
     def _alloc_small(self, c: MCache, spc: int, zero: bool) -> int:
         """The run is used up: reserve the next one (refilling the mcache if the span is
@@ -627,6 +643,10 @@ class _ThreadGuard:
     the thread's mcache back."""
 
     __slots__ = ("__weakref__",)
+
+
+def _no_op() -> None:
+    pass
 
 
 def _detach_mcache(allocator_ref: weakref.ref, c: MCache) -> None:

@@ -269,6 +269,31 @@ def test_swept_typed_slot_gets_conservative_bits_back(heap):
         assert bits(heap, p, 3) == (ones(3), ones(3))
 
 
+def test_typed_runs_refill_on_the_fast_path_with_every_object_logged(heap, monkeypatch):
+    """A typed fast entry whose run is used up takes the next run itself (no typed slow
+    call), and every object of every run gets its precise bits."""
+    a = heap._alloc
+    slow = []
+    other = a._alloc_other
+    monkeypatch.setattr(a, "_alloc_other", lambda *args: slow.append(args) or other(*args))
+    ps = [heap.alloc(24, type=Node) for _ in range(1500)]   # past four 8 KiB spans of runs
+    assert len(slow) == 1                                    # the first call only
+    assert len({a.mheap.span_of(p) for p in ps}) >= 4
+    assert all(bits(heap, p, 3) == (0b010, 0b011) for p in ps)
+    heap.verify()
+
+
+def test_typed_run_refills_bound_the_logs(heap, monkeypatch):
+    """The logs' memory bound holds when only the fast path (and its refills) allocates."""
+    monkeypatch.setattr(bitmap.PendingBits, "LIMIT", 100)
+    run = 8192 // 32 + 1            # at most one span's slots are logged past a check
+    most = 0
+    for _ in range(1500):
+        heap.alloc(24, type=Node)
+        most = max(most, heap._pending.pending())
+    assert most <= 100 + run
+
+
 def test_typed_alloc_size_must_be_a_multiple(heap):
     with pytest.raises(InvalidSize):
         heap.alloc(25, type=Node)
