@@ -228,10 +228,14 @@ class Heap:
         if plan is None:
             return self._alloc.zerobase
         scan = not (noscan or plan.type.noscan)
-        p = self.alloc(size, None, not scan, zero)
         if plan.spc < 0:                       # large
-            if scan:
-                a = self._alloc
+            if not scan:
+                return self.alloc(size, None, True, zero)
+            a = self._alloc
+            # No cycle between the allocation and its bits: a cycle could free p and hand its
+            # pages to another object, which would then get this type's bits.
+            with self._gc.lock:
+                p = self.alloc(size, None, False, zero)
                 entered = a._enter()     # close() must not unmap the bitmap under this write
                 try:
                     s = a.mheap.span_of(p)
@@ -243,15 +247,22 @@ class Heap:
                     a._leave(entered)
             return p
         if noscan:
-            return p
+            return self.alloc(size, None, True, zero)
         if not scan:
+            p = self.alloc(size, None, True, zero)
             self._alloc.typed_fast[type] = (size, plan.spc | 1, _DISCARD, None)
             return p
         assert plan.layout is not None     # small
-        with bitmap.WRITE_LOCK:    # not between a flush's swap of the logs and its writes
+        # The log is taken before the slot, as the fast path does: if a flush (a cycle) comes
+        # between, this append goes to the swapped-out log and is dropped, leaving the slot
+        # conservative, never typing a slot another object took after a cycle freed p.
+        with bitmap.WRITE_LOCK:
             log = self._pending.log(plan.layout)
+        p = self.alloc(size, None, False, zero)
+        with bitmap.WRITE_LOCK:    # not between a flush's swap of the logs and its writes
             log.append(p)
-            self._alloc.typed_fast[type] = (size, plan.spc, log.append, plan.layout)
+            self._alloc.typed_fast[type] = (size, plan.spc,
+                                            self._pending.log(plan.layout).append, plan.layout)
         self._typed_limit()
         return p
 

@@ -426,3 +426,47 @@ def test_verify_finds_a_broken_heap_bitmap(heap):
     finally:
         heap._alloc.mheap.arenas.bitmap[byte] = saved
     heap.verify()
+
+
+def test_a_cycle_inside_the_typed_slow_path_never_types_another_objects_slot():
+    """The typed slow path allocates, then logs the slot for its bits. If a cycle runs in
+    between (another thread), the not yet rooted object is freed and an untyped object may
+    take its slot: the late log entry must not give that object the type's bits (its word 1
+    would no longer be scanned and what it points at would be freed)."""
+    import gcalloc
+
+    class Pair(ctypes.Structure):     # word 0 a pointer, word 1 an int
+        _fields_ = [("next", ctypes.c_void_p), ("v", ctypes.c_int64)]
+
+    h = gcalloc.Heap(-1, scavenger=False, debug="")
+    try:
+        real_alloc = h.alloc
+        found: dict = {}
+        keep = []
+
+        def alloc_then_another_thread_collects(size, type=None, noscan=False, zero=True):
+            p = real_alloc(size, type, noscan, zero)
+            if type is None and not found:
+                h.collect()                     # p is not rooted yet: freed
+                for _ in range(10_000):         # untyped objects of "another thread"
+                    hq = h.handle(real_alloc(16), ctypes.c_uint64 * 2)
+                    if hq.addr == p:
+                        found["q"] = hq
+                        break
+                    keep.append(hq)
+            return p
+
+        h.alloc = alloc_then_another_thread_collects   # type: ignore[method-assign]
+        p = h.alloc(16, type=Pair)              # the first (Pair, 16): the slow path
+        del h.alloc
+        q = found["q"]
+        assert q.addr == p                      # the shape of the race did happen
+        child = h.handle(h.alloc(32), ctypes.c_uint64 * 4)
+        caddr = child.addr
+        q.view[1] = caddr                       # q is untyped: its word 1 is a pointer
+        del child
+        h.collect()
+        assert bitmap.read_bits(h._alloc.mheap.arenas, q.addr, 2) == (3, 3)
+        assert h.lookup(caddr) is not None
+    finally:
+        h.close()
