@@ -396,6 +396,7 @@ def test_thread_record_per_thread_reaped_after_exit(heap, lib):
     """A C thread (pthread_create: Python gets a new thread state at every callback) gets
     its own record and an mcache that lasts across its calls; when it exits, the pthread
     key's destructor marks the record exited and the next collection reaps both."""
+    heap.mem_profile_rate = 0   # no heap-profile sample may cut a run short: 4 refills exactly
     api = heap.capi
     assert lib.alloc(api, 32, 1)
     mine = lib.thread_record(api)
