@@ -212,19 +212,20 @@ class Allocator:
                     e[2](p)
                     return p
                 if not self.efence:
-                    return self._alloc_typed_run(c, type, e, zero)
+                    return self._alloc_typed_run(c, e, zero)
         return self._alloc_other(c, size, type, noscan, zero)
 
     # --- allocation: slow paths --------------------------------------------------------
 
-    def _alloc_typed_run(self, c: MCache, type: object, e: tuple, zero: bool) -> int:
+    def _alloc_typed_run(self, c: MCache, e: tuple, zero: bool) -> int:
         """A typed fast entry's run is used up: the next run as ``_alloc_small`` takes it,
-        its first slot logged. The entry is read again after the refill (a collection there
-        gives the logs fresh lists); only one for the same size may log it, since the
-        entry is per type and another size has another layout. Then the logs' bound."""
+        its first slot logged through the entry read before the slot, as the fast path
+        logs (gc/bitmap.py's PendingBits): if a collection came between, the append goes to
+        a swapped-out log and the slot stays conservative; logging into the fresh log
+        could type a slot another thread's object took after that collection freed p.
+        Then the logs' bound."""
         p = self._alloc_small(c, e[1], zero)
-        now = self.typed_fast.get(type)
-        (now if now is not None and now[0] == e[0] else e)[2](p)
+        e[2](p)
         self.typed_refilled()
         return p
 
