@@ -74,6 +74,15 @@ def error(lib, api) -> str:
 # --- the packaged header ---------------------------------------------------------------------
 
 
+@pytest.fixture
+def heap(heap):
+    """conftest's heap with heap-profile sampling off: a sample cuts a run short (the
+    sampled object starts a run), and these tests count runs and refills exactly; the
+    sampling test turns it back on."""
+    heap.mem_profile_rate = 0
+    return heap
+
+
 def test_get_include_holds_the_headers():
     inc = Path(gcalloc.get_include())
     assert (inc / "gcalloc.h").is_file() and (inc / "gcalloc_stop.h").is_file()
@@ -396,7 +405,6 @@ def test_thread_record_per_thread_reaped_after_exit(heap, lib):
     """A C thread (pthread_create: Python gets a new thread state at every callback) gets
     its own record and an mcache that lasts across its calls; when it exits, the pthread
     key's destructor marks the record exited and the next collection reaps both."""
-    heap.mem_profile_rate = 0   # no heap-profile sample may cut a run short: 4 refills exactly
     api = heap.capi
     assert lib.alloc(api, 32, 1)
     mine = lib.thread_record(api)
