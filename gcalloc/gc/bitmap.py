@@ -161,7 +161,9 @@ class Layout:
         self.offsets = np.flatnonzero(_int_bits(ptr, nwords)).astype(np.int64)
         self._phases: list[tuple[np.ndarray, np.ndarray] | None] = [None] * 4
         self._rows: dict[tuple[int, int], np.ndarray] = {}
-        self._runs: list[np.ndarray | None] = [None] * 4
+        # per phase: (row, the slots it holds); a row is as long in bytes as a run of more
+        # slots can be (the last byte is shared), so it is the slots that are compared
+        self._runs: list[tuple[np.ndarray, int] | None] = [None] * 4
 
     @classmethod
     def of(cls, typ: Type, elemsize: int, data_bytes: int) -> Layout:
@@ -200,19 +202,20 @@ class Layout:
     def run_row(self, ph: int, m: int) -> np.ndarray:
         """The bitmap bytes of m consecutive slots of this layout, the first starting at
         word ``ph`` of its byte; words outside the run are 0. Cached, grown by doubling."""
-        row = self._runs[ph]
+        found = self._runs[ph]
+        if found is not None and m <= found[1]:
+            return found[0]
         n = self.nwords
-        if row is None or len(row) < (ph + m * n + 3) >> 2:
-            cap = max(m, 64, 2 * ((len(row) << 2) // n if row is not None else 0))
-            total = ph + cap * n
-            nb = (total + 3) >> 2
-            p = np.zeros(nb * 4, np.uint8)
-            q = np.zeros(nb * 4, np.uint8)
-            p[ph:total] = np.tile(_int_bits(self.ptr, n), cap)
-            q[ph:total] = np.tile(_int_bits(self.scan, n), cap)
-            row = ((p.reshape(nb, 4) << _SHIFT4).sum(1)
-                   | (q.reshape(nb, 4) << (_SHIFT4 + 4)).sum(1)).astype(np.uint8)
-            self._runs[ph] = row
+        cap = max(m, 64, 2 * found[1] if found is not None else 0)
+        total = ph + cap * n
+        nb = (total + 3) >> 2
+        p = np.zeros(nb * 4, np.uint8)
+        q = np.zeros(nb * 4, np.uint8)
+        p[ph:total] = np.tile(_int_bits(self.ptr, n), cap)
+        q[ph:total] = np.tile(_int_bits(self.scan, n), cap)
+        row = ((p.reshape(nb, 4) << _SHIFT4).sum(1)
+               | (q.reshape(nb, 4) << (_SHIFT4 + 4)).sum(1)).astype(np.uint8)
+        self._runs[ph] = (row, cap)
         return row
 
     def __repr__(self) -> str:
@@ -260,7 +263,8 @@ BIG_WORDS = 64  # slots at least this big are written one slice each (fancy inde
 def _write_run(bitmap: np.ndarray, i: int, p0: int, m: int, lay: Layout) -> None:
     """Write m consecutive slots of lay, the first at word p0 of bitmap byte i: one slice
     of ``run_row``, with a read-modify-write of only the two edge bytes (shared with the
-    neighbouring slots when the run does not start or end on a byte)."""
+    neighbouring slots when the run does not start or end on a byte). The cached row may
+    hold more slots than the run: the edge bytes take only the run's words from it."""
     end = p0 + m * lay.nwords
     nb = (end + 3) >> 2
     vals = lay.run_row(p0, m)[:nb].copy()
@@ -271,9 +275,9 @@ def _write_run(bitmap: np.ndarray, i: int, p0: int, m: int, lay: Layout) -> None
         keep_first |= keep_last
         keep_last = 0
     if keep_first:
-        vals[0] |= int(seg[0]) & keep_first
+        vals[0] = (int(vals[0]) & ~keep_first) | (int(seg[0]) & keep_first)
     if keep_last:
-        vals[-1] |= int(seg[-1]) & keep_last
+        vals[-1] = (int(vals[-1]) & ~keep_last) | (int(seg[-1]) & keep_last)
     seg[:] = vals
 
 

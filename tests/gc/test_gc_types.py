@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
 import pytest
 from heaputil import peek, poke
 
@@ -281,6 +282,48 @@ def test_typed_runs_refill_on_the_fast_path_with_every_object_logged(heap, monke
     assert len({a.mheap.span_of(p) for p in ps}) >= 4
     assert all(bits(heap, p, 3) == (0b010, 0b011) for p in ps)
     heap.verify()
+
+
+@pytest.mark.parametrize("nwords", [1, 2, 3, 5, 6])
+def test_a_run_writes_what_its_slots_written_one_by_one_would(nwords):
+    """A run written as one slice (growing runs: the row cache is extended as they come)
+    equals its slots written by phase groups, for every phase a slot can start at: a row as
+    long in bytes as a longer run must still hold that run's last slot, and a row longer
+    than the run must not write the words past it."""
+    lay = bitmap.Layout(0b1 | 1 << (nwords - 1), ones(nwords), nwords, "t")
+    for ph in sorted({j * nwords & 3 for j in range(4)}):   # where slots of a span start
+        for m in range(1, 140):
+            run = np.full(4 + (ph + m * nwords) // 4, 0xA5, np.uint8)
+            one_by_one = run.copy()
+            bitmap._write_run(run, 1, ph, m, lay)
+            starts = ph + np.arange(m, dtype=np.int64) * nwords
+            bitmap._write_groups(one_by_one, 1 + (starts >> 2), starts & 3, lay)
+            assert run.tolist() == one_by_one.tolist(), (ph, m)
+
+
+def test_a_logged_run_from_the_high_half_of_a_byte_types_its_last_slot():
+    """65 two-word slots logged from word 2 of a bitmap byte, after a shorter run made the
+    row cache: the last slot kept its pointer bit (it was left all zero, so the collector
+    did not follow its pointer and freed a live list node)."""
+
+    class Link(ctypes.Structure):       # a fresh type: a fresh Layout and row cache
+        _fields_ = [("next", ctypes.c_void_p), ("value", ctypes.c_uint64)]
+
+    heap = gcalloc.Heap(-1, scavenger=False, debug="")
+    try:
+        heap.mem_profile_rate = 0        # no sample cuts the runs short
+        heap.alloc(16)                                    # slot 0: untyped
+        first = [heap.alloc(16, type=Link) for _ in range(10)]   # a run from word 2
+        assert bits(heap, first[-1], 2) == (0b01, 0b01)   # written: the row is cached
+        heap.alloc(16)                                    # slots 11, 12 untyped: the
+        heap.alloc(16)                                    # next run starts at word 2 again
+        run = [heap.alloc(16, type=Link) for _ in range(65)]
+        assert run == list(range(run[0], run[0] + 65 * 16, 16))
+        assert (run[0] >> 3) & 3 == 2
+        assert [bits(heap, p, 2) for p in run] == [(0b01, 0b01)] * 65
+        heap.verify()
+    finally:
+        heap.close()
 
 
 def test_typed_run_refills_bound_the_logs(heap, monkeypatch):
