@@ -342,8 +342,9 @@ class Heap:
             except (KeyError, TypeError):
                 pass
             else:
-                with self._gc.lock:   # no cycle between the allocation and its root
-                    return Handle(self._roots, self.alloc(size, ctype), view_type, 1)
+                # No lock: the object is a run's slot, and a cycle between the allocation
+                # and the root treats each run's last slot as a root (flush_mcaches).
+                return Handle(self._roots, self.alloc(size, ctype), view_type, 1)
         t = type_of(ctype)
         view_type = ctypes.c_ubyte * t.size if isinstance(ctype, Type) else ctype
         if isinstance(n, bool) or not isinstance(n, int):
@@ -356,7 +357,10 @@ class Heap:
         with self._gc.lock:   # no cycle between the allocation and its root
             p = self.alloc(size, ctype)
             handle = Handle(self._roots, p, view_type, n)
-        if n == 1 and len(self._new_plans) < 4096:   # checked: the next new(ctype) skips it
+        if (n == 1 and 16 <= size <= MAX_SMALL_SIZE and not self._alloc.efence
+                and len(self._new_plans) < 4096):
+            # checked, and small but not tiny (a tiny object is inside a block, not a run's
+            # slot): the next new(ctype) skips the checks and the lock
             self._new_plans[ctype] = (size, view_type)
         return handle
 

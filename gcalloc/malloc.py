@@ -150,6 +150,9 @@ class Allocator:
         # The collector's Marker while it marks (it sets and clears this with the world
         # stopped): the slow paths allocate black into it.
         self.marking: Marker | None = None
+        # The slot each mcache run handed out last, as of the last flush_mcaches (roots of
+        # the cycle that flushed: their threads may be between the allocation and a root).
+        self.in_flight: list[int] = []
         self.efence = efence
         self.efence_unprotected = 0   # efence frees the OS refused to fault (see above)
         # Run first by flush_mcaches, world stopped: caches outside the mcaches (the C ABI's
@@ -510,22 +513,33 @@ class Allocator:
             self.mcaches.discard(c)
             self._cachealloc.free(c)
 
-    def _release_mcache(self, c: MCache, keep_tiny: bool = False) -> None:
-        unused = c.release_all(self.central, self.stats, keep_tiny)
+    def _release_mcache(self, c: MCache, keep_tiny: bool = False, hold: bool = False) -> None:
+        unused = c.release_all(self.central, self.stats, keep_tiny, hold)
         if unused:
             self.hooks.charge_live(-unused)
         with self.mheap.lock:
             self.stats.tiny_allocs += c.tiny_allocs
             c.tiny_allocs = 0
 
-    def flush_mcaches(self) -> None:
+    def flush_mcaches(self, started_by: list[int] = ()) -> None:  # type: ignore[assignment]
         """Return every thread's cached spans and runs (the world must be stopped: Go's
         flushallmcaches at the start of a collection). Tiny blocks stay: a parked thread may
-        be halfway through handing one out, so the collector treats them as roots."""
+        be halfway through handing one out, so the collector treats them as roots. So is
+        the slot each other thread's runs handed out last (``in_flight``, from each mcache's
+        ``held``): that thread may not have rooted it yet (Heap.new roots its object after
+        the allocation returns). Of the collecting thread's, only the object of the
+        allocation that started the cycle (``started_by``; none for runtime.GC): that thread
+        has not rooted it yet, and the next cycle may come before it has."""
         for hook in self.flush_hooks:
             hook()
+        mine = getattr(self._tls, "mcache", None)
+        held: list[int] = []
         for c in list(self.mcaches):
-            self._release_mcache(c, keep_tiny=True)
+            self._release_mcache(c, keep_tiny=True, hold=True)
+            if c is mine:
+                c.held = {spc: p for spc, p in c.held.items() if p in started_by}
+            held.extend(c.held.values())
+        self.in_flight = held
 
     # --- explicit free and lookup (free.py) -----------------------------------------------
 

@@ -39,7 +39,7 @@ class MCache:
     """One thread's span cache."""
 
     __slots__ = ("alloc", "runs", "tiny", "tinyoffset", "tiny_allocs", "next_sample",
-                 "mallocing")
+                 "mallocing", "held")
 
     def __init__(self) -> None:
         self.alloc: list[MSpan] = [EMPTY_SPAN] * NUM_SPAN_CLASSES
@@ -50,6 +50,11 @@ class MCache:
         self.tiny_allocs = 0      # tiny allocations not yet flushed into HeapStats
         self.next_sample = 0      # bytes to allocate before the next heap-profile sample
         self.mallocing = False    # inside the allocator (the collector waits for False)
+        # span class -> the slot its runs handed out last, as of the last collection's
+        # flush: what this thread may hold unrooted (a register, in Go). Kept while the
+        # class takes no new run: a thread between an allocation and its root may see
+        # several cycles go by.
+        self.held: dict[int, int] = {}
 
     def refill(self, spc: int, central: MCentral, stats: HeapStats) -> MSpan:
         """Replace the full span of class spc by one with a free slot (Go's refill)."""
@@ -69,19 +74,22 @@ class MCache:
         return s
 
     def release_all(self, centrals: list[MCentral], stats: HeapStats,
-                    keep_tiny: bool = False) -> int:
+                    keep_tiny: bool = False, hold: bool = False) -> int:
         """Give every cached span back and flush local counters (Go's releaseAll). Returns
         the bytes of the slots given back, which refill had counted as allocated.
 
         ``keep_tiny``: leave the tiny block in place (a collection's flush: the owning thread
         may be parked between its check of ``tiny`` and its use, so the block stays, as a
-        root). Thread exit and close drop it."""
+        root). Thread exit and close drop it. ``hold``: record in ``held`` the slot each run
+        handed out last (see give_back_run); else ``held`` is emptied."""
         bits64 = centrals[0].mheap.gcbits.bits64
         unused = 0
         for spc, s in enumerate(self.alloc):
             if s is EMPTY_SPAN:
                 continue
-            self.give_back_run(spc, bits64)
+            last = self.give_back_run(spc, bits64)
+            if last and hold:
+                self.held[spc] = last
             self.alloc[spc] = EMPTY_SPAN
             free = s.nelems - s.allocCount
             unused += free * s.elemsize
@@ -92,14 +100,21 @@ class MCache:
         if not keep_tiny:
             self.tiny = 0
             self.tinyoffset = 0
+        if not hold:
+            self.held.clear()
         return unused
 
-    def give_back_run(self, spc: int, bits64) -> None:
+    def give_back_run(self, spc: int, bits64) -> int:
         """Return the unused part of alloc[spc]'s run to the span and its bytes to the
-        sampling countdown (they were charged when the run was reserved)."""
+        sampling countdown (they were charged when the run was reserved). Returns the
+        address the run handed out last (its first slot always is), or 0 if there is no
+        run: the collector's stand-in for the register holding a just-allocated pointer."""
         run, self.runs[spc] = self.runs[spc], EMPTY_RUN
         s = self.alloc[spc]
-        self.next_sample += s.unreserve(bits64, run) * s.elemsize
+        end = s.run_end
+        left = s.unreserve(bits64, run)
+        self.next_sample += left * s.elemsize
+        return end - (left + 1) * s.elemsize if end else 0
 
     def run_left(self, s: MSpan) -> int:
         """Slots of s's run not handed out yet (s cached here)."""

@@ -127,7 +127,7 @@ class Collector:
         try:
             self.cthreads.suspend_all()
             self.sweeper.finish()
-            allocator.flush_mcaches()
+            allocator.flush_mcaches(extra)
             wall1, cpu1 = time.perf_counter(), time.process_time()
             marker = self._mark(extra)
             heap_end = self.pacer.heap_live
@@ -168,9 +168,10 @@ class Collector:
         marker = Marker(allocator.mheap, spans, pool=self._mark_pool(),
                         scratch=self.mark_scratch, graph_cost=self.graph_cost, **kwargs)
         allocator.marking = marker
-        tiny = [c.tiny for c in allocator.mcaches if c.tiny]
+        # What threads hold without a root yet: tiny blocks and each run's last slot.
+        held = [c.tiny for c in allocator.mcaches if c.tiny] + allocator.in_flight
         with self.roots.lock:
-            candidates = self.roots.candidates(extra + tiny)
+            candidates = self.roots.candidates(extra + held)
         parts = [candidates] + [fn() for fn in self.extra_roots]
         marker.mark_from(np.concatenate(parts) if len(parts) > 1 else candidates)
         for hook in self.after_mark:

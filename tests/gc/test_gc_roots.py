@@ -545,6 +545,78 @@ def test_threads_building_lists_while_another_collects():
         heap.close()
 
 
+def _in_thread(heap: gcalloc.Heap, first) -> tuple[list[int], threading.Event,
+                                                  threading.Event, threading.Thread]:
+    """Run first() in a new thread that keeps its mcache (it waits on ``go`` after each step
+    until ``stop``); returns (what it returned, go, done, thread)."""
+    out: list[int] = []
+    go, done, stop = threading.Event(), threading.Event(), []
+
+    def body() -> None:
+        step = first
+        while step is not None:
+            out.append(step())
+            done.set()
+            go.wait()
+            go.clear()
+            step = stop.pop() if stop else None
+
+    t = threading.Thread(target=body)
+    t.start()
+    done.wait()
+    done.clear()
+    t.stop = stop                         # type: ignore[attr-defined]
+    return out, go, done, t
+
+
+def test_a_threads_last_object_is_held_until_it_allocates_in_that_class_again(heap):
+    """Held slots: the object another thread allocated last (not rooted yet: it is between
+    its allocation and its Handle, say) survives every cycle until that thread takes a new
+    run of the class; then it is garbage like any other."""
+    out, go, done, t = _in_thread(heap, lambda: [heap.alloc(64) for _ in range(5)][-1])
+    p = out[0]
+    for _ in range(3):
+        heap.collect()
+        assert live(heap, p)
+    before = heap.read_memstats().heap_objects
+    assert before == 1                    # the four before it died at the first cycle
+    t.stop.append(lambda: heap.alloc(64))                  # type: ignore[attr-defined]
+    heap.collect()                        # its run is given back: the next one is a new run
+    go.set()
+    done.wait()
+    heap.collect()
+    assert not live(heap, p)              # the new object holds the class now
+    assert live(heap, out[1])
+    go.set()
+    t.join()
+    heap.collect()
+    assert heap.read_memstats().heap_objects == 0   # a thread that exits holds nothing
+
+
+def test_the_collecting_thread_holds_only_what_started_its_cycle():
+    """runtime.GC (collect()) frees the caller's unrooted objects; an automatic cycle keeps
+    the object whose allocation started it through the next cycles, as another thread's."""
+    heap = gcalloc.Heap(0, scavenger=False, debug="")    # GOGC=0: every refill is due
+    try:
+        heap.mem_profile_rate = 0
+        ps = [heap.alloc(64)]
+        n0 = heap.read_memstats().num_gc
+        while heap.read_memstats().num_gc == n0:
+            ps.append(heap.alloc(64))
+        starter = ps[-1]                  # its allocation ran the cycle
+        assert heap._alloc.in_flight == [starter]
+        other = threading.Thread(target=heap.collect)   # the next cycle, from elsewhere
+        other.start()
+        other.join()
+        assert live(heap, starter)
+        assert sum(live(heap, p) for p in ps) == 1
+        heap.collect()                    # forced: the caller holds nothing
+        assert not live(heap, starter)
+        assert heap._alloc.in_flight == []
+    finally:
+        heap.close()
+
+
 def test_verify_checks_the_root_table(heap):
     handles = [heap.new(ctypes.c_uint64) for _ in range(3)]
     heap.verify()
