@@ -25,7 +25,8 @@ it stands beside, interleaved in one process on one Heap with the collector off 
 between repetitions, outside the timing, empties it), and prints the ratio and the bar:
 ``alloc(size, type=T)`` against ``alloc(size)`` for a 24-byte ``Node``, the 96-byte ``Big``,
 arrays of n Nodes and a large (> 32 KiB) array; ``new(T)``, ``handle(p)`` and an
-``add_root``/``remove_root`` pair against ``alloc(24)``. A typed row's time includes writing
+``add_root``/``remove_root`` pair against ``alloc(24)`` (on one object again and again, and on
+a new object each time, which add_root must look up). A typed row's time includes writing
 its heap bits (the flush of the typed log, done inside the timing). Boehm's ``GC_malloc`` and
 ``GC_malloc_explicitly_typed`` and a ``GC_add_roots``/``GC_remove_roots`` pair stand beside
 where libgc is present.
@@ -260,6 +261,16 @@ def _loop_roots(h: gcalloc.Heap, calls: int, p: int) -> float:
     return (time.perf_counter_ns() - t0) / calls
 
 
+def _loop_roots_fresh(h: gcalloc.Heap, ps: list[int]) -> float:
+    """The pair on a different object each time: add_root looks each one up."""
+    add, remove = h.add_root, h.remove_root
+    t0 = time.perf_counter_ns()
+    for p in ps:
+        add(p)
+        remove(p)
+    return (time.perf_counter_ns() - t0) / len(ps)
+
+
 def _boehm_typed(lib: ctypes.CDLL):
     """(GC_malloc_explicitly_typed, Node's descriptor) or None."""
     try:
@@ -331,6 +342,7 @@ def print_typed(n: int, repeat: int) -> None:
             add("t new", _loop_new(h, n))
             add("t handle", _loop_handle(h, n, p))
             add("t roots", _loop_roots(h, n, p))
+            add("t roots fresh", _loop_roots_fresh(h, [h.alloc(24) for _ in range(n)]))
             h.collect()
             if boehm is not None:
                 add("b GC_malloc(24)", _loop_boehm(boehm.GC_malloc, n, 24))
@@ -364,6 +376,7 @@ def print_typed(n: int, repeat: int) -> None:
     row("new(Node) vs alloc(24)", "t new", "u new", 2.5)
     row("handle(p) vs alloc(24)", "t handle", "u new", 3.0)
     row("add_root+remove_root vs alloc(24)", "t roots", "u new", 4.0)
+    row("  the same, a new object each pair", "t roots fresh", "u new", 4.0)
     if boehm is None:
         print("Boehm GC (libgc.so.1) not found: no Boehm rows")
     else:

@@ -443,25 +443,55 @@ class Heap:
     def add_root(self, p: int) -> None:
         """Keep the object holding p alive until a matching remove_root (counted). Raises
         NotHeapPointer, HeapClosed."""
-        roots = self._roots
-        if p.__class__ is int and p in roots.counted and not self._alloc.closed:
-            roots.add(p)     # a counted root is an object's base, alive while rooted
-            return
-        found = self._find(p)
-        if found is None:
-            raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        roots.add(found[0])
+        if (p.__class__ is int and p in self._roots.counted
+                and self._count_root(p, True, keys_only=True)):
+            return           # a key names an allocated object's base (gc/roots.py)
+        self._count_root(self._base_of(p), True)
 
     def remove_root(self, p: int) -> None:
         """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""
-        roots = self._roots
-        if p.__class__ is int and p in roots.counted and not self._alloc.closed:
-            roots.remove(p)  # a counted root's base needs no lookup (see add_root)
-            return
+        if (p.__class__ is int and p in self._roots.counted
+                and self._count_root(p, False, keys_only=True)):
+            return           # a counted root's base needs no look-up (see add_root)
+        self._count_root(self._base_of(p), False)
+
+    def _base_of(self, p: int) -> int:
         found = self._find(p)
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        roots.remove(found[0])
+        return found[0]
+
+    def _count_root(self, base: int, add: bool, keys_only: bool = False) -> bool:
+        """One more (or one less) counted root at base, inside a safepoint region (the
+        collector prunes emptied entries with the world stopped: gc/roots.py). With
+        ``keys_only``, only if base is a key already, else False. The region is inlined
+        for the usual case, as in ``_find``; anything unusual takes ``Allocator.inside``.
+        Raises NotARoot, HeapClosed."""
+        a = self._alloc
+        try:
+            c = a._tls.mcache
+        except AttributeError:
+            c = a._this_mcache()   # a thread that only roots: a region, not a world stop
+        if not c.mallocing:
+            c.mallocing = True
+            try:
+                if not a._world.stopped and not a._closed:
+                    return self._count_root_here(base, add, keys_only)
+            finally:
+                c.mallocing = False
+        with a.inside():
+            a.check_open()
+            return self._count_root_here(base, add, keys_only)
+
+    def _count_root_here(self, base: int, add: bool, keys_only: bool) -> bool:
+        roots = self._roots
+        if keys_only and base not in roots.counted:
+            return False
+        if add:
+            roots.add(base)
+        else:
+            roots.remove(base)
+        return True
 
     def add_root_range(self, addr: int, size: int, conservative: bool = True,
                        type: object = None) -> int:
@@ -701,6 +731,11 @@ class Heap:
         bitmap.fill_span(self._alloc.mheap.arenas, first.base, nbytes, bitmap.ALL_ONES)
 
     def _on_free(self, s: MSpan, idx: int, refund: int) -> None:
+        # A counted-root key names an allocated object (see add_root): an emptied one goes
+        # with its object (a rooted object freed explicitly stays the caller's root).
+        base = s.base + idx * s.elemsize
+        if self._roots.counted.get(base) == []:
+            del self._roots.counted[base]
         if self._pending.pending():
             # The object may be logged: its bits must be written (and its span typed)
             # before they are reset, or a later flush would type whatever takes the slot.
@@ -757,15 +792,12 @@ class Heap:
         with roots.lock:
             table = list(roots.handle_addrs)
             free = list(roots._free_slots)
-            counts_ok = all(n > 0 for n in roots.counted.values())
         out = []
         live = sum(1 for a in table if a)
         if live != len(table) - len(free):
             out.append(f"{live} handle slots in use, {len(table) - len(free)} Handles live")
         if len(set(free)) != len(free) or any(table[i] for i in free):
             out.append("a handle slot in use is on the free list (or on it twice)")
-        if not counts_ok:
-            out.append("a counted root has a count <= 0")
         return out
 
     def close(self) -> None:

@@ -6,15 +6,29 @@ mutator is Python, so the roots are declared).
   scanned word by word, conservatively or with a Type's pointer mask;
 - Handles: a slot in a table of addresses (a Python list, read into numpy only at mark time);
   the object is a root while the Python Handle object lives. Creating or dropping a Handle
-  is a list pop or append and one list store under ``lock`` (reentrant: a Handle's
-  ``__del__`` may run while this thread holds it); no numpy on that path.
+  is a list pop or append and one list store, each atomic under the interpreter lock, and
+  no lock of ours: no numpy on that path. A slot is taken (pop) before its address is
+  stored and freed (append) after its address is cleared, so a reader sees each slot as 0
+  or as a live Handle's address; the collector's read (``candidates``) is one C-level copy
+  of the list. Only growing the table takes ``lock``.
 
 ``RootSet.candidates()`` returns every root word as one uint64 array of candidate pointers,
 which the marker resolves with findObject: interior pointers keep their object; pointers to
 free slots, free spans or outside the heap are ignored.
 
+Counted roots are a list per base address with one entry per ``add_root``: an add is an
+append, a remove a pop, each atomic, made inside a safepoint region of the allocator
+(``Allocator._enter``: the caller's), so no lock; an emptied list is deleted by
+``candidates``, with the world stopped, when no thread can be between its look-up of a list
+and its append, or with its object by an explicit free (rooting an object another thread is
+freeing is the caller's bug, as in C).
+
 Invariants: ``handle_addrs[i]`` is 0 for a free slot and every free slot is on
-``_free_slots`` once; ``counted[p] > 0`` for every key. Mutations happen under ``lock``,
+``_free_slots`` once (both lists only grow, in place: Handles keep references to them);
+``len(counted[p])`` is p's count, and a key with an empty list is a count of 0 still to be
+deleted; every key is the base of an allocated object (keys are made from found objects;
+emptied ones go at each cycle's mark, before its sweep, and with their object at an
+explicit free), so ``add_root`` of a key needs no look-up. Ranges change under ``lock``,
 which the collector also holds while it reads the roots.
 Once the heap closed (``closed``), a Handle's ``view`` raises HeapClosed; releasing one is
 still fine (it only touches this table).
@@ -60,7 +74,7 @@ class RootSet:
     def __init__(self) -> None:
         # Reentrant: a Handle's __del__ may run (Python's own GC) while this thread holds it.
         self.lock = threading.RLock()
-        self.counted: dict[int, int] = {}
+        self.counted: dict[int, list[None]] = {}   # base -> one entry per add_root
         self.ranges: dict[int, RootRange] = {}
         self._tokens = itertools.count(1)
         self.handle_addrs: list[int] = [0] * 1024
@@ -71,18 +85,22 @@ class RootSet:
     # --- counted roots -----------------------------------------------------------------
 
     def add(self, p: int) -> None:
-        with self.lock:
-            self.counted[p] = self.counted.get(p, 0) + 1
+        """Count one more root at base p (the caller is inside a safepoint region)."""
+        entries = self.counted.get(p)
+        if entries is None:
+            entries = self.counted.setdefault(p, [])
+        entries.append(None)
 
     def remove(self, p: int) -> None:
-        with self.lock:
-            n = self.counted.get(p, 0)
-            if n == 0:
-                raise NotARoot(f"{p:#x} is not a root")
-            if n == 1:
-                del self.counted[p]
-            else:
-                self.counted[p] = n - 1
+        """Count one root at base p less (inside a safepoint region). Raises NotARoot."""
+        try:
+            self.counted[p].pop()
+        except (KeyError, IndexError):
+            raise NotARoot(f"{p:#x} is not a root") from None
+
+    def count(self, p: int) -> int:
+        entries = self.counted.get(p)
+        return len(entries) if entries else 0
 
     # --- ranges ------------------------------------------------------------------------
 
@@ -100,40 +118,45 @@ class RootSet:
     # --- handles -----------------------------------------------------------------------
 
     def handle_slot(self, p: int) -> int:
-        # Under lock, although each step is atomic: without it, a Handle made or dropped
-        # while the collector reads the table lost a live object in
-        # test_threads_building_lists_while_another_collects (about 1 run in 10).
-        with self.lock:
-            try:
-                slot = self._free_slots.pop()
-            except IndexError:
-                slot = self._grow_handles()
-            self.handle_addrs[slot] = p
-            return slot
+        """A slot holding p (see the module comment: no lock but to grow)."""
+        try:
+            slot = self._free_slots.pop()
+        except IndexError:
+            slot = self._grow_handles()
+        self.handle_addrs[slot] = p
+        return slot
 
     def release_slot(self, slot: int) -> None:
-        with self.lock:
-            self.handle_addrs[slot] = 0
-            self._free_slots.append(slot)
+        self.handle_addrs[slot] = 0
+        self._free_slots.append(slot)
 
     @property
     def handles_live(self) -> int:
         return len(self.handle_addrs) - len(self._free_slots)
 
     def _grow_handles(self) -> int:
-        """Double the table and take a slot (caller holds lock)."""
-        old = len(self.handle_addrs)
-        self.handle_addrs.extend([0] * old)
-        self._free_slots.extend(range(old * 2 - 1, old, -1))
-        return old
+        """Take a slot, doubling the table if it is still full once this thread holds the
+        lock (another may have grown it meanwhile). The new slots join the free list only
+        after the table holds them."""
+        with self.lock:
+            try:
+                return self._free_slots.pop()
+            except IndexError:
+                pass
+            old = len(self.handle_addrs)
+            self.handle_addrs.extend([0] * old)
+            self._free_slots.extend(range(old * 2 - 1, old, -1))
+            return old
 
     # --- for the collector -------------------------------------------------------------
 
     def candidates(self, extra: list[int] = ()) -> np.ndarray:  # type: ignore[assignment]
-        """Every root word as candidate pointers (caller holds lock)."""
+        """Every root word as candidate pointers (caller holds lock, the world stopped)."""
         table = np.array(self.handle_addrs, dtype=np.uint64)
         parts = [table[table != 0]]
         if self.counted:
+            for p in [p for p, entries in self.counted.items() if not entries]:
+                del self.counted[p]     # the world is stopped: nobody is adding to it
             parts.append(np.fromiter(self.counted.keys(), dtype=np.uint64,
                                      count=len(self.counted)))
         for r in self.ranges.values():
@@ -160,7 +183,8 @@ class Handle:
     one whose heap was closed raises HeapClosed.
     """
 
-    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "_view", "__weakref__")
+    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "_view", "_table", "_free",
+                 "__weakref__")
 
     def __init__(self, roots: RootSet, addr: int, ctype: object, count: int) -> None:
         self.addr = addr
@@ -168,7 +192,15 @@ class Handle:
         self.count = count
         self._view = None
         self._roots = roots.ref
-        self._slot = roots.handle_slot(addr)
+        # RootSet.handle_slot and release_slot, inlined (a Handle is made per object)
+        self._table = table = roots.handle_addrs
+        self._free = free = roots._free_slots
+        try:
+            slot = free.pop()
+        except IndexError:
+            slot = roots._grow_handles()
+        table[slot] = addr
+        self._slot = slot
 
     @property
     def view(self):
@@ -191,15 +223,14 @@ class Handle:
         slot, self._slot = self._slot, -1
         self._view = None
         if slot >= 0:
-            roots = self._roots()
-            if roots is not None:
-                roots.release_slot(slot)
+            self._table[slot] = 0
+            self._free.append(slot)
 
     def __del__(self) -> None:
-        try:
-            self.release()
-        except Exception:  # interpreter shutdown: nothing left to release into
-            pass
+        slot = self._slot
+        if slot >= 0:      # release(), inlined: one Handle dies per object made
+            self._table[slot] = 0
+            self._free.append(slot)
 
     def __int__(self) -> int:
         return self.addr
