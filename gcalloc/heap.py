@@ -238,8 +238,13 @@ class Heap:
         if plan.spc < 0:                       # large
             if not scan:
                 return self.alloc(size, None, True, zero)
-            return self._alloc_written(
-                size, zero, lambda s: plan.large_layout(s.npages << PAGE_SHIFT))
+            arenas = a.mheap.arenas
+
+            def write(s: MSpan) -> None:
+                bitmap.write_layout(arenas, s.base, plan.large_layout(s.npages << PAGE_SHIFT))
+                s.typed = True
+
+            return a.alloc_large_typed(size, zero, write)
         if noscan:
             return self.alloc(size, None, True, zero)
         if not scan:
@@ -251,13 +256,12 @@ class Heap:
         if plan.index is None:
             plan.index = a.typed_index(plan.spc, (plan.spc, lay.ptr, lay.scan), lay)
         if plan.index < 0 or a.efence:
-            return self._alloc_written(size, zero, lambda s: lay)
+            return self._alloc_written(size, zero, lay)
         a.typed_fast[type] = (size, plan.index)
         return a.alloc_indexed(plan.index, zero)
 
-    def _alloc_written(self, size: int, zero: bool,
-                       layout: Callable[[MSpan], bitmap.Layout]) -> int:
-        """An untyped allocation whose bits are written at once (``layout`` of its span)."""
+    def _alloc_written(self, size: int, zero: bool, lay: bitmap.Layout) -> int:
+        """A small untyped allocation whose bits are written at once."""
         a = self._alloc
         # No cycle between the allocation and its bits: a cycle could free p and hand its
         # slot to another object, which would then get this type's bits.
@@ -267,7 +271,7 @@ class Heap:
             try:
                 s = a.mheap.span_of(p)
                 assert s is not None   # p was just allocated: its span is in use
-                bitmap.write_layout(a.mheap.arenas, p, layout(s))
+                bitmap.write_layout(a.mheap.arenas, p, lay)
                 s.typed = True
             finally:
                 a._leave(entered)

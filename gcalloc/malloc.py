@@ -375,7 +375,13 @@ class Allocator:
             raise InvalidSize(f"allocation size {n:#x} exceeds the maximum {MAX_ALLOC:#x}")
         return n
 
-    def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool) -> int:
+    def alloc_large_typed(self, size: int, zero: bool, write: Callable[[MSpan], None]) -> int:
+        """A scan object over 32 KiB whose heap bits ``write`` (the GC layer's) writes inside
+        the safepoint region, before any collection can see the object."""
+        return self._alloc_large(self._this_mcache(), size, False, zero, write)
+
+    def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool,
+                     write: Callable[[MSpan], None] | None = None) -> int:
         """A span of its own for an object over 32 KiB (Go's largeAlloc)."""
         npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
         self._safepoint(c)
@@ -387,6 +393,8 @@ class Allocator:
             s.allocCount = 1
             with self.mheap.lock:
                 self.mheap.table.mark_dirty(s)
+            if write is not None:
+                write(s)
             due = self.hooks.charge_live(npages << PAGE_SHIFT)
             if self.marking is not None:
                 self.marking.allocated_black(s.base)
