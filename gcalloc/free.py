@@ -111,7 +111,7 @@ def _free_small(a: Allocator, c: MCache, s: MSpan, p: int) -> None:
         if s.state != SPAN_IN_USE or s.spanclass != central.spanclass:
             raise NotHeapPointer(f"free of {p:#x}: not an object of this heap", p)
         if s.cached_by is c:
-            c.give_back_run(s.spanclass, gcbits.bits64)
+            c.give_back_run(s.run_index, gcbits.bits64)
         elif s.cached_by is not None and in_unused_run(s, p):
             raise DoubleFree(f"free of {p:#x}: object was never handed out", p)
         idx = s.object_index(p)

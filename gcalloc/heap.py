@@ -16,9 +16,9 @@ contract (arguments, exceptions), which the README's table is checked against.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
+import functools
 import io
 import os
 import weakref
@@ -53,12 +53,14 @@ from gcalloc.gc.types import Type, check_array, ctype_size, type_of
 from gcalloc.gc.weak import Cleanup, WeakAndCleanups, WeakPointer
 from gcalloc.hooks import GCHooks
 from gcalloc.malloc import MAX_ALLOC, Allocator
+from gcalloc.mcache import EMPTY_SPAN
 from gcalloc.mspan import SPAN_IN_USE, MSpan
 from gcalloc.mstats import MemStats
 from gcalloc.os.probe import readable
 from gcalloc.scavenge import Scavenger, scavenge
 from gcalloc.sizeclasses import (
     MAX_SMALL_SIZE,
+    NUM_SPAN_CLASSES,
     PAGE_SHIFT,
     class_to_size,
     make_span_class,
@@ -113,9 +115,11 @@ class Heap:
         self._arena_by_index: dict[int, HeapArena] = {}
         self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
         self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
-        self._pending = bitmap.PendingBits(a.mheap.arenas, a.mheap.spans, a.typed_fast)
-        bitmap.register(self._pending)
-        a.typed_refilled = self._typed_limit
+        # The heap bits of typed runs, written when an mcache takes or gives back a run
+        # (gc/bitmap.py; set before any mcache attaches). Over the arenas, not the Heap:
+        # every mcache holds untype_run, and a thread's mcache must not keep the Heap alive.
+        a.typed_run = functools.partial(bitmap.write_typed_run, a.mheap.arenas)
+        a.untype_run = functools.partial(bitmap.untype_slots, a.mheap.arenas)
         try:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._gc.pacer.set_memory_limit(memlimit)
@@ -217,9 +221,11 @@ class Heap:
         number of Ts, and handing out the zerobase for them would let the caller write over
         the allocator's own memory. Raises InvalidSize, InvalidArgument, InvalidType.
 
-        A small object's address goes to its layout's log (its bits are written in bulk:
-        gc/bitmap.py) and (type, size) into the allocator's typed fast table, so the next
-        ones take the fast path; a large object's bits are written now."""
+        A small object comes from the run of its layout's typed alloc index (its bits are
+        written per run: gc/bitmap.py) and (type, size) goes into the allocator's typed fast
+        table, so the next ones take the fast path. A large object's bits are written now,
+        as are those of each small object of a layout past the allocator's bound on typed
+        indexes (MAX_TYPED_RUNS): those always take this path."""
         plan: _TypedPlan | None
         try:
             plan = self._typed_plans[(type, size)]
@@ -228,50 +234,48 @@ class Heap:
         if plan is None:
             return self._alloc.zerobase
         scan = not (noscan or plan.type.noscan)
+        a = self._alloc
         if plan.spc < 0:                       # large
             if not scan:
                 return self.alloc(size, None, True, zero)
-            a = self._alloc
-            # No cycle between the allocation and its bits: a cycle could free p and hand its
-            # pages to another object, which would then get this type's bits.
-            with self._gc.lock:
-                p = self.alloc(size, None, False, zero)
-                entered = a._enter()     # close() must not unmap the bitmap under this write
-                try:
-                    s = a.mheap.span_of(p)
-                    assert s is not None   # p was just allocated: its span is in use
-                    bitmap.write_layout(a.mheap.arenas, p,
-                                        plan.large_layout(s.npages << PAGE_SHIFT))
-                    s.typed = True
-                finally:
-                    a._leave(entered)
-            return p
+            arenas = a.mheap.arenas
+
+            def write(s: MSpan) -> None:
+                bitmap.write_layout(arenas, s.base, plan.large_layout(s.npages << PAGE_SHIFT))
+                s.typed = True
+
+            return a.alloc_large_typed(size, zero, write)
         if noscan:
             return self.alloc(size, None, True, zero)
         if not scan:
             p = self.alloc(size, None, True, zero)
-            self._alloc.typed_fast[type] = (size, plan.spc | 1, _DISCARD, None)
+            a.typed_fast[type] = (size, plan.spc | 1)
             return p
-        assert plan.layout is not None     # small
-        # The log is taken before the slot, as the fast path does: if a flush (a cycle) comes
-        # between, this append goes to the swapped-out log and is dropped, leaving the slot
-        # conservative, never typing a slot another object took after a cycle freed p.
-        with bitmap.WRITE_LOCK:
-            log = self._pending.log(plan.layout)
-        p = self.alloc(size, None, False, zero)
-        with bitmap.WRITE_LOCK:    # not between a flush's swap of the logs and its writes
-            log.append(p)
-            self._alloc.typed_fast[type] = (size, plan.spc,
-                                            self._pending.log(plan.layout).append, plan.layout)
-        self._typed_limit()
-        return p
+        lay = plan.layout
+        assert lay is not None     # small
+        if plan.index is None:
+            plan.index = a.typed_index(plan.spc, (plan.spc, lay.ptr, lay.scan), lay)
+        if plan.index < 0 or a.efence:
+            return self._alloc_written(size, zero, lay)
+        a.typed_fast[type] = (size, plan.index)
+        return a.alloc_indexed(plan.index, zero)
 
-    def _typed_limit(self) -> None:
-        """Write the logged typed objects' bits once the logs hold LIMIT of them (their
-        memory bound): after a typed slow call and after a typed run refilled."""
-        if self._pending.pending() > bitmap.PendingBits.LIMIT:
-            with self._alloc.inside():
-                self._pending.flush()
+    def _alloc_written(self, size: int, zero: bool, lay: bitmap.Layout) -> int:
+        """A small untyped allocation whose bits are written at once."""
+        a = self._alloc
+        # No cycle between the allocation and its bits: a cycle could free p and hand its
+        # slot to another object, which would then get this type's bits.
+        with self._gc.lock:
+            p = self.alloc(size, None, False, zero)
+            entered = a._enter()     # close() must not unmap the bitmap under this write
+            try:
+                s = a.mheap.span_of(p)
+                assert s is not None   # p was just allocated: its span is in use
+                bitmap.write_layout(a.mheap.arenas, p, lay)
+                s.typed = True
+            finally:
+                a._leave(entered)
+        return p
 
     def _typed_plan(self, type: object, size: int) -> _TypedPlan | None:
         """Check T against size (the errors of _alloc_typed) and remember the result."""
@@ -416,7 +420,7 @@ class Heap:
                     elemsize = s.elemsize
                     idx = (p - s.base) // elemsize
                     owner = s.cached_by
-                    left = length_hint(owner.runs[s.spanclass]) if owner and s.run_end else 0
+                    left = length_hint(owner.runs[s.run_index]) if owner and s.run_end else 0
                     if left and s.run_end - left * elemsize <= p < s.run_end:
                         found = None   # reserved by an mcache, not yet handed out
                     elif idx >= s.freeindex and not (
@@ -736,10 +740,6 @@ class Heap:
         base = s.base + idx * s.elemsize
         if self._roots.counted.get(base) == []:
             del self._roots.counted[base]
-        if self._pending.pending():
-            # The object may be logged: its bits must be written (and its span typed)
-            # before they are reset, or a later flush would type whatever takes the slot.
-            self._pending.flush()
         if s.typed and s.sizeclass:
             bitmap.reset_slots(self._alloc.mheap.arenas, s, [idx])
         if refund:
@@ -784,6 +784,28 @@ class Heap:
                     out.append(f"untyped scan span without all-ones heap bits: {s!r}")
             elif not bitmap.span_has_layout(arenas, s, s.typed):   # type: ignore[arg-type]
                 out.append(f"span type {s.typed!r} not in every slot's bits: {s!r}")
+        return out + self._typed_run_problems()
+
+    def _typed_run_problems(self) -> list[str]:
+        """Every mcache's typed runs: their span is typed and the slots not handed out yet
+        have the run's layout (written when the run was taken)."""
+        a = self._alloc
+        out = []
+        with a.mheap.lock:
+            caches = list(a.mcaches)
+            layouts = list(a.typed_layout)
+        for c in caches:
+            for k, lay in enumerate(layouts):
+                s = c.alloc[NUM_SPAN_CLASSES + k]
+                if s is EMPTY_SPAN:
+                    continue
+                if not s.typed:
+                    out.append(f"typed run in a span without typed bits: {s!r}")
+                left = c.run_left(s)
+                if left and not bitmap.run_has_layout(a.mheap.arenas,
+                                                      s.run_end - left * s.elemsize, left,
+                                                      lay):  # type: ignore[arg-type]
+                    out.append(f"typed run without its layout's bits: {s!r}")
         return out
 
     def _root_problems(self) -> list[str]:
@@ -824,7 +846,6 @@ class Heap:
             self._scavenger.stop()
             self._scavenger = None
         self._gc.roots.close()
-        self._pending.close()
         self._gc.close()
         try:
             self._alloc.release_memory()
@@ -845,19 +866,18 @@ class Heap:
         return f"<gcalloc.Heap {state}>"
 
 
-# The log of pointer-free types: none.
-_DISCARD: Callable[[int], None] = collections.deque[int](maxlen=0).append
-
 
 class _TypedPlan:
     """A checked (type, size) of alloc(size, type=T): its Type, its scan span class (-1:
-    large) and the Layout of its slot."""
+    large), the Layout of its slot and its typed alloc index (None: not asked yet; -1: past
+    the bound)."""
 
-    __slots__ = ("type", "size", "spc", "layout", "_large")
+    __slots__ = ("type", "size", "spc", "layout", "index", "_large")
 
     def __init__(self, t: Type, size: int) -> None:
         self.type = t
         self.size = size
+        self.index: int | None = None
         self._large: tuple[int, bitmap.Layout] | None = None
         if size > MAX_SMALL_SIZE:
             self.spc = -1

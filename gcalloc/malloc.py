@@ -10,10 +10,12 @@ one builtin call on the thread's own mcache: no lock, no numpy, no ctypes. A *ru
 stretch of free slots Go's nextFreeFast would hand out one by one from allocCache; the slow
 path reserves it in one step, zeroes it if the span may be dirty, and stops it short of the
 next heap-profile sample (see mspan). A typed call whose (type, size) is in ``typed_fast``
-takes the run too and appends the address to the type's log (the GC layer writes the heap
-bits in bulk); when that run is used up it takes the next as ``_alloc_small`` does
-(``_alloc_typed_run``). Everything else leaves through ``_alloc_small`` (run used up) or
-``_alloc_other`` (size 0, a type not in ``typed_fast`` yet, large objects, bad arguments).
+takes the next slot of that entry's own run (an alloc index past the span classes: see
+mcache.py), whose heap bits the GC layer wrote when the run was taken (``typed_run``, inside
+the safepoint region of ``_take_run``, so no collection sees the run before its bits); a
+typed run given back gives its unused slots all-ones bits back (``untype_run``). Everything
+else leaves through ``_alloc_small`` (run used up) or ``_alloc_other`` (size 0, a type not
+in ``typed_fast`` yet, large objects, bad arguments).
 
 Zeroing: a span fresh from the OS is zero; ``span.needzero`` says whether a slot may hold old
 bytes, and only then is it cleared (``zero=False`` is Go's rawmem: never cleared).
@@ -71,7 +73,14 @@ from gcalloc.errors import (
 )
 from gcalloc.fixalloc import FixAlloc
 from gcalloc.hooks import GCHooks
-from gcalloc.mcache import EMPTY_RUN, EMPTY_SPAN, MCACHE_RECORD_BYTES, MCache
+from gcalloc.mcache import (
+    EMPTY_RUN,
+    EMPTY_SPAN,
+    MAX_TYPED_RUNS,
+    MCACHE_RECORD_BYTES,
+    NUM_ALLOC_INDEXES,
+    MCache,
+)
 from gcalloc.mcentral import MCentral
 from gcalloc.memclr import memclr
 from gcalloc.mheap import MHeap
@@ -158,11 +167,21 @@ class Allocator:
         # Run first by flush_mcaches, world stopped: caches outside the mcaches (the C ABI's
         # thread buckets, capi.py) give their runs back while the spans are still cached.
         self.flush_hooks: list[Callable[[], None]] = []
-        # type -> (size, span class, log, layout): typed allocations the fast path takes
-        # (filled and flushed by the GC layer: gc/bitmap.py's PendingBits).
+        # type -> (size, alloc index): typed allocations the fast path takes (filled by the
+        # GC layer's alloc_typed hook). The index is a span class (noscan types) or a typed
+        # entry's own (add_typed_index).
         self.typed_fast: dict = {}
-        # Called after a typed fast entry's run refilled: bounds the logs (the GC layer's).
-        self.typed_refilled: Callable[[], None] = _no_op
+        # typed_spc[i - NUM_SPAN_CLASSES]: the real span class of typed alloc index i, and
+        # typed_layout[i - NUM_SPAN_CLASSES] the GC layer's layout of its objects (opaque
+        # here); typed_keys: the GC layer's key of each index (add_typed_index)
+        self.typed_spc: list[int] = []
+        self.typed_layout: list[object] = []
+        self.typed_keys: dict[object, int] = {}
+        # (span, first slot, end, layout): write the heap bits of a typed run just taken;
+        # (span, first slot, slots): give a typed run's unused slots all-ones bits back.
+        # The GC layer's (gc/bitmap.py), set before the first mcache attaches.
+        self.typed_run: Callable[[MSpan, int, int, object], None] = _no_op
+        self.untype_run: Callable[[MSpan, int, int], None] = _no_op
 
     # --- allocation: the fast path -----------------------------------------------------
 
@@ -202,8 +221,7 @@ class Allocator:
             return self._alloc_small(c, spc, zero)
         if type is not None:
             # A type the GC layer has seen at this size (its alloc_typed hook fills
-            # typed_fast): the run's next slot, its address logged for the heap bits. The
-            # entry is read before the run (see gc/bitmap.py's PendingBits).
+            # typed_fast): the next slot of the entry's run, whose bits are written.
             try:
                 e = self.typed_fast[type]
             except (KeyError, TypeError):   # not seen yet, or unhashable: _alloc_other
@@ -212,25 +230,38 @@ class Allocator:
             if (e[0] is size or e[0] == size and size.__class__ is int) and not noscan:
                 p = next(c.runs[e[1]], 0)
                 if p:
-                    e[2](p)
                     return p
                 if not self.efence:
-                    return self._alloc_typed_run(c, e, zero)
+                    return self._alloc_small(c, e[1], zero)
         return self._alloc_other(c, size, type, noscan, zero)
 
     # --- allocation: slow paths --------------------------------------------------------
 
-    def _alloc_typed_run(self, c: MCache, e: tuple, zero: bool) -> int:
-        """A typed fast entry's run is used up: the next run as ``_alloc_small`` takes it,
-        its first slot logged through the entry read before the slot, as the fast path
-        logs (gc/bitmap.py's PendingBits): if a collection came between, the append goes to
-        a swapped-out log and the slot stays conservative; logging into the fresh log
-        could type a slot another thread's object took after that collection freed p.
-        Then the logs' bound."""
-        p = self._alloc_small(c, e[1], zero)
-        e[2](p)
-        self.typed_refilled()
-        return p
+    def typed_index(self, spc: int, key: object, layout: object) -> int:
+        """The typed alloc index of the GC layer's ``key`` (span class spc, a scan class,
+        objects of ``layout``), made on first use; -1 once there are MAX_TYPED_RUNS (the
+        caller then writes each object's bits itself). Every mcache's lists already have
+        the index (mcache.py), so the fast path may use it at once."""
+        with self.mheap.lock:
+            found = self.typed_keys.get(key)
+            if found is not None:
+                return found
+            if len(self.typed_spc) >= MAX_TYPED_RUNS:
+                return -1
+            self.typed_spc.append(spc)
+            self.typed_layout.append(layout)
+            found = self.typed_keys[key] = NUM_SPAN_CLASSES + len(self.typed_spc) - 1
+            return found
+
+    def alloc_indexed(self, idx: int, zero: bool) -> int:
+        """One object from the calling thread's run of alloc index idx (a typed entry's
+        first call: the fast path's next slot, or the slow path)."""
+        c = self._this_mcache()
+        return next(c.runs[idx], 0) or self._alloc_small(c, idx, zero)
+
+    def span_class_of(self, idx: int) -> int:
+        """The real span class of alloc index idx."""
+        return idx if idx < NUM_SPAN_CLASSES else self.typed_spc[idx - NUM_SPAN_CLASSES]
 
     def _alloc_small(self, c: MCache, spc: int, zero: bool) -> int:
         """The run is used up: reserve the next one (refilling the mcache if the span is
@@ -254,8 +285,10 @@ class Allocator:
 
         The run stops short of the next heap-profile sample, so the sampled object is always
         the first slot of a run, here. While a collection marks, runs are one slot long and
-        each is allocated black."""
-        elemsize = class_to_size[spc >> 1]
+        each is allocated black. spc is an alloc index (mcache.py): a typed one's run gets
+        its heap bits here, before any collection can see it (``typed_run``)."""
+        real = spc if spc < NUM_SPAN_CLASSES else self.typed_spc[spc - NUM_SPAN_CLASSES]
+        elemsize = class_to_size[real >> 1]
         limit = c.next_sample // elemsize if self.marking is None else 1
         s = c.alloc[spc]
         # freeindex == nelems: the span is full (the usual reason to be here)
@@ -263,7 +296,7 @@ class Allocator:
         due = False
         if not run:
             self.check_open()
-            s = c.refill(spc, self.central[spc], self.stats)
+            s = c.refill(spc, self.central[real], self.stats)
             due = self.hooks.charge_live((s.nelems - s.allocCount) * elemsize)
             run = s.take_run(self._bits64, limit or 1)
             if not run:
@@ -276,6 +309,8 @@ class Allocator:
         c.next_sample -= end - p
         if c.next_sample < 0:
             self._sampled(c, p, elemsize)
+        if spc >= NUM_SPAN_CLASSES:
+            self.typed_run(s, p, end, self.typed_layout[spc - NUM_SPAN_CLASSES])
         c.runs[spc] = iter(range(p + elemsize, end, elemsize))
         if self.marking is not None:
             self.marking.allocated_black(p)
@@ -340,7 +375,13 @@ class Allocator:
             raise InvalidSize(f"allocation size {n:#x} exceeds the maximum {MAX_ALLOC:#x}")
         return n
 
-    def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool) -> int:
+    def alloc_large_typed(self, size: int, zero: bool, write: Callable[[MSpan], None]) -> int:
+        """A scan object over 32 KiB whose heap bits ``write`` (the GC layer's) writes inside
+        the safepoint region, before any collection can see the object."""
+        return self._alloc_large(self._this_mcache(), size, False, zero, write)
+
+    def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool,
+                     write: Callable[[MSpan], None] | None = None) -> int:
         """A span of its own for an object over 32 KiB (Go's largeAlloc)."""
         npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
         self._safepoint(c)
@@ -352,6 +393,8 @@ class Allocator:
             s.allocCount = 1
             with self.mheap.lock:
                 self.mheap.table.mark_dirty(s)
+            if write is not None:
+                write(s)
             due = self.hooks.charge_live(npages << PAGE_SHIFT)
             if self.marking is not None:
                 self.marking.allocated_black(s.base)
@@ -489,6 +532,7 @@ class Allocator:
             self.check_open()   # under the lock: close() drops the mcaches under it
             c = self._cachealloc.alloc()
             c.next_sample = self.next_sample()
+            c.untype = self.untype_run
             self.mcaches.add(c)
         self._tls.mcache = c
         if guarded:
@@ -632,8 +676,8 @@ class Allocator:
             for c in self.mcaches:
                 for run in c.runs:
                     collections.deque(run, maxlen=0)   # a thread holding it gets 0: slow path
-                c.runs = [EMPTY_RUN] * NUM_SPAN_CLASSES
-                c.alloc = [EMPTY_SPAN] * NUM_SPAN_CLASSES
+                c.runs = [EMPTY_RUN] * NUM_ALLOC_INDEXES
+                c.alloc = [EMPTY_SPAN] * NUM_ALLOC_INDEXES
                 c.tiny = c.tinyoffset = 0
             self.mcaches.clear()
             self._closed = True
@@ -660,7 +704,7 @@ class _ThreadGuard:
     __slots__ = ("__weakref__",)
 
 
-def _no_op() -> None:
+def _no_op(*_args: object) -> None:
     pass
 
 

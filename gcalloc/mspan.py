@@ -60,7 +60,7 @@ class MSpan:
         "elemsize", "nelems", "freeindex", "allocCache", "allocBits", "gcmarkBits",
         "allocCount", "sweepgen", "needzero", "specials", "unusedsince", "npreleased",
         "central_set", "cached_by", "pending_frees", "tiny_blocks",
-        "run_end", "typed", "faulted",
+        "run_end", "run_index", "typed", "faulted",
     )
 
     def __init__(self, sid: int) -> None:
@@ -93,6 +93,7 @@ class MSpan:
         # slots holding 16-byte tiny blocks, tiny class only
         self.tiny_blocks: set[int] | None = None
         self.run_end = 0           # end of the reserved run (see above), or 0
+        self.run_index = 0         # cached: the mcache's alloc index holding it (mcache.py)
         self.typed = False         # a typed object lives here: heap bits not all ones (gc/)
         self.faulted = False       # efence: freed, pages made inaccessible, never reused
 
@@ -118,6 +119,7 @@ class MSpan:
         self.pending_frees = None
         self.tiny_blocks = None
         self.run_end = 0
+        self.run_index = 0
         self.typed = False
         self.faulted = False
 

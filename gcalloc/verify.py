@@ -89,7 +89,8 @@ def slot_list_problems(s: MSpan, bits: list[int]) -> list[str]:
 def mcache_problems(alloc, c: MCache) -> list[str]:
     out = []
     for spc, s in enumerate(c.alloc):
-        if s is not EMPTY_SPAN and (s.cached_by is not c or s.spanclass != spc):
+        if s is not EMPTY_SPAN and (s.cached_by is not c or s.run_index != spc
+                                    or s.spanclass != alloc.span_class_of(spc)):
             out.append(f"mcache holds a span it does not own: {s!r}")
         if s is EMPTY_SPAN and length_hint(c.runs[spc]):
             out.append(f"mcache has a run for an empty span class {spc}")

@@ -10,12 +10,13 @@ How objects get their bits:
   word of every slot is a possible pointer, which is exactly a conservative object
   (``type=None, noscan=False``), so those allocations write no bits at all;
 - a typed object's bits are one precomputed pattern, a ``Layout`` (the type's mask repeated for
-  arrays, dead after the last pointer word), made once per (Type, slot size, data bytes) and
-  written with one slice or fancy-index assignment. Small typed objects are written in bulk:
-  the allocation fast path only appends the address to its layout's log (``PendingBits``) and
-  ``flush`` writes every logged object of a layout at once, grouped by where the object starts
-  inside a bitmap byte. The marker flushes first (``SpanSnapshot``), as do explicit free and
-  every reader here; large typed objects are written when allocated;
+  arrays, dead after the last pointer word), made once per (Type, slot size, data bytes).
+  Small typed objects come from their typed entry's own runs (an mcache alloc index of their
+  own: malloc.py, mcache.py), and a run's bits are written when the run is taken, before any
+  collection can see it (``write_typed_run``: one slice of the layout's cached run row, or
+  its span row for a whole span); the fast path writes nothing. When a run is given back,
+  its slots not handed out get all ones back (``untype_slots``). Types past the typed
+  entries' bound, and large typed objects, are written one by one when allocated;
 - when a typed object's slot is freed (sweep or explicit free) its bits go back to all ones
   (``reset_object``, ``reset_slots``), restoring the invariant below.
 
@@ -25,30 +26,30 @@ and the mask of bits that belong to other objects (kept by a read-modify-write).
 one size class with the same phase never share a byte (they are a multiple of lcm(4, words)
 words apart), so one fancy-index assignment per phase writes a whole group exactly.
 
-Span types: after a flush, a small span whose every slot's bits equal its layout's pattern (so
-every slot holds an object of that layout: a free or reserved slot has all ones) carries the
-Layout in ``span.typed`` (Go 1.22's span-wide type for small objects); the marker then reads
-only the layout's pointer words of its objects, without looking at the bitmap. Any free of a
-slot in such a span makes it plain ``typed = True`` again (``reset_slots``), so the claim holds
-until the next flush checks it anew. ``span.typed``: False (all ones), True (some typed object:
-read the bitmap), or a Layout.
+Span types: a small span whose every slot's bits equal its layout's pattern (so every slot
+holds an object of that layout, or is free with those bits inside a typed run) carries the
+Layout in ``span.typed`` (Go 1.22's span-wide type for small objects): given when a typed run
+covers the whole span, or ends its slots in a span whose other slots have the layout already.
+The marker then reads only the layout's pointer words of its objects, without looking at the
+bitmap. Any free of a slot in such a span, and any typed run given back with unused slots,
+makes it plain ``typed = True`` again (``reset_slots``, ``untype_slots``). ``span.typed``:
+False (all ones), True (some typed object: read the bitmap), or a Layout.
 
-Invariant: in a scan span, the bits of every slot not holding a typed object are all ones (a
-logged object still to be flushed has all ones too: it is scanned conservatively until then).
-Noscan spans' bits are never read. Every write holds ``WRITE_LOCK``: neighbours share bytes.
+Invariant: in a scan span, the bits of every slot not holding a typed object are all ones,
+except the slots of a typed run an mcache holds, not handed out yet, which have their run's
+layout (no collection sees them: every run is given back, and its tail reset, when a cycle
+starts). Noscan spans' bits are never read. Every write holds ``WRITE_LOCK``: neighbours
+share bytes.
 """
 
 from __future__ import annotations
 
-import array
 import threading
-import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gcalloc.arena import HEAP_ARENA_BITMAP_BYTES, HEAP_ARENA_BYTES, PAGES_PER_ARENA, Arenas
+from gcalloc.arena import HEAP_ARENA_BYTES, Arenas
 from gcalloc.errors import HeapCorruption
 from gcalloc.gc.types import Type
 from gcalloc.sizeclasses import PAGE_SHIFT
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
 
 ALL_ONES = 0xFF
 WORDS_PER_ARENA = HEAP_ARENA_BYTES >> 3
-# One lock for every bitmap write of every heap: writers are slow paths (flush, free, sweep,
-# large typed objects) and neighbouring objects share bitmap bytes.
+# One lock for every bitmap write of every heap: writers are slow paths (typed runs taken and
+# given back, free, sweep, large typed objects) and neighbouring objects share bitmap bytes.
 WRITE_LOCK = threading.RLock()
 _SHIFT4 = np.arange(4, dtype=np.uint8)
 
@@ -255,11 +256,6 @@ def _write_groups(bitmap: np.ndarray, first: np.ndarray, ph: np.ndarray, lay: La
             bitmap[idx] = byte
 
 
-RUN_MIN = 8     # consecutive slots from which a logged run is written as one slice
-BIG_WORDS = 64  # slots at least this big are written one slice each (fancy indexing of
-                # many bytes per object costs more than a slice per object)
-
-
 def _write_run(bitmap: np.ndarray, i: int, p0: int, m: int, lay: Layout) -> None:
     """Write m consecutive slots of lay, the first at word p0 of bitmap byte i: one slice
     of ``run_row``, with a read-modify-write of only the two edge bytes (shared with the
@@ -279,26 +275,6 @@ def _write_run(bitmap: np.ndarray, i: int, p0: int, m: int, lay: Layout) -> None
     if keep_last:
         vals[-1] = (int(vals[-1]) & ~keep_last) | (int(seg[-1]) & keep_last)
     seg[:] = vals
-
-
-def _locate(arenas: Arenas, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
-    """(arena slot, word index in the arena) of each heap address (uint64); HeapCorruption
-    for an address outside the heap. A log usually lies in one arena: then two array
-    operations, without the arena index."""
-    if not len(addrs):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), None
-    lo = int(addrs.min())
-    hi = int(addrs.max())
-    arena = arenas.arena_of(lo)
-    if arena is not None and hi - arena.base < HEAP_ARENA_BYTES:
-        words = ((addrs - np.uint64(arena.base)) >> np.uint64(3)).astype(np.int64)
-        return np.full(len(addrs), arena.slot, np.int64), words, None
-    slot = arenas.slots_of(addrs).astype(np.int64) - 1
-    if slot.min() < 0:
-        raise HeapCorruption("heap bitmap: a typed object outside the heap")
-    bases = np.array([x.base for x in arenas.all], dtype=np.uint64)
-    words = ((addrs - bases[slot]) >> np.uint64(3)).astype(np.int64)
-    return slot, words, None
 
 
 def write_layout(arenas: Arenas, p: int, lay: Layout) -> None:
@@ -371,150 +347,84 @@ def _write_vector(bitmap: np.ndarray, off: int, w0: int, n: int, pbits: int,
     seg[:] = np.packbits(bits.reshape(-1), bitorder="little")
 
 
-# --- typed allocations whose bits are still to be written ----------------------------------
-
-FastEntry = tuple[int, int, Callable[[int], None], "Layout | None"]
+# --- typed runs: written when an mcache takes them ------------------------------------
 
 
-class PendingBits:
-    """The logs of one heap's small typed allocations whose bits are not written yet, one
-    list of addresses per Layout, and the allocator's typed fast table ``fast``
-    (type -> (size, span class, log append, layout)), whose appends go to these logs.
+def _run_piece(arenas: Arenas, p: int, m: int, nwords: int) -> tuple[int, int] | None:
+    """(bitmap byte index, word phase) of m slots of nwords words from p, or None when they
+    do not lie in one arena (then they are written slot by slot)."""
+    arena = arenas.arena_of(p)
+    if arena is None:
+        raise HeapCorruption(f"heap bitmap: {p:#x} is not in the heap")
+    w = (p - arena.base) >> 3
+    if w + m * nwords > WORDS_PER_ARENA:
+        return None
+    return arena.bitmap_off + (w >> 2), w & 3
 
-    ``flush`` first gives every fast entry a fresh log, then writes the old logs. An
-    allocation that read its entry before the swap and appends after the write is lost from
-    the logs: its object keeps all-ones bits, which is conservative and always correct. A
-    collection flushes after it exhausted every run (flush_mcaches), so no object handed out
-    before a cycle can be logged into the next one."""
 
-    LIMIT = 1 << 16     # logged objects at which the typed slow path flushes (memory bound)
-
-    def __init__(self, arenas: Arenas, spans: list, fast: dict) -> None:
-        self.arenas = arenas
-        self.spans = spans
-        self.fast = fast
-        self.logs: dict[Layout, array.array] = {}
-        self.closed = False
-
-    def log(self, lay: Layout) -> array.array:
-        """lay's current log of addresses (made on first use)."""
-        found = self.logs.get(lay)
-        if found is None:
-            found = self.logs[lay] = array.array("Q")
-        return found
-
-    def pending(self) -> int:
-        return sum(len(v) for v in self.logs.values())
-
-    def flush(self) -> None:
-        """Write the bits of every logged object and give its span its type."""
-        with WRITE_LOCK:
-            if self.closed:
+def write_typed_run(arenas: Arenas, s: MSpan, p: int, end: int, lay: Layout) -> None:
+    """Write lay's bits for the slots [p, end) of small span s (a typed run an mcache just
+    took) and keep s's span type right: a run over the whole span, or one that ends the
+    span's slots of a span already holding lay in every other slot, gives s the type lay;
+    any other run makes s a plain typed span (unless it is lay's already)."""
+    es = s.elemsize
+    m = (end - p) // es
+    slots_end = s.base + s.nelems * es
+    with WRITE_LOCK:
+        if p == s.base and end == slots_end:
+            nbytes = s.npages << PAGE_SHIFT
+            at = _run_piece(arenas, p, nbytes >> 3, 1)
+            if at is not None:
+                arenas.bitmap[at[0]:at[0] + (nbytes >> 5)] = lay.span_row(s.nelems, nbytes)
+                s.typed = lay  # type: ignore[assignment]  # a Layout is its span-type value
                 return
-            logs, self.logs = self.logs, {}
-            for key, (size, spc, _append, lay) in list(self.fast.items()):
-                if lay is not None:
-                    self.fast[key] = (size, spc, self.log(lay).append, lay)
-            for lay, addrs in logs.items():
-                if addrs:
-                    # a copy by tobytes: a late append to this log must not meet an
-                    # exported buffer (BufferError in the allocating thread)
-                    self._write(lay, np.frombuffer(addrs.tobytes(), np.uint64))
-
-    def _write(self, lay: Layout, addrs: np.ndarray) -> None:
-        """Write the bits of the logged objects of one layout and type their spans. A log is
-        mostly runs of consecutive slots (an mcache's runs): each run of RUN_MIN or more (of
-        any length for slots of BIG_WORDS or more) is one slice, found with three array
-        operations over the log and then handled per run; the others are written by phase
-        groups."""
-        arenas = self.arenas
-        n = lay.nwords
-        sids: set[int] = set()
-        rest: np.ndarray | None = None
-        if len(addrs) >= RUN_MIN or n >= BIG_WORDS:
-            brk = np.flatnonzero(np.diff(addrs) != np.uint64(n << 3)) + 1
-            starts = np.concatenate(([0], brk))
-            ends = np.concatenate((brk, [len(addrs)]))
-            long = (ends - starts) >= (1 if n >= BIG_WORDS else RUN_MIN)
-            if long.any():
-                rest = np.ones(len(addrs), np.bool_)
-                a0, a1 = starts[long].tolist(), ends[long].tolist()
-                with WRITE_LOCK:
-                    for a, b, p in zip(a0, a1, addrs[starts[long]].tolist()):
-                        arena = arenas.arena_of(p)
-                        if arena is None:
-                            raise HeapCorruption(f"heap bitmap: {p:#x} is not in the heap")
-                        w = (p - arena.base) >> 3
-                        end = w + (b - a) * n
-                        if end > WORDS_PER_ARENA:
-                            continue        # across an arena's end: by groups below
-                        _write_run(arenas.bitmap, arena.bitmap_off + (w >> 2), w & 3, b - a,
-                                   lay)
-                        rest[a:b] = False
-                        pg = arena.pages_off + (w >> (PAGE_SHIFT - 3))
-                        sids.update(arenas.page_span[pg:arena.pages_off + (
-                            (end - 1) >> (PAGE_SHIFT - 3)) + 1].tolist())
-        left = addrs if rest is None else addrs[rest]
-        if len(left):
-            slot, words, _ = _locate(arenas, left)
-            _write_groups(arenas.bitmap, slot * HEAP_ARENA_BITMAP_BYTES + (words >> 2),
-                          words & 3, lay)
-            pages = slot * PAGES_PER_ARENA + (words >> (PAGE_SHIFT - 3))
-            sids.update(arenas.page_span[np.unique(pages)].tolist())
-        small = []
-        for i in sids:
-            s = self.spans[i] if i else None
-            if s is None:
-                continue
-            if not s.typed:
-                s.typed = True
-            if s.sizeclass:
-                small.append(s)
-        if small:
-            self._type_spans(lay, small)
-
-    def _type_spans(self, lay: Layout, spans: list[MSpan]) -> None:
-        """Give lay to the spans whose every slot now has lay's bits (see the module
-        comment); the others are plain typed spans."""
-        s0 = spans[0]
-        row = lay.span_row(s0.nelems, s0.npages << PAGE_SHIFT)
-        slot, words, _ = _locate(self.arenas, np.array([s.base for s in spans], np.uint64))
-        starts = slot * HEAP_ARENA_BITMAP_BYTES + (words >> 2)
-        rows = self.arenas.bitmap[starts[:, None] + np.arange(len(row), dtype=np.int64)]
-        same = (rows == row).all(axis=1).tolist()
-        for s, uniform in zip(spans, same):
-            # span.typed is declared a bool in mspan.py; a Layout is its span-type value
-            s.typed = lay if uniform and s.npages == s0.npages else True  # type: ignore[assignment]
-
-    def close(self) -> None:
-        with WRITE_LOCK:
-            self.closed = True
-            self.logs = {}
-            _PENDING.pop(self.arenas, None)
+        at = _run_piece(arenas, p, m, lay.nwords)
+        if at is None:
+            for q in range(p, end, es):
+                write_layout(arenas, q, lay)
+        else:
+            _write_run(arenas.bitmap, at[0], at[1], m, lay)
+        if s.typed is lay:
+            return
+        if end == slots_end and span_has_layout(arenas, s, lay):
+            s.typed = lay  # type: ignore[assignment]
+        else:
+            s.typed = True
 
 
-# Arenas -> its heap's PendingBits, both weakly: the Heap owns its PendingBits (which holds
-# the Arenas), so neither outlives the heap through this table.
-_PENDING: weakref.WeakKeyDictionary[Arenas, weakref.ref[PendingBits]] = \
-    weakref.WeakKeyDictionary()
+def untype_slots(arenas: Arenas, s: MSpan, p: int, m: int) -> None:
+    """Give the m slots from p of small span s (the unused tail of a typed run given back)
+    all-ones bits again, keeping the edge bytes' bits of their neighbours; s is no longer
+    one layout's span."""
+    es = s.elemsize
+    lay = ones_layout(es >> 3)
+    with WRITE_LOCK:
+        at = _run_piece(arenas, p, m, lay.nwords)
+        if at is None:
+            for q in range(p, p + m * es, es):
+                write_layout(arenas, q, lay)
+        else:
+            _write_run(arenas.bitmap, at[0], at[1], m, lay)
+        if s.typed is not True:
+            s.typed = True
 
 
-def register(pending: PendingBits) -> None:
-    """Make ``flush(arenas)`` (the marker, the readers here) write pending's logs."""
-    _PENDING[pending.arenas] = weakref.ref(pending)
-
-
-def flush(arenas: Arenas) -> None:
-    """Write every logged typed object's bits of the heap owning arenas (if it logs any)."""
-    ref = _PENDING.get(arenas)
-    pending = ref() if ref is not None else None
-    if pending is not None and pending.logs:
-        pending.flush()
+def run_has_layout(arenas: Arenas, p: int, m: int, lay: Layout) -> bool:
+    """Whether the m slots from p have lay's bits (a typed run's unused slots; verify)."""
+    at = _run_piece(arenas, p, m, lay.nwords)
+    if at is None:
+        es = lay.nwords << 3
+        return all(read_bits(arenas, q, lay.nwords) == (lay.ptr, lay.scan)
+                   for q in range(p, p + m * es, es))
+    nb = (at[1] + m * lay.nwords + 3) >> 2
+    seg = arenas.bitmap[at[0]:at[0] + nb]
+    want = seg.copy()
+    _write_run(want, 0, at[1], m, lay)
+    return bool((seg == want).all())
 
 
 def read_bits(arenas: Arenas, p: int, nwords: int) -> tuple[int, int]:
     """(pointer bits, scan bits) of nwords words from p, as ints; for tests and verify."""
-    flush(arenas)
     bitmap = arenas.bitmap
     ptr = scan = 0
     for i in range(nwords):

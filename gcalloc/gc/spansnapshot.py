@@ -53,9 +53,6 @@ class SpanSnapshot:
         self.table: Any = mheap.table
         self.bits8 = mheap.gcbits.bits8
         self.spans = spans
-        # Typed objects allocated since the last cycle get their heap bits (and their spans
-        # their layout) now, before any table below reads them.
-        bitmap.flush(self.arenas)
         self.table.sync()
         self._number_objects()
         self._free_index()

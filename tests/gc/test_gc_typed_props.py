@@ -1,8 +1,8 @@
-"""Property tests for typed objects: for random ctypes layouts, the heap bits written (in bulk,
-by the typed log, or at once for large objects) equal the pointer map derived independently
-from ``_fields_``; a random typed graph keeps exactly the objects reachable through pointer
-fields, on both mark paths; span types (one layout per span) stay true through free and
-sweep.
+"""Property tests for typed objects: for random ctypes layouts, the heap bits written (per
+typed run, or at once for large objects and layouts past the typed-run bound) equal the
+pointer map derived independently from ``_fields_``; a random typed graph keeps exactly the
+objects reachable through pointer fields, on both mark paths; span types (one layout per
+span) stay true through free and sweep.
 """
 
 from __future__ import annotations

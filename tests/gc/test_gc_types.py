@@ -270,7 +270,7 @@ def test_swept_typed_slot_gets_conservative_bits_back(heap):
         assert bits(heap, p, 3) == (ones(3), ones(3))
 
 
-def test_typed_runs_refill_on_the_fast_path_with_every_object_logged(heap, monkeypatch):
+def test_typed_runs_refill_on_the_fast_path_with_every_object_written(heap, monkeypatch):
     """A typed fast entry whose run is used up takes the next run itself (no typed slow
     call), and every object of every run gets its precise bits."""
     a = heap._alloc
@@ -301,10 +301,10 @@ def test_a_run_writes_what_its_slots_written_one_by_one_would(nwords):
             assert run.tolist() == one_by_one.tolist(), (ph, m)
 
 
-def test_a_logged_run_from_the_high_half_of_a_byte_types_its_last_slot():
-    """65 two-word slots logged from word 2 of a bitmap byte, after a shorter run made the
-    row cache: the last slot kept its pointer bit (it was left all zero, so the collector
-    did not follow its pointer and freed a live list node)."""
+def test_a_typed_run_from_the_high_half_of_a_byte_keeps_its_neighbours_bits():
+    """A typed run taken from word 2 of a bitmap byte (slot 1 of 16-byte slots, after a
+    collection gave the rest of the first run back): every slot of it, its last included,
+    gets the type's bits, and slot 0, which shares the first byte, keeps its own."""
 
     class Link(ctypes.Structure):       # a fresh type: a fresh Layout and row cache
         _fields_ = [("next", ctypes.c_void_p), ("value", ctypes.c_uint64)]
@@ -312,29 +312,99 @@ def test_a_logged_run_from_the_high_half_of_a_byte_types_its_last_slot():
     heap = gcalloc.Heap(-1, scavenger=False, debug="")
     try:
         heap.mem_profile_rate = 0        # no sample cuts the runs short
-        heap.alloc(16)                                    # slot 0: untyped
-        first = [heap.alloc(16, type=Link) for _ in range(10)]   # a run from word 2
-        assert bits(heap, first[-1], 2) == (0b01, 0b01)   # written: the row is cached
-        heap.alloc(16)                                    # slots 11, 12 untyped: the
-        heap.alloc(16)                                    # next run starts at word 2 again
+        h0 = heap.handle(heap.alloc(16, type=Link), Link)
+        heap.collect()                   # the run's 511 other slots go back: all ones
+        assert bits(heap, h0.addr + 16, 2) == (0b11, 0b11)
         run = [heap.alloc(16, type=Link) for _ in range(65)]
-        assert run == list(range(run[0], run[0] + 65 * 16, 16))
+        assert run == list(range(h0.addr + 16, h0.addr + 16 * 66, 16))
         assert (run[0] >> 3) & 3 == 2
-        assert [bits(heap, p, 2) for p in run] == [(0b01, 0b01)] * 65
+        assert [bits(heap, p, 2) for p in [h0.addr, *run]] == [(0b01, 0b01)] * 66
         heap.verify()
     finally:
         heap.close()
 
 
-def test_typed_run_refills_bound_the_logs(heap, monkeypatch):
-    """The logs' memory bound holds when only the fast path (and its refills) allocates."""
-    monkeypatch.setattr(bitmap.PendingBits, "LIMIT", 100)
-    run = 8192 // 32 + 1            # at most one span's slots are logged past a check
-    most = 0
-    for _ in range(1500):
-        heap.alloc(24, type=Node)
-        most = max(most, heap._pending.pending())
-    assert most <= 100 + run
+def test_a_typed_run_given_back_leaves_its_unused_slots_all_ones(heap):
+    """A collection gives every typed run back: the slots it did not hand out get all-ones
+    bits again (they may take untyped objects), the handed-out ones keep the type's, and
+    the span is no longer one layout's."""
+    heap.mem_profile_rate = 0
+    ps = [heap.alloc(24, type=Node) for _ in range(5)]
+    keep = [heap.handle(p) for p in ps]
+    s = heap._alloc.mheap.span_of(ps[0])
+    assert isinstance(s.typed, bitmap.Layout)       # the run covered the whole fresh span
+    heap.collect()
+    assert s.typed is True
+    assert [bits(heap, p, 3) for p in ps] == [(0b010, 0b011)] * 5
+    tail = range(ps[-1] + 24, s.base + s.nelems * 24, 24)
+    assert all(bits(heap, p, 3) == (ones(3), ones(3)) for p in tail)
+    heap.verify()
+    del keep
+
+
+def test_verify_finds_a_typed_run_without_its_bits(heap):
+    """heap.verify checks the slots of each mcache's typed runs not handed out yet: they
+    have the run's layout (a slot handed out later must not come with other bits)."""
+    heap.mem_profile_rate = 0
+    p = heap.alloc(24, type=Node)
+    heap.verify()
+    arenas = heap._alloc.mheap.arenas
+    arena = arenas.arena_of(p)
+    byte = arena.bitmap_off + ((p + 24 * 10 - arena.base) >> 5)    # inside the run
+    saved = int(arenas.bitmap[byte])
+    arenas.bitmap[byte] = saved ^ 0x01
+    try:
+        with pytest.raises(HeapCorruption, match="typed run without its layout"):
+            heap.verify()
+    finally:
+        arenas.bitmap[byte] = saved
+    heap.verify()
+
+
+def test_typed_entries_have_runs_of_their_own(heap):
+    """Typed and untyped objects of one size class come from different spans while both
+    are cached: the typed run holds only objects of its layout."""
+    heap.mem_profile_rate = 0
+    t = heap.alloc(24, type=Node)
+    u = heap.alloc(24)
+    span_of = heap._alloc.mheap.span_of
+    assert span_of(t) is not span_of(u)
+    assert span_of(t).spanclass == span_of(u).spanclass
+    assert span_of(t).run_index != span_of(u).run_index
+
+
+def test_layouts_past_the_typed_run_bound_take_the_slow_path_with_their_bits(heap):
+    """Once MAX_TYPED_RUNS layouts have alloc indexes of their own, a new layout gets its
+    bits written object by object on the slow path: precise bits, no fast entry, and the
+    collector keeps exactly what its pointer words reach."""
+    from gcalloc.mcache import MAX_TYPED_RUNS
+    a = heap._alloc
+    made = []
+    for k in range(MAX_TYPED_RUNS + 3):
+        # distinct layouts: k + 1 scalar words, then one pointer word
+        fields = [(f"x{i}", ctypes.c_uint64) for i in range(k % 6 + 1)] + [("p", ctypes.c_void_p)]
+        cls = type(f"T{k}", (ctypes.Structure,), {"_fields_": fields})
+        made.append(cls)
+    for k, cls in enumerate(made):
+        heap.alloc(ctypes.sizeof(cls) * (k // 6 + 1), type=cls)
+    assert len(a.typed_spc) == MAX_TYPED_RUNS
+    late = made[-1]
+    n = (len(made) - 1) // 6 + 1
+    size = ctypes.sizeof(late) * n
+    assert late not in a.typed_fast
+    w = ctypes.sizeof(late) >> 3
+    want_ptr = sum(1 << (i * w + w - 1) for i in range(n))
+    for _ in range(3):
+        p = heap.alloc(size, type=late)
+        got = bits(heap, p, w * n)
+        assert got == (want_ptr, ones(w * n))
+        assert late not in a.typed_fast
+    h = heap.handle(heap.alloc(size, type=late), late * n)
+    child = heap.alloc(64)
+    h.view[n - 1].p = child
+    heap.collect()
+    assert heap.lookup(child) is not None
+    heap.verify()
 
 
 def test_typed_alloc_size_must_be_a_multiple(heap):
@@ -471,11 +541,10 @@ def test_verify_finds_a_broken_heap_bitmap(heap):
     heap.verify()
 
 
-def test_a_cycle_inside_the_typed_slow_path_never_types_another_objects_slot():
-    """The typed slow path allocates, then logs the slot for its bits. If a cycle runs in
-    between (another thread), the not yet rooted object is freed and an untyped object may
-    take its slot: the late log entry must not give that object the type's bits (its word 1
-    would no longer be scanned and what it points at would be freed)."""
+def test_a_typed_object_freed_before_it_was_rooted_leaves_its_slot_untyped():
+    """A typed object a collection frees before its thread rooted it gives its slot
+    all-ones bits back (its run's unused slots got them when the run was given back): an untyped
+    object that takes the slot must have word 1 scanned, or what it points at is freed."""
     import gcalloc
 
     class Pair(ctypes.Structure):     # word 0 a pointer, word 1 an int
@@ -483,27 +552,20 @@ def test_a_cycle_inside_the_typed_slow_path_never_types_another_objects_slot():
 
     h = gcalloc.Heap(-1, scavenger=False, debug="")
     try:
-        real_alloc = h.alloc
-        found: dict = {}
+        h.mem_profile_rate = 0
+        other = h.handle(h.alloc(16, type=Pair), Pair)   # keeps the typed span in use
+        p = h.alloc(16, type=Pair)              # never rooted
+        h.collect()                             # runtime.GC holds none of its own: freed
+        assert h.lookup(p) is None
         keep = []
-
-        def alloc_then_another_thread_collects(size, type=None, noscan=False, zero=True):
-            p = real_alloc(size, type, noscan, zero)
-            if type is None and not found:
-                h.collect()                     # p is not rooted yet: freed
-                for _ in range(10_000):         # untyped objects of "another thread"
-                    hq = h.handle(real_alloc(16), ctypes.c_uint64 * 2)
-                    if hq.addr == p:
-                        found["q"] = hq
-                        break
-                    keep.append(hq)
-            return p
-
-        h.alloc = alloc_then_another_thread_collects   # type: ignore[method-assign]
-        p = h.alloc(16, type=Pair)              # the first (Pair, 16): the slow path
-        del h.alloc
-        q = found["q"]
-        assert q.addr == p                      # the shape of the race did happen
+        q = None
+        for _ in range(10_000):                 # untyped objects until one takes p's slot
+            hq = h.handle(h.alloc(16), ctypes.c_uint64 * 2)
+            if hq.addr == p:
+                q = hq
+                break
+            keep.append(hq)
+        assert q is not None                    # the shape of the race did happen
         child = h.handle(h.alloc(32), ctypes.c_uint64 * 4)
         caddr = child.addr
         q.view[1] = caddr                       # q is untyped: its word 1 is a pointer
@@ -511,5 +573,7 @@ def test_a_cycle_inside_the_typed_slow_path_never_types_another_objects_slot():
         h.collect()
         assert bitmap.read_bits(h._alloc.mheap.arenas, q.addr, 2) == (3, 3)
         assert h.lookup(caddr) is not None
+        h.verify()
+        del other
     finally:
         h.close()
