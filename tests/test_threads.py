@@ -316,3 +316,37 @@ def test_threads_share_spans_of_one_class_without_overlap(nthreads):
         gc.collect()
         assert h.read_memstats().heap_objects == 5000 * nthreads
         h.verify()
+
+
+def test_a_new_stop_waits_for_the_threads_the_last_one_parked():
+    """World fairness: a thread that stops the world again right after starting it (a
+    collect() loop) waits until every thread it had parked has left park, so each of them
+    gets on with its allocation between two cycles instead of starving."""
+    from gcalloc.mcache import MCache
+    from gcalloc.world import World
+
+    w = World()
+    w.stop([], None)
+    c = MCache()
+    c.mallocing = True
+    left = threading.Event()
+
+    def parked() -> None:
+        w.park(c)          # the world is stopped: waits here
+        left.set()
+
+    t = threading.Thread(target=parked)
+    t.start()
+    while True:            # until the thread is inside park's wait
+        with w.cond:
+            if w.parked == 1:
+                break
+    w.start()
+    w.stop([], None)       # at once: no stop before the parked thread is out
+    try:
+        assert w.parked == 0
+        assert c.mallocing  # it raised its flag on the way out, under the lock
+    finally:
+        w.start()
+    t.join()
+    assert left.is_set()
