@@ -268,15 +268,7 @@ def side_by_side(boehm: Boehm, build, arg: int, repeat: int):
             boehm.roots[1] = build(lib.GC_malloc, arg)   # rooted in Boehm's root range
             lib.GC_enable()
             lib.GC_gcollect()
-        theirs, ours = [], []
-        for _ in range(repeat):
-            if lib is not None:
-                t = time.perf_counter()
-                lib.GC_gcollect()
-                theirs.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            h.collect()
-            ours.append(time.perf_counter() - t)
+        theirs, ours = _collect_in_turn(lib, h, repeat)
         if lib is not None:
             boehm.roots[1] = 0
             lib.GC_gcollect()
@@ -284,6 +276,21 @@ def side_by_side(boehm: Boehm, build, arg: int, repeat: int):
         root.release()
     return (statistics.median(theirs) if theirs else None, statistics.median(ours),
             m.vector_steps, m.scalar_objects, m.graph_searches)
+
+
+def _collect_in_turn(lib, h: gcalloc.Heap, repeat: int) -> tuple[list[float], list[float]]:
+    """(Boehm's GC_gcollect times, ours) over ``repeat`` rounds, one of each per round;
+    Boehm's list is empty without libgc."""
+    theirs, ours = [], []
+    for _ in range(repeat):
+        if lib is not None:
+            t = time.perf_counter()
+            lib.GC_gcollect()
+            theirs.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        h.collect()
+        ours.append(time.perf_counter() - t)
+    return theirs, ours
 
 
 def list_in_garbage(n: int, repeat: int, graph: bool) -> tuple[float, float]:
@@ -323,15 +330,7 @@ def graph_side_by_side(boehm: Boehm, n: int, repeat: int):
                              ctypes.addressof(theirs_table) + ctypes.sizeof(theirs_table))
             lib.GC_enable()
             lib.GC_gcollect()
-        theirs, ours = [], []
-        for _ in range(repeat):
-            if lib is not None:
-                t = time.perf_counter()
-                lib.GC_gcollect()
-                theirs.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            h.collect()
-            ours.append(time.perf_counter() - t)
+        theirs, ours = _collect_in_turn(lib, h, repeat)
         if lib is not None:
             ctypes.memset(theirs_table, 0, ctypes.sizeof(theirs_table))
             lib.GC_gcollect()
