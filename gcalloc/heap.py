@@ -241,8 +241,7 @@ class Heap:
             arenas = a.mheap.arenas
 
             def write(s: MSpan) -> None:
-                bitmap.write_layout(arenas, s.base, plan.large_layout(s.npages << PAGE_SHIFT))
-                s.typed = True
+                bitmap.type_object(arenas, s, s.base, plan.large_layout(s.npages << PAGE_SHIFT))
 
             return a.alloc_large_typed(size, zero, write)
         if noscan:
@@ -271,8 +270,7 @@ class Heap:
             try:
                 s = a.mheap.span_of(p)
                 assert s is not None   # p was just allocated: its span is in use
-                bitmap.write_layout(a.mheap.arenas, p, lay)
-                s.typed = True
+                bitmap.type_object(a.mheap.arenas, s, p, lay)
             finally:
                 a._leave(entered)
         return p

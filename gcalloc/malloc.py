@@ -59,7 +59,7 @@ import operator
 import random
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from gcalloc import batch as _batch
@@ -169,11 +169,11 @@ class Allocator:
         self.flush_hooks: list[Callable[[], None]] = []
         # type -> (size, alloc index): typed allocations the fast path takes (filled by the
         # GC layer's alloc_typed hook). The index is a span class (noscan types) or a typed
-        # entry's own (add_typed_index).
+        # entry's own (typed_index).
         self.typed_fast: dict = {}
         # typed_spc[i - NUM_SPAN_CLASSES]: the real span class of typed alloc index i, and
         # typed_layout[i - NUM_SPAN_CLASSES] the GC layer's layout of its objects (opaque
-        # here); typed_keys: the GC layer's key of each index (add_typed_index)
+        # here); typed_keys: the GC layer's key of each index (typed_index)
         self.typed_spc: list[int] = []
         self.typed_layout: list[object] = []
         self.typed_keys: dict[object, int] = {}
@@ -287,7 +287,7 @@ class Allocator:
         the first slot of a run, here. While a collection marks, runs are one slot long and
         each is allocated black. spc is an alloc index (mcache.py): a typed one's run gets
         its heap bits here, before any collection can see it (``typed_run``)."""
-        real = spc if spc < NUM_SPAN_CLASSES else self.typed_spc[spc - NUM_SPAN_CLASSES]
+        real = self.span_class_of(spc)
         elemsize = class_to_size[real >> 1]
         limit = c.next_sample // elemsize if self.marking is None else 1
         s = c.alloc[spc]
@@ -565,7 +565,7 @@ class Allocator:
             self.stats.tiny_allocs += c.tiny_allocs
             c.tiny_allocs = 0
 
-    def flush_mcaches(self, started_by: list[int] = ()) -> None:  # type: ignore[assignment]
+    def flush_mcaches(self, started_by: Sequence[int] = ()) -> None:
         """Return every thread's cached spans and runs (the world must be stopped: Go's
         flushallmcaches at the start of a collection). Tiny blocks stay: a parked thread may
         be halfway through handing one out, so the collector treats them as roots. So is

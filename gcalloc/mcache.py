@@ -26,17 +26,14 @@ typed entries exist per heap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import length_hint
-from typing import TYPE_CHECKING
 
 from gcalloc.errors import HeapCorruption
 from gcalloc.mcentral import MCentral
 from gcalloc.mspan import MSpan
 from gcalloc.mstats import HeapStats
 from gcalloc.sizeclasses import NUM_SPAN_CLASSES
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 # unsafe.Sizeof(mcache{}) in Go 1.16 on 64-bit, about: charged to mcache_inuse per mcache.
 MCACHE_RECORD_BYTES = 1200
@@ -45,6 +42,10 @@ MCACHE_RECORD_BYTES = 1200
 # comment): each keeps a partly used span per thread, so they are bounded.
 MAX_TYPED_RUNS = 32
 NUM_ALLOC_INDEXES = NUM_SPAN_CLASSES + MAX_TYPED_RUNS
+
+def _no_untype(s: MSpan, p: int, n: int) -> None:
+    """An mcache not attached to an allocator has no typed runs."""
+
 
 EMPTY_SPAN = MSpan(0)
 """Go's emptymspan: a span with no slots, cached in every empty entry of every mcache."""
@@ -65,7 +66,7 @@ class MCache:
         self.runs: list = [EMPTY_RUN] * NUM_ALLOC_INDEXES
         # (span, first slot, slots): give the unused slots of a typed run given back their
         # all-ones heap bits (the GC layer's; set by the allocator at attach)
-        self.untype: Callable[[MSpan, int, int], None] | None = None
+        self.untype: Callable[[MSpan, int, int], None] = _no_untype
         self.tiny = 0             # address of the current tiny block, or 0
         self.tinyoffset = 0       # bytes of the tiny block handed out
         self.tiny_allocs = 0      # tiny allocations not yet flushed into HeapStats
@@ -132,15 +133,14 @@ class MCache:
         sampling countdown (they were charged when the run was reserved). Returns the
         address the run handed out last (its first slot always is), or 0 if there is no
         run: the collector's stand-in for the register holding a just-allocated pointer.
-        The unused slots of a typed run get all-ones heap bits back first (``untype``)."""
+        The unused slots of a typed run get all-ones heap bits back (``untype``): the span
+        is still cached here, so nothing takes them in between."""
         run, self.runs[spc] = self.runs[spc], EMPTY_RUN
         s = self.alloc[spc]
         end = s.run_end
-        if spc >= NUM_SPAN_CLASSES and end and self.untype is not None:
-            n = length_hint(run)
-            if n:
-                self.untype(s, end - n * s.elemsize, n)
         left = s.unreserve(bits64, run)
+        if left and spc >= NUM_SPAN_CLASSES:
+            self.untype(s, end - left * s.elemsize, left)
         self.next_sample += left * s.elemsize
         return end - (left + 1) * s.elemsize if end else 0
 

@@ -362,6 +362,25 @@ def _run_piece(arenas: Arenas, p: int, m: int, nwords: int) -> tuple[int, int] |
     return arena.bitmap_off + (w >> 2), w & 3
 
 
+def _write_slots(arenas: Arenas, p: int, m: int, lay: Layout) -> None:
+    """lay's bits for m consecutive slots from p: one run slice, or slot by slot across an
+    arena's end (caller holds WRITE_LOCK)."""
+    at = _run_piece(arenas, p, m, lay.nwords)
+    if at is None:
+        es = lay.nwords << 3
+        for q in range(p, p + m * es, es):
+            write_layout(arenas, q, lay)
+    else:
+        _write_run(arenas.bitmap, at[0], at[1], m, lay)
+
+
+def type_object(arenas: Arenas, s: MSpan, p: int, lay: Layout) -> None:
+    """Write lay's bits for the one object at p of span s, which now holds a typed object
+    (a large typed object; a small one past the bound on typed runs)."""
+    write_layout(arenas, p, lay)
+    s.typed = True
+
+
 def write_typed_run(arenas: Arenas, s: MSpan, p: int, end: int, lay: Layout) -> None:
     """Write lay's bits for the slots [p, end) of small span s (a typed run an mcache just
     took) and keep s's span type right: a run over the whole span, or one that ends the
@@ -378,12 +397,7 @@ def write_typed_run(arenas: Arenas, s: MSpan, p: int, end: int, lay: Layout) -> 
                 arenas.bitmap[at[0]:at[0] + (nbytes >> 5)] = lay.span_row(s.nelems, nbytes)
                 s.typed = lay  # type: ignore[assignment]  # a Layout is its span-type value
                 return
-        at = _run_piece(arenas, p, m, lay.nwords)
-        if at is None:
-            for q in range(p, end, es):
-                write_layout(arenas, q, lay)
-        else:
-            _write_run(arenas.bitmap, at[0], at[1], m, lay)
+        _write_slots(arenas, p, m, lay)
         if s.typed is lay:
             return
         if end == slots_end and span_has_layout(arenas, s, lay):
@@ -396,15 +410,8 @@ def untype_slots(arenas: Arenas, s: MSpan, p: int, m: int) -> None:
     """Give the m slots from p of small span s (the unused tail of a typed run given back)
     all-ones bits again, keeping the edge bytes' bits of their neighbours; s is no longer
     one layout's span."""
-    es = s.elemsize
-    lay = ones_layout(es >> 3)
     with WRITE_LOCK:
-        at = _run_piece(arenas, p, m, lay.nwords)
-        if at is None:
-            for q in range(p, p + m * es, es):
-                write_layout(arenas, q, lay)
-        else:
-            _write_run(arenas.bitmap, at[0], at[1], m, lay)
+        _write_slots(arenas, p, m, ones_layout(s.elemsize >> 3))
         if s.typed is not True:
             s.typed = True
 
