@@ -75,18 +75,22 @@ class VectorPath:
             if not n:
                 continue
             ws.ensure_chunk(n)
-            first = np.take(sn.welem, sids, out=ws.first[:n], mode="clip")
-            first *= idxs
-            first += np.take(sn.wbase, sids, out=ws.nwords[:n], mode="clip")  # word index
-            nwords = np.take(sn.wsize, sids, out=ws.nwords[:n], mode="clip")
-            typed = np.take(sn.typed, sids, out=ws.typed[:n], mode="clip")
-            if nwords.max(initial=0) > OBLET_WORDS:
+            rows = np.take(sn.scan, sids, axis=0, out=ws.scan_rows[:n], mode="clip")
+            first = np.multiply(rows[:, 0], idxs, out=ws.first[:n])
+            first += rows[:, 1]                                     # word index
+            nwords = rows[:, 2]
+            # Snapshot-wide facts first: an untyped heap of small objects (the usual one)
+            # pays no per-object pass for them.
+            typed = (np.take(sn.typed, sids, out=ws.typed[:n], mode="clip")
+                     if sn.any_typed else None)
+            if sn.max_wsize > OBLET_WORDS and nwords.max(initial=0) > OBLET_WORDS:
                 first, nwords, typed = _split_oblets(first, nwords, typed)
-            any_typed = bool(typed.any())
-            ws.ensure(min(int(nwords.sum()), BUF_WORDS))
+            any_typed = typed is not None and bool(typed.any())
+            ws.ensure(min(n * sn.max_wsize, BUF_WORDS))
             for lo, hi, n0 in _blocks(nwords):
                 vals = self._gather(ws, first[lo:hi], nwords[lo:hi], n0, worker)
                 if any_typed:
+                    assert typed is not None
                     vals = self._typed_filter(ws, vals, typed[lo:hi], nwords[lo:hi], n0)
                 self._shade_block(ws, vals, worker, out)
         return out.done()
@@ -222,18 +226,19 @@ class VectorPath:
             return
         d = _select(inside, [v.view(np.int64)], [ws.off])[0]
         sid = self._span_ids(ws, d)
-        keep = np.less(d, np.take(sn.rlimit, sid, out=ws.t1[:k], mode="clip"),
-                       out=ws.mask[:k])
-        if not keep.all():
-            d, sid = _select(keep, [d, sid], [ws.off2, ws.sid2])
-            k = len(d)
-        idx = np.take(sn.rbase, sid, out=ws.t1[:k], mode="clip")
-        np.subtract(d, idx, out=idx)                     # offset in the span
+        # One take of findObject's row (rlimit, rbase, divmul, gbase) per candidate. Slot
+        # and object number are computed for every candidate, those outside every snapshot
+        # span too (wrapping, meaningless, never used: they are dropped before any index).
+        rows = np.take(sn.find, sid, axis=0, out=ws.find_rows[:k], mode="clip")
+        keep = np.less(d, rows[:, 0], out=ws.mask[:k])
+        idx = np.subtract(d, rows[:, 1], out=ws.t1[:k])  # offset in the span
         u = idx.view(np.uint64)
-        u *= np.take(sn.divmul, sid, out=ws.vals[:k], mode="clip")
+        u *= rows.view(np.uint64)[:, 2]
         u >>= np.uint64(32)                              # slot
-        g = np.take(sn.gbase, sid, out=ws.g[:k], mode="clip")
-        g += idx                                         # object number
+        g = np.add(rows[:, 3], idx, out=ws.g[:k])        # object number
+        if not keep.all():
+            g, sid, idx = _select(keep, [g, sid, idx], ws.spare(g, sid, idx))
+            k = len(g)
         state = self.state
         white = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), 0, out=ws.mask[:k])
         if not white.all():
@@ -283,8 +288,8 @@ class VectorPath:
         return np.compress(keep, sid), np.compress(keep, idx)
 
 
-def _split_oblets(first: np.ndarray, nwords: np.ndarray,
-                 typed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_oblets(first: np.ndarray, nwords: np.ndarray, typed: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Split objects larger than OBLET_WORDS into pieces, as Go scans big objects in oblets.
     ``first``: each object's first word index."""
     pieces = (nwords + OBLET_WORDS - 1) // OBLET_WORDS
@@ -292,7 +297,7 @@ def _split_oblets(first: np.ndarray, nwords: np.ndarray,
     k = np.arange(len(obj)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
     new_base = first[obj] + k * OBLET_WORDS
     new_words = np.minimum(nwords[obj] - k * OBLET_WORDS, OBLET_WORDS)
-    return new_base, new_words, typed[obj]
+    return new_base, new_words, None if typed is None else typed[obj]
 
 
 def _blocks(nwords: np.ndarray) -> Iterator[tuple[int, int, int]]:
