@@ -165,13 +165,19 @@ class VectorPath:
         object (a span type's pointer words), instead of words 0..n0-1."""
         if n0:
             rows = ws.iota[:n0] if offs is None else offs
-            # One object size (the usual frontier): broadcast with the longer axis inner,
-            # where numpy's loops are fast (word k of every object together, for a block of
-            # many small objects).
             m = len(first)
             nw = m * n0
-            if m >= n0:
+            if _word_major(m, n0):
+                # Many objects of many words: broadcast with the longer axis inner, where
+                # numpy's loops are fast (word k of every object together).
                 np.add(rows[:, None], first, out=ws.widx[:nw].reshape(n0, m))
+            elif m >= n0:
+                # Many small objects: object by object all the same (each object's words
+                # together, so that a frontier in address order shades in address order,
+                # see _shade_block), one strided add per word along the objects.
+                w2 = ws.widx[:nw].reshape(m, n0)
+                for k in range(n0):
+                    np.add(first, rows[k], out=w2[:, k])
             else:
                 np.add(first[:, None], rows, out=ws.widx[:nw].reshape(m, n0))
         else:
@@ -191,7 +197,7 @@ class VectorPath:
             return vals
         if not n0:
             word_typed = np.repeat(typed, nwords)
-        elif len(typed) >= n0:
+        elif _word_major(len(typed), n0):
             word_typed = np.tile(typed, n0)
         else:
             word_typed = np.repeat(typed, n0)
@@ -246,7 +252,11 @@ class VectorPath:
             k = len(g)
         tickets = ws.tickets[:k]
         state[g] = tickets
-        if k > 1:
+        # Candidates in strictly increasing object order (a frontier of small objects in
+        # address order, as a tree built level by level gives) name distinct objects: every
+        # ticket is read back unchanged by this worker, so the read-back is skipped (another
+        # worker racing on one of them may keep it too: a repeat scan, never a loss).
+        if k > 1 and not np.less(g[:-1], g[1:], out=ws.mask[:k - 1]).all():
             mine = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), tickets,
                             out=ws.mask[:k])
             if not mine.all():
@@ -286,6 +296,12 @@ class VectorPath:
         keep[maybe_free] = allocated
         self.state[np.compress(~keep, g)] = -1
         return np.compress(keep, sid), np.compress(keep, idx)
+
+
+def _word_major(m: int, n0: int) -> bool:
+    """Whether _gather lays out m objects of n0 words word by word (word k of every
+    object together) rather than object by object."""
+    return m >= n0 > 8
 
 
 def _split_oblets(first: np.ndarray, nwords: np.ndarray, typed: np.ndarray | None
