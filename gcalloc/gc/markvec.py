@@ -5,14 +5,16 @@ One breadth-first level (a *vector step*) is scanned in *blocks* of at most BLOC
 candidate words (plus one oblet):
 
 - ``_gather`` reads every word of the block's objects with one np.take from a view of the
-  heap (word k of every object together, so the broadcast runs along the long axis);
+  heap (small objects object by object, so that a frontier in address order reads the heap
+  in order and shades in object order; objects of more than 8 words word by word);
 - ``_typed_filter`` drops typed objects' words whose heap-bitmap pointer bit is clear;
   objects of spans with a span type (``_scan_layouts``) are gathered at their layout's
   pointer words only, so a precise type reads fewer words than conservative scanning;
 - ``_shade_block`` resolves every candidate at once (findObject over arrays: heap offset ->
   page -> span id -> span mirror -> slot and object number), keeps the white objects,
   deduplicates them with one scatter of tickets into their mark words (which marks them
-  too), only then checks that they are allocated (once per object, not once per pointer to
+  too; a block whose object numbers strictly increase has no duplicate and skips the read
+  back), only then checks that they are allocated (once per object, not once per pointer to
   it; spans whose allocBits are all set skip it), and appends the scannable ones to the
   next frontier.
 
