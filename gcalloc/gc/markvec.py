@@ -16,7 +16,7 @@ candidate words (plus one oblet):
   too; a block whose object numbers strictly increase has no duplicate and skips the read
   back), only then checks that they are allocated (once per object, not once per pointer to
   it; spans whose allocBits are all set skip it), and appends the scannable ones to the
-  next frontier.
+  next frontier (without a per-object look when the snapshot has no noscan span).
 
 All of it runs in each worker's Workspace buffers (np.take and ufuncs with out=; selections
 by one np.flatnonzero) and the frontier chunks come from the MarkScratch pool, so a step
@@ -265,6 +265,9 @@ class VectorPath:
                 g, sid, idx = _select(mine, [g, sid, idx], ws.spare(g, sid, idx))
         sid, idx = self._drop_free(ws, g, sid, idx)
         self.marked[worker] += len(sid)
+        if sn.all_scannable:
+            out.add(sid, idx, None)
+            return
         scan = np.take(sn.scannable, sid, out=ws.mask[:len(sid)], mode="clip")
         out.add(sid, idx, None if scan.all() else np.flatnonzero(scan))
 

@@ -135,12 +135,15 @@ class SpanSnapshot:
         - ``scan[sid] = (welem, wbase, wsize)``: where a grey object's words are.
 
         ``any_typed``: some snapshot span is typed (bitmap-scanned); ``max_wsize``: the most
-        words of any snapshot object, so that a step skips the oblet split when none is big."""
+        words of any snapshot object, so that a step skips the oblet split when none is big;
+        ``all_scannable``: no snapshot span is noscan (no tiny or noscan allocation), so
+        shade keeps every object it marks without a look at its span."""
         self.find = np.stack([self.rlimit, self.rbase, self.divmul.view(np.int64), self.gbase],
                              axis=1)
         self.scan = np.stack([self.welem, self.wbase, self.wsize], axis=1)
         self.any_typed = bool(self.typed[self.ids].any())
         self.max_wsize = int(self.wsize[self.ids].max(initial=0))
+        self.all_scannable = bool(self.scannable[self.ids].all())
 
     def _layout_tables(self, cap: int) -> None:
         """typed[sid]: scan at the bitmap's pointer bits; layout[sid] k > 0: every object of
