@@ -377,7 +377,8 @@ class Allocator:
 
     def alloc_large_typed(self, size: int, zero: bool, write: Callable[[MSpan], None]) -> int:
         """A scan object over 32 KiB whose heap bits ``write`` (the GC layer's) writes inside
-        the safepoint region, before any collection can see the object."""
+        the safepoint region, before any collection can see the object: all of the span's
+        bits (the span's on_new_spans hook is skipped, so they are written once)."""
         return self._alloc_large(self._this_mcache(), size, False, zero, write)
 
     def _alloc_large(self, c: MCache, size: int, noscan: bool, zero: bool,
@@ -388,7 +389,8 @@ class Allocator:
         try:
             # The object owns its whole span: usable_size, lookup and the collector's scan
             # all cover the page-rounded size (s.limit, set by the span class).
-            s = self.mheap.alloc(npages, make_span_class(0, noscan), needzero=zero)
+            s = self.mheap.alloc(npages, make_span_class(0, noscan), needzero=zero,
+                                 bits_by_caller=write is not None)
             s.freeindex = 1
             s.allocCount = 1
             with self.mheap.lock:

@@ -130,15 +130,18 @@ class MHeap:
 
     # --- allocation --------------------------------------------------------------------
 
-    def alloc(self, npages: int, spanclass: int, needzero: bool) -> MSpan:
+    def alloc(self, npages: int, spanclass: int, needzero: bool,
+              bits_by_caller: bool = False) -> MSpan:
         """A new in-use span of npages pages for span class spanclass (Go's mheap.alloc).
 
-        The span's memory is zero if needzero. Raises OutOfMemory.
+        The span's memory is zero if needzero. ``bits_by_caller``: the caller writes the
+        span's heap bits itself before any collection can see the span (a large typed
+        object), so the on_new_spans hook does not write them first. Raises OutOfMemory.
         """
-        return self.alloc_spans(npages, spanclass, 1, needzero)[0]
+        return self.alloc_spans(npages, spanclass, 1, needzero, bits_by_caller)[0]
 
     def alloc_spans(self, npages: int, spanclass: int, count: int,
-                    needzero: bool) -> list[MSpan]:
+                    needzero: bool, bits_by_caller: bool = False) -> list[MSpan]:
         """``count`` adjacent in-use spans of npages pages each, taken from the free spans in
         one step: one lock, one best fit, one clear (mcentral grows by a batch so the per-span
         cost of Python is paid once per batch). Raises OutOfMemory."""
@@ -167,7 +170,8 @@ class MHeap:
             ctypes.memset(run.base, 0, (npages * count) << PAGE_SHIFT)
             for s in spans:
                 s.needzero = False
-        self.on_new_spans(spans)
+        if not bits_by_caller:
+            self.on_new_spans(spans)
         return spans
 
     def _init_in_use(self, s: MSpan, spanclass: int, alloc_bits: int, mark_bits: int) -> None:

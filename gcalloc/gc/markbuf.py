@@ -36,7 +36,7 @@ class Workspace:
     """One mark worker's scratch arrays, reused by every block of every vector step and (the
     Collector keeps them) by every cycle: numpy temporaries of this size are otherwise fresh
     memory each time, and faulting it in costs more than the arithmetic. They grow with the
-    blocks and chunks seen, to about 6 MiB. Arrays come in pairs where a selection copies
+    blocks and chunks seen, to about 9 MiB. Arrays come in pairs where a selection copies
     from one to the other."""
 
     def __init__(self, worker: int) -> None:
@@ -51,7 +51,6 @@ class Workspace:
         self.widx = np.empty(n, np.int64)      # word indexes; freeidx
         self.vals = np.empty(n, np.uint64)     # candidate words; divmul
         self.off = np.empty(n, np.int64)       # heap offsets of candidates inside the heap
-        self.off2 = np.empty(n, np.int64)
         self.sid = np.empty(n, np.int64)
         self.sid2 = np.empty(n, np.int64)
         self.t1 = np.empty(n, np.int64)        # page, limit, then slot
@@ -60,6 +59,7 @@ class Workspace:
         self.g2 = np.empty(n, np.int64)
         self.st = np.empty(n, np.int32)        # mark words read back
         self.mask = np.empty(n, np.bool_)
+        self.find_rows = np.empty((n, 4), np.int64)   # SpanSnapshot.find rows
         base = self.worker * BUF_WORDS + 1     # workers' tickets never collide
         self.tickets = np.arange(base, base + n, dtype=np.int32)
         self.iota = np.arange(n, dtype=np.int64)
@@ -73,6 +73,7 @@ class Workspace:
         self.first = np.empty(n, np.int64)
         self.nwords = np.empty(n, np.int64)
         self.typed = np.empty(n, np.bool_)
+        self.scan_rows = np.empty((n, 3), np.int64)   # SpanSnapshot.scan rows
         self.chunk_size = n
 
     def spare(self, g: np.ndarray, sid: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:

@@ -5,16 +5,18 @@ One breadth-first level (a *vector step*) is scanned in *blocks* of at most BLOC
 candidate words (plus one oblet):
 
 - ``_gather`` reads every word of the block's objects with one np.take from a view of the
-  heap (word k of every object together, so the broadcast runs along the long axis);
+  heap (small objects object by object, so that a frontier in address order reads the heap
+  in order and shades in object order; objects of more than 8 words word by word);
 - ``_typed_filter`` drops typed objects' words whose heap-bitmap pointer bit is clear;
   objects of spans with a span type (``_scan_layouts``) are gathered at their layout's
   pointer words only, so a precise type reads fewer words than conservative scanning;
 - ``_shade_block`` resolves every candidate at once (findObject over arrays: heap offset ->
   page -> span id -> span mirror -> slot and object number), keeps the white objects,
   deduplicates them with one scatter of tickets into their mark words (which marks them
-  too), only then checks that they are allocated (once per object, not once per pointer to
+  too; a block whose object numbers strictly increase has no duplicate and skips the read
+  back), only then checks that they are allocated (once per object, not once per pointer to
   it; spans whose allocBits are all set skip it), and appends the scannable ones to the
-  next frontier.
+  next frontier (without a per-object look when the snapshot has no noscan span).
 
 All of it runs in each worker's Workspace buffers (np.take and ufuncs with out=; selections
 by one np.flatnonzero) and the frontier chunks come from the MarkScratch pool, so a step
@@ -75,18 +77,22 @@ class VectorPath:
             if not n:
                 continue
             ws.ensure_chunk(n)
-            first = np.take(sn.welem, sids, out=ws.first[:n], mode="clip")
-            first *= idxs
-            first += np.take(sn.wbase, sids, out=ws.nwords[:n], mode="clip")  # word index
-            nwords = np.take(sn.wsize, sids, out=ws.nwords[:n], mode="clip")
-            typed = np.take(sn.typed, sids, out=ws.typed[:n], mode="clip")
-            if nwords.max(initial=0) > OBLET_WORDS:
+            rows = np.take(sn.scan, sids, axis=0, out=ws.scan_rows[:n], mode="clip")
+            first = np.multiply(rows[:, 0], idxs, out=ws.first[:n])
+            first += rows[:, 1]                                     # word index
+            nwords = rows[:, 2]
+            # Snapshot-wide facts first: an untyped heap of small objects (the usual one)
+            # pays no per-object pass for them.
+            typed = (np.take(sn.typed, sids, out=ws.typed[:n], mode="clip")
+                     if sn.any_typed else None)
+            if sn.max_wsize > OBLET_WORDS and nwords.max(initial=0) > OBLET_WORDS:
                 first, nwords, typed = _split_oblets(first, nwords, typed)
-            any_typed = bool(typed.any())
-            ws.ensure(min(int(nwords.sum()), BUF_WORDS))
+            any_typed = typed is not None and bool(typed.any())
+            ws.ensure(min(n * sn.max_wsize, BUF_WORDS))
             for lo, hi, n0 in _blocks(nwords):
                 vals = self._gather(ws, first[lo:hi], nwords[lo:hi], n0, worker)
                 if any_typed:
+                    assert typed is not None
                     vals = self._typed_filter(ws, vals, typed[lo:hi], nwords[lo:hi], n0)
                 self._shade_block(ws, vals, worker, out)
         return out.done()
@@ -161,13 +167,19 @@ class VectorPath:
         object (a span type's pointer words), instead of words 0..n0-1."""
         if n0:
             rows = ws.iota[:n0] if offs is None else offs
-            # One object size (the usual frontier): broadcast with the longer axis inner,
-            # where numpy's loops are fast (word k of every object together, for a block of
-            # many small objects).
             m = len(first)
             nw = m * n0
-            if m >= n0:
+            if _word_major(m, n0):
+                # Many objects of many words: broadcast with the longer axis inner, where
+                # numpy's loops are fast (word k of every object together).
                 np.add(rows[:, None], first, out=ws.widx[:nw].reshape(n0, m))
+            elif m >= n0:
+                # Many small objects: object by object all the same (each object's words
+                # together, so that a frontier in address order shades in address order,
+                # see _shade_block), one strided add per word along the objects.
+                w2 = ws.widx[:nw].reshape(m, n0)
+                for k in range(n0):
+                    np.add(first, rows[k], out=w2[:, k])
             else:
                 np.add(first[:, None], rows, out=ws.widx[:nw].reshape(m, n0))
         else:
@@ -187,7 +199,7 @@ class VectorPath:
             return vals
         if not n0:
             word_typed = np.repeat(typed, nwords)
-        elif len(typed) >= n0:
+        elif _word_major(len(typed), n0):
             word_typed = np.tile(typed, n0)
         else:
             word_typed = np.repeat(typed, n0)
@@ -222,18 +234,19 @@ class VectorPath:
             return
         d = _select(inside, [v.view(np.int64)], [ws.off])[0]
         sid = self._span_ids(ws, d)
-        keep = np.less(d, np.take(sn.rlimit, sid, out=ws.t1[:k], mode="clip"),
-                       out=ws.mask[:k])
-        if not keep.all():
-            d, sid = _select(keep, [d, sid], [ws.off2, ws.sid2])
-            k = len(d)
-        idx = np.take(sn.rbase, sid, out=ws.t1[:k], mode="clip")
-        np.subtract(d, idx, out=idx)                     # offset in the span
+        # One take of findObject's row (rlimit, rbase, divmul, gbase) per candidate. Slot
+        # and object number are computed for every candidate, those outside every snapshot
+        # span too (wrapping, meaningless, never used: they are dropped before any index).
+        rows = np.take(sn.find, sid, axis=0, out=ws.find_rows[:k], mode="clip")
+        keep = np.less(d, rows[:, 0], out=ws.mask[:k])
+        idx = np.subtract(d, rows[:, 1], out=ws.t1[:k])  # offset in the span
         u = idx.view(np.uint64)
-        u *= np.take(sn.divmul, sid, out=ws.vals[:k], mode="clip")
+        u *= rows.view(np.uint64)[:, 2]
         u >>= np.uint64(32)                              # slot
-        g = np.take(sn.gbase, sid, out=ws.g[:k], mode="clip")
-        g += idx                                         # object number
+        g = np.add(rows[:, 3], idx, out=ws.g[:k])        # object number
+        if not keep.all():
+            g, sid, idx = _select(keep, [g, sid, idx], ws.spare(g, sid, idx))
+            k = len(g)
         state = self.state
         white = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), 0, out=ws.mask[:k])
         if not white.all():
@@ -241,13 +254,20 @@ class VectorPath:
             k = len(g)
         tickets = ws.tickets[:k]
         state[g] = tickets
-        if k > 1:
+        # Candidates in strictly increasing object order (a frontier of small objects in
+        # address order, as a tree built level by level gives) name distinct objects: every
+        # ticket is read back unchanged by this worker, so the read-back is skipped (another
+        # worker racing on one of them may keep it too: a repeat scan, never a loss).
+        if k > 1 and not np.less(g[:-1], g[1:], out=ws.mask[:k - 1]).all():
             mine = np.equal(np.take(state, g, out=ws.st[:k], mode="clip"), tickets,
                             out=ws.mask[:k])
             if not mine.all():
                 g, sid, idx = _select(mine, [g, sid, idx], ws.spare(g, sid, idx))
         sid, idx = self._drop_free(ws, g, sid, idx)
         self.marked[worker] += len(sid)
+        if sn.all_scannable:
+            out.add(sid, idx, None)
+            return
         scan = np.take(sn.scannable, sid, out=ws.mask[:len(sid)], mode="clip")
         out.add(sid, idx, None if scan.all() else np.flatnonzero(scan))
 
@@ -283,8 +303,14 @@ class VectorPath:
         return np.compress(keep, sid), np.compress(keep, idx)
 
 
-def _split_oblets(first: np.ndarray, nwords: np.ndarray,
-                 typed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _word_major(m: int, n0: int) -> bool:
+    """Whether _gather lays out m objects of n0 words word by word (word k of every
+    object together) rather than object by object."""
+    return m >= n0 > 8
+
+
+def _split_oblets(first: np.ndarray, nwords: np.ndarray, typed: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Split objects larger than OBLET_WORDS into pieces, as Go scans big objects in oblets.
     ``first``: each object's first word index."""
     pieces = (nwords + OBLET_WORDS - 1) // OBLET_WORDS
@@ -292,7 +318,7 @@ def _split_oblets(first: np.ndarray, nwords: np.ndarray,
     k = np.arange(len(obj)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
     new_base = first[obj] + k * OBLET_WORDS
     new_words = np.minimum(nwords[obj] - k * OBLET_WORDS, OBLET_WORDS)
-    return new_base, new_words, typed[obj]
+    return new_base, new_words, None if typed is None else typed[obj]
 
 
 def _blocks(nwords: np.ndarray) -> Iterator[tuple[int, int, int]]:

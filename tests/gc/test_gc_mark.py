@@ -571,3 +571,34 @@ def test_mark_buffers_reused_across_cycles_give_fresh_marks(heap):
         root.release()
         heap.collect()
     heap.verify()
+
+
+def test_noscan_shortcut_holds_only_without_noscan_spans(heap):
+    """shade skips the per-object noscan look-up when no snapshot span is noscan; a heap
+    with one noscan object keeps it, and that object is marked but never scanned."""
+    force(heap, "vector")
+    root = build_tree(heap, 12, 7, typed=False)
+    h = heap.handle(root)
+    heap.collect()
+    assert heap._gc.last_marker.snapshot.all_scannable
+    p = heap.alloc(64, noscan=True)
+    q = heap.alloc(64)
+    poke(p, q)                               # noscan: p's word must not keep q
+    TreeNode.from_address(root).check = p    # a scan word: keeps p
+    heap.collect()
+    assert not heap._gc.last_marker.snapshot.all_scannable
+    assert live(heap, p) and not live(heap, q)
+    assert check_tree_count(heap, root) == (1 << 12) - 1
+    h.release()
+
+
+def check_tree_count(heap: gcalloc.Heap, root: int) -> int:
+    seen, stack = 0, [root]
+    while stack:
+        p = stack.pop()
+        assert live(heap, p)
+        seen += 1
+        node = TreeNode.from_address(p)
+        if node.left:
+            stack += [node.left, node.right]
+    return seen

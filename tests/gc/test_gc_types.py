@@ -236,6 +236,34 @@ def test_large_typed_array_bits(heap):
     assert scan == ones(3 * (count - 1) + 2)
 
 
+def test_large_typed_object_over_reused_pages_has_only_its_bits(heap):
+    """A large typed span's bits are written once, by its layout, over the whole span (the
+    all-ones fill a new scan span gets is skipped): pages an untyped large object left all
+    ones must end with exactly the layout's bits, tail included."""
+    count = 3000
+    untyped = heap.alloc(24 * count)
+    npages = heap._alloc.mheap.span_of(untyped).npages
+    nwords = (npages * 8192) >> 3
+    assert bits(heap, untyped, nwords) == (ones(nwords), ones(nwords))
+    heap.free(untyped)
+    p = heap.alloc(24 * count, type=Node)
+    assert p == untyped                       # the same pages, best fit
+    ptr, scan = bits(heap, p, nwords)
+    assert ptr == sum(1 << (3 * i + 1) for i in range(count))
+    assert scan == ones(3 * (count - 1) + 2)
+    heap.verify()
+
+
+def test_large_typed_span_skips_the_all_ones_fill(heap, monkeypatch):
+    """Only an untyped large span gets the all-ones fill; a typed one is written once."""
+    filled = []
+    fill = bitmap.fill_span
+    monkeypatch.setattr(bitmap, "fill_span", lambda *a: (filled.append(a[1]), fill(*a)))
+    p = heap.alloc(24 * 3000, type=Node)
+    q = heap.alloc(24 * 3000)
+    assert filled == [q] and p not in filled
+
+
 def test_new_with_count_writes_array_bits(heap):
     h = heap.new(Node, 5)
     assert isinstance(h.view, Node * 5)
