@@ -74,10 +74,13 @@ TreeNode._fields_ = [("left", ctypes.POINTER(TreeNode)), ("right", ctypes.POINTE
                      ("value", ctypes.c_int64)]
 
 
-def typed_tree_rows(depth: int, repeat: int, boehm_ms: float | None) -> None:
-    """The GCBench tree built untyped (conservative) and typed (``type=TreeNode``: left,
-    right, value) in two heaps alive at once, their collect()s alternating (side by side in
-    one run): medians, typed/untyped and x Boehm."""
+def tree_rows(boehm: Boehm, depth: int, repeat: int) -> None:
+    """The GCBench tree in Boehm's heap and in two of ours, built untyped (conservative) and
+    typed (``type=TreeNode``: left, right, value), collected in turn, one of each per round
+    (the untyped heap twice: with the default mark workers and with one), so that all see
+    the same load: medians, each round's ratio to Boehm (median over rounds), the phase
+    times of the untyped heap's cycle, and typed / untyped."""
+    lib = boehm.lib
     heaps, roots = [], []
     try:
         for typ in (None, TreeNode):
@@ -87,28 +90,71 @@ def typed_tree_rows(depth: int, repeat: int, boehm_ms: float | None) -> None:
                                              depth)))
             h.collect()
             assert h.read_memstats().heap_objects == (1 << (depth + 1)) - 1
-        runs: list[list[float]] = [[], []]
-        for _ in range(max(repeat, 9)):
-            for h, out in zip(heaps, runs):
-                t = time.perf_counter()
-                h.collect()
-                out.append(time.perf_counter() - t)
+        untyped, typed = heaps
+        workers = untyped._gc.mark_workers
+        if lib is not None:
+            lib.GC_disable()
+            boehm.roots[0] = build_tree(lib.GC_malloc, depth)
+            lib.GC_enable()
+            lib.GC_gcollect()
+
+        def one_worker() -> None:
+            untyped._gc.mark_workers = 1
+            try:
+                untyped.collect()
+            finally:
+                untyped._gc.mark_workers = workers
+
+        runs = _in_turn([lib.GC_gcollect if lib is not None else None, untyped.collect,
+                         one_worker, typed.collect], max(repeat, 9))
+        m = untyped._gc.last_marker
+        stats = m.vector_steps, m.scalar_objects, m.marked_objects, len(m.spans)
+        pause, sweep = mark_phase_times(untyped, repeat)
     finally:
+        if lib is not None:
+            boehm.roots[0] = 0
+            lib.GC_gcollect()
         for r in roots:
             r.release()
         for h in heaps:
             h.close()
-    u, t = statistics.median(runs[0]), statistics.median(runs[1])
-    paired = statistics.median(b / a for a, b in zip(*runs))   # each pair side by side
-    print(f"\ntyped GCBench tree, depth {depth}: the same tree built both ways, collect()s "
-          f"alternating")
-    print(f"  {'':34}{'ms':>9}{'x Boehm':>9}")
-    for label, v in (("untyped (conservative)", u), ("typed (type=TreeNode)", t)):
-        ratio = f"{v / boehm_ms:9.2f}" if boehm_ms else f"{'-':>9}"
-        print(f"  {label:34}{v * 1000:9.1f}{ratio}")
-    both = ("yes" if max(t, u) <= 2 * boehm_ms else "no") if boehm_ms else "no Boehm"
-    print(f"  typed / untyped = {paired:.2f} (median of alternating pairs; bar <= 1.10); "
-          f"both <= 2x Boehm: {both}")
+    b = runs[0]
+    print(f"\nGCBench tree, depth {depth}: {stats[2]:,} live 24-byte nodes in {stats[3]} spans, "
+          f"Boehm's and ours collected in turn ({len(runs[1])} rounds)")
+    print(f"  {'':40}{'ms':>9}{'x Boehm':>9}")
+    rows = [("Boehm GC_gcollect", b), (f"collect() ({workers} mark workers)", runs[1]),
+            ("collect(), 1 mark worker", runs[2]), ("typed tree collect()", runs[3])]
+    for label, times in rows:
+        if not times:
+            print(f"  {label:40}{'-':>9}  (libgc not found: apt-get install libgc1)")
+            continue
+        ratio = f"{_paired(b, times):9.2f}" if b else f"{'-':>9}"
+        print(f"  {label:40}{statistics.median(times) * 1000:9.1f}{ratio}")
+    print(f"  untyped pause without sweep {pause * 1000:.1f} ms, eager sweep {sweep * 1000:.1f} "
+          f"ms; mark paths: {stats[0]} vector steps, {stats[1]} objects on the scalar path")
+    worst = max(_paired(b, runs[1]), _paired(b, runs[3])) if b else None
+    both = f"{'yes' if worst <= 2 else 'no'} ({worst:.2f}x)" if worst else "no Boehm"
+    print(f"  typed / untyped = {_paired(runs[1], runs[3]):.2f} (median of each round's ratio; "
+          f"bar <= 1.10); both <= 2x Boehm: {both}")
+
+
+def _in_turn(fns: list, rounds: int) -> list[list[float]]:
+    """Each function's times over ``rounds`` rounds, one call of each per round (None: not
+    timed, an empty list)."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, out in zip(fns, times):
+            if fn is None:
+                continue
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return times
+
+
+def _paired(base: list[float], other: list[float]) -> float:
+    """The median of other / base over rounds timed in turn."""
+    return statistics.median(o / b for b, o in zip(base, other))
 
 
 def build_list(alloc, n: int) -> int:
@@ -199,38 +245,6 @@ class Boehm:
         self.roots = (ctypes.c_uint64 * 4)()
         lib.GC_add_roots(ctypes.addressof(self.roots), ctypes.addressof(self.roots) + 32)
 
-    def tree(self, depth: int, repeat: int) -> float:
-        lib = self.lib
-        lib.GC_disable()
-        self.roots[0] = build_tree(lib.GC_malloc, depth)
-        lib.GC_enable()
-        lib.GC_gcollect()
-        t = timed(lib.GC_gcollect, repeat)
-        self.roots[0] = 0
-        lib.GC_gcollect()
-        return t
-
-
-def ours_tree(depth: int, repeat: int, workers: int | None = None):
-    with gcalloc.Heap(gc_percent=-1) as h:
-        if workers is not None:
-            h._gc.mark_workers = workers
-        root = h.handle(build_tree(h.alloc, depth))
-        h.collect()
-        marker_stats = []
-
-        def collect() -> None:
-            h.collect()
-            m = h._gc.last_marker
-            marker_stats.append((m.vector_steps, m.scalar_objects, m.marked_objects))
-
-        full = timed(collect, repeat)
-        phases = mark_phase_times(h, repeat)
-        nspans = len(h._gc.last_marker.spans)
-        assert h.read_memstats().heap_objects == (1 << (depth + 1)) - 1
-        root.release()
-        return full, phases, nspans, marker_stats[-1]
-
 
 def mark_phase_times(h, repeat: int) -> tuple[float, float]:
     """(pause without the eager sweep, eager sweep) medians, from gctrace's own clocks."""
@@ -281,15 +295,7 @@ def side_by_side(boehm: Boehm, build, arg: int, repeat: int):
 def _collect_in_turn(lib, h: gcalloc.Heap, repeat: int) -> tuple[list[float], list[float]]:
     """(Boehm's GC_gcollect times, ours) over ``repeat`` rounds, one of each per round;
     Boehm's list is empty without libgc."""
-    theirs, ours = [], []
-    for _ in range(repeat):
-        if lib is not None:
-            t = time.perf_counter()
-            lib.GC_gcollect()
-            theirs.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        h.collect()
-        ours.append(time.perf_counter() - t)
+    theirs, ours = _in_turn([lib.GC_gcollect if lib is not None else None, h.collect], repeat)
     return theirs, ours
 
 
@@ -400,27 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.depth, args.list, args.graph, args.repeat = 12, 20_000, 5_000, 2
     ms = 1000.0
-    nodes = (1 << (args.depth + 1)) - 1
     print(f"gcalloc {gcalloc.__version__}, CPython {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores; medians of {args.repeat}")
     boehm = Boehm()
-    b = boehm.tree(args.depth, args.repeat) if boehm.lib is not None else None
-    full, (pause, sweep), nspans, (vsteps, sobjs, marked) = ours_tree(args.depth, args.repeat)
-    full1, _, _, _ = ours_tree(args.depth, args.repeat, workers=1)
-    print(f"\nGCBench tree, depth {args.depth}: {nodes:,} live 24-byte nodes in {nspans} spans")
-    print(f"  {'':34}{'ms':>9}{'x Boehm':>9}")
-    rows = [("gcalloc collect() (mark+sweep)", full), ("gcalloc collect(), 1 mark worker", full1),
-            ("gcalloc pause without sweep", pause), ("gcalloc eager sweep", sweep)]
-    if b is None:
-        print("  Boehm: libgc not found (apt-get install libgc1); no ratio")
-    else:
-        rows.insert(0, ("Boehm GC_gcollect", b))
-    for label, t in rows:
-        ratio = f"{t / b:9.2f}" if b else f"{'-':>9}"
-        print(f"  {label:34}{t * ms:9.1f}{ratio}")
-    print(f"  mark paths: {vsteps} vector steps, {sobjs} objects on the scalar path, "
-          f"{marked:,} marked")
-    typed_tree_rows(args.depth, args.repeat, b)
+    tree_rows(boehm, args.depth, args.repeat)
     print("\nnarrow shapes: collect() beside GC_gcollect on the same graph")
     print(f"  {'':38}{'objects':>10}{'Boehm ms':>10}{'ours ms':>9}{'x Boehm':>9}  mark paths")
     for label, build, arg, nobj in narrow_shapes(args.list):
