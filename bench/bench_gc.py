@@ -42,6 +42,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 import gcalloc  # noqa: E402
+from gcalloc.gc import marknative  # noqa: E402
 
 BOEHM_PATHS = ("libgc.so.1", "/usr/lib/x86_64-linux-gnu/libgc.so.1", "libgc.so")
 _word = ctypes.c_uint64
@@ -77,9 +78,9 @@ TreeNode._fields_ = [("left", ctypes.POINTER(TreeNode)), ("right", ctypes.POINTE
 def tree_rows(boehm: Boehm, depth: int, repeat: int) -> None:
     """The GCBench tree in Boehm's heap and in two of ours, built untyped (conservative) and
     typed (``type=TreeNode``: left, right, value), collected in turn, one of each per round
-    (the untyped heap twice: with the default mark workers and with one), so that all see
-    the same load: medians, each round's ratio to Boehm (median over rounds), the phase
-    times of the untyped heap's cycle, and typed / untyped."""
+    (ours twice: as they collect by default and on the numpy paths, native drain off), so
+    that all see the same load: medians, each round's ratio to Boehm (median over rounds),
+    the phase times of the untyped heap's cycle, and typed / untyped."""
     lib = boehm.lib
     heaps, roots = [], []
     try:
@@ -91,24 +92,17 @@ def tree_rows(boehm: Boehm, depth: int, repeat: int) -> None:
             h.collect()
             assert h.read_memstats().heap_objects == (1 << (depth + 1)) - 1
         untyped, typed = heaps
-        workers = untyped._gc.mark_workers
         if lib is not None:
             lib.GC_disable()
             boehm.roots[0] = build_tree(lib.GC_malloc, depth)
             lib.GC_enable()
             lib.GC_gcollect()
-
-        def one_worker() -> None:
-            untyped._gc.mark_workers = 1
-            try:
-                untyped.collect()
-            finally:
-                untyped._gc.mark_workers = workers
-
         runs = _in_turn([lib.GC_gcollect if lib is not None else None, untyped.collect,
-                         one_worker, typed.collect], max(repeat, 9))
+                         typed.collect, lambda: numpy_collect(untyped),
+                         lambda: numpy_collect(typed)], max(repeat, 9))
+        untyped.collect()
         m = untyped._gc.last_marker
-        stats = m.vector_steps, m.scalar_objects, m.marked_objects, len(m.spans)
+        stats = mark_paths(m), m.marked_objects, len(m.spans)
         pause, sweep = mark_phase_times(untyped, repeat)
     finally:
         if lib is not None:
@@ -119,11 +113,11 @@ def tree_rows(boehm: Boehm, depth: int, repeat: int) -> None:
         for h in heaps:
             h.close()
     b = runs[0]
-    print(f"\nGCBench tree, depth {depth}: {stats[2]:,} live 24-byte nodes in {stats[3]} spans, "
+    print(f"\nGCBench tree, depth {depth}: {stats[1]:,} live 24-byte nodes in {stats[2]} spans, "
           f"Boehm's and ours collected in turn ({len(runs[1])} rounds)")
     print(f"  {'':40}{'ms':>9}{'x Boehm':>9}")
-    rows = [("Boehm GC_gcollect", b), (f"collect() ({workers} mark workers)", runs[1]),
-            ("collect(), 1 mark worker", runs[2]), ("typed tree collect()", runs[3])]
+    rows = [("Boehm GC_gcollect", b), ("collect()", runs[1]), ("typed tree collect()", runs[2]),
+            ("collect(), numpy paths", runs[3]), ("typed tree collect(), numpy paths", runs[4])]
     for label, times in rows:
         if not times:
             print(f"  {label:40}{'-':>9}  (libgc not found: apt-get install libgc1)")
@@ -131,11 +125,29 @@ def tree_rows(boehm: Boehm, depth: int, repeat: int) -> None:
         ratio = f"{_paired(b, times):9.2f}" if b else f"{'-':>9}"
         print(f"  {label:40}{statistics.median(times) * 1000:9.1f}{ratio}")
     print(f"  untyped pause without sweep {pause * 1000:.1f} ms, eager sweep {sweep * 1000:.1f} "
-          f"ms; mark paths: {stats[0]} vector steps, {stats[1]} objects on the scalar path")
-    worst = max(_paired(b, runs[1]), _paired(b, runs[3])) if b else None
+          f"ms; mark paths: {stats[0]}")
+    worst = max(_paired(b, runs[1]), _paired(b, runs[2])) if b else None
     both = f"{'yes' if worst <= 2 else 'no'} ({worst:.2f}x)" if worst else "no Boehm"
-    print(f"  typed / untyped = {_paired(runs[1], runs[3]):.2f} (median of each round's ratio; "
-          f"bar <= 1.10); both <= 2x Boehm: {both}")
+    print(f"  typed / untyped = {_paired(runs[1], runs[2]):.2f}, on the numpy paths "
+          f"{_paired(runs[3], runs[4]):.2f} (median of each round's ratio; bar <= 1.10); "
+          f"both <= 2x Boehm: {both}")
+
+
+def numpy_collect(h: gcalloc.Heap) -> None:
+    """collect() with the native drain off: the numpy paths (gc/markvec.py and the rest)."""
+    h._gc.native_mark = False
+    try:
+        h.collect()
+    finally:
+        h._gc.native_mark = True
+
+
+def mark_paths(m) -> str:
+    """What each mark path did in a Marker's cycle."""
+    if m.native_objects:
+        return f"{m.native_objects:,} objects on the native path"
+    return (f"{m.vector_steps} vector steps, {m.scalar_objects:,} scalar objects, "
+            f"{m.graph_searches} graph searches")
 
 
 def _in_turn(fns: list, rounds: int) -> list[list[float]]:
@@ -270,9 +282,9 @@ def mark_phase_times(h, repeat: int) -> tuple[float, float]:
 
 def side_by_side(boehm: Boehm, build, arg: int, repeat: int):
     """collect() and GC_gcollect on the same graph build(alloc, arg), built in both heaps
-    and collected in turn, one of each per round, so that both see the same load on the
-    machine: (Boehm's median or None, ours, then our last cycle's vector steps, objects on
-    the scalar path, graph searches)."""
+    and collected in turn, one of each per round (ours also on the numpy paths), so that
+    all see the same load: (Boehm's median or None, ours, ours on the numpy paths, the mark
+    paths of our last default cycle)."""
     lib = boehm.lib
     with gcalloc.Heap(gc_percent=-1) as h:
         root = h.handle(build(h.alloc, arg))
@@ -282,21 +294,22 @@ def side_by_side(boehm: Boehm, build, arg: int, repeat: int):
             boehm.roots[1] = build(lib.GC_malloc, arg)   # rooted in Boehm's root range
             lib.GC_enable()
             lib.GC_gcollect()
-        theirs, ours = _collect_in_turn(lib, h, repeat)
+        theirs, ours, numpy_ours = _collect_in_turn(lib, h, repeat)
         if lib is not None:
             boehm.roots[1] = 0
             lib.GC_gcollect()
-        m = h._gc.last_marker
+        h.collect()
+        paths = mark_paths(h._gc.last_marker)
         root.release()
     return (statistics.median(theirs) if theirs else None, statistics.median(ours),
-            m.vector_steps, m.scalar_objects, m.graph_searches)
+            statistics.median(numpy_ours), paths)
 
 
-def _collect_in_turn(lib, h: gcalloc.Heap, repeat: int) -> tuple[list[float], list[float]]:
-    """(Boehm's GC_gcollect times, ours) over ``repeat`` rounds, one of each per round;
-    Boehm's list is empty without libgc."""
-    theirs, ours = _in_turn([lib.GC_gcollect if lib is not None else None, h.collect], repeat)
-    return theirs, ours
+def _collect_in_turn(lib, h: gcalloc.Heap, repeat: int) -> list[list[float]]:
+    """[Boehm's GC_gcollect times, ours, ours on the numpy paths] over ``repeat`` rounds, one
+    of each per round; Boehm's list is empty without libgc."""
+    return _in_turn([lib.GC_gcollect if lib is not None else None, h.collect,
+                     lambda: numpy_collect(h)], repeat)
 
 
 def list_in_garbage(n: int, repeat: int, graph: bool) -> tuple[float, float]:
@@ -306,6 +319,7 @@ def list_in_garbage(n: int, repeat: int, graph: bool) -> tuple[float, float]:
     on the scalar path."""
     pauses, sweeps = [], []
     with gcalloc.Heap(gc_percent=-1) as h:
+        h._gc.native_mark = False      # the numpy paths: this row compares two of them
         if not graph:
             h._gc.graph_cost = math.inf
         root = h.handle(build_list(h.alloc, n))
@@ -336,14 +350,15 @@ def graph_side_by_side(boehm: Boehm, n: int, repeat: int):
                              ctypes.addressof(theirs_table) + ctypes.sizeof(theirs_table))
             lib.GC_enable()
             lib.GC_gcollect()
-        theirs, ours = _collect_in_turn(lib, h, repeat)
+        theirs, ours, numpy_ours = _collect_in_turn(lib, h, repeat)
         if lib is not None:
             ctypes.memset(theirs_table, 0, ctypes.sizeof(theirs_table))
             lib.GC_gcollect()
-        m = h._gc.last_marker
+        h.collect()
+        paths = mark_paths(h._gc.last_marker)
         h.remove_root_range(token)
     return (statistics.median(theirs) if theirs else None, statistics.median(ours),
-            m.vector_steps, m.scalar_objects)
+            statistics.median(numpy_ours), paths)
 
 
 def garbage_cycles(repeat: int, spans: int = 500) -> tuple[float, float, int]:
@@ -408,26 +423,30 @@ def main(argv: list[str] | None = None) -> int:
     ms = 1000.0
     print(f"gcalloc {gcalloc.__version__}, CPython {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores; medians of {args.repeat}")
+    native = marknative.available()
+    print("mark path: " + ("native (numba's compiled drain, gc/marknative.py)" if native else
+                           f"numpy paths only ({marknative.why_unavailable()})"))
     boehm = Boehm()
     tree_rows(boehm, args.depth, args.repeat)
     print("\nnarrow shapes: collect() beside GC_gcollect on the same graph")
-    print(f"  {'':38}{'objects':>10}{'Boehm ms':>10}{'ours ms':>9}{'x Boehm':>9}  mark paths")
+    print(f"  {'':38}{'objects':>10}{'Boehm ms':>10}{'ours ms':>9}{'x Boehm':>9}"
+          f"{'numpy ms':>10}{'x Boehm':>9}  mark paths")
     for label, build, arg, nobj in narrow_shapes(args.list):
-        bt, t, vsteps, sobjs, searches = side_by_side(boehm, build, arg, args.repeat)
+        bt, t, tn, paths = side_by_side(boehm, build, arg, args.repeat)
         bcol = f"{bt * ms:10.1f}" if bt else f"{'-':>10}"
         ratio = f"{t / bt:9.2f}" if bt else f"{'-':>9}"
-        print(f"  {label:38}{nobj:>10,}{bcol}{t * ms:9.1f}{ratio}  {vsteps} vector steps, "
-              f"{sobjs:,} scalar objects, {searches} graph searches")
+        nratio = f"{tn / bt:9.2f}" if bt else f"{'-':>9}"
+        print(f"  {label:38}{nobj:>10,}{bcol}{t * ms:9.1f}{ratio}{tn * ms:10.1f}{nratio}  {paths}")
     half = args.list // 2
     for graph in (True, False):
         pause, sweep = list_in_garbage(half, args.repeat, graph)
         how = "graph path on" if graph else "scalar path only"
-        print(f"  list of {half:,} in a heap 90% garbage, {how}: pause without sweep "
-              f"{pause * ms:.1f} ms, eager sweep {sweep * ms:.1f} ms")
-    bt, t, vsteps, sobjs = graph_side_by_side(boehm, args.graph, args.repeat)
-    beside = f", Boehm {bt * ms:.1f} ms ({t / bt:.2f}x)" if bt else ""
-    print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.1f} ms{beside}, "
-          f"{vsteps} vector steps, {sobjs} objects on the scalar path")
+        print(f"  list of {half:,} in a heap 90% garbage, numpy paths, {how}: pause without "
+              f"sweep {pause * ms:.1f} ms, eager sweep {sweep * ms:.1f} ms")
+    bt, t, tn, paths = graph_side_by_side(boehm, args.graph, args.repeat)
+    beside = f", Boehm {bt * ms:.1f} ms ({t / bt:.2f}x; numpy paths {tn / bt:.2f}x)" if bt else ""
+    print(f"random graph of {args.graph:,} nodes x 3 edges: collect() {t * ms:.1f} ms, numpy paths "
+          f"{tn * ms:.1f} ms{beside}; {paths}")
     mark, cycle, nspans = garbage_cycles(args.repeat, 50 if args.quick else 500)
     print(f"garbage cycles over {nspans} spans, nothing live: mark {mark * ms:.2f} ms, "
           f"mark+termination+batch sweep {cycle * ms:.2f} ms")

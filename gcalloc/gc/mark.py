@@ -4,14 +4,18 @@ whole-frontier array operations). This module owns the Marker, which drives one 
 it builds the cycle's span snapshot, chooses a path for each frontier, and packs the marks.
 
 Colours: an object is white until its mark word is set (grey), and black once its words have
-been scanned. The grey set is a *frontier* of (span id, slot) pairs, kept in chunks. Two
-paths drain it, and they must agree (tests compare them on random graphs):
+been scanned. The grey set is a *frontier* of (span id, slot) pairs, kept in chunks. Once
+numba has loaded it, the **native** path (gc/marknative.py) drains every frontier in one
+compiled loop, as Go's gcDrain does. Without it the numpy paths do, and they must all agree
+(tests compare them on random graphs):
 
 - the **vectorised** path (gc/markvec.py), for frontiers wider than ``scalar_frontier``:
   one breadth-first level at a time, as numpy array operations;
 - the **scalar** path (gc/markscalar.py), for narrow frontiers (a long linked list has a
   frontier of one object): a loop in Python over the same structures, handing the frontier
-  back to the vectorised path once it grows wide.
+  back to the vectorised path once it grows wide;
+- the **graph** path (gc/markgraph.py), for narrow frontiers that stay narrow: one
+  breadth-first search in scipy over the candidate edges.
 
 Frontiers of PARALLEL_FRONTIER objects or more are split between two mark workers (numpy
 releases the interpreter lock inside each array operation).
@@ -29,7 +33,7 @@ black, so live this cycle: ``finish`` marks them, in snapshot spans or not); nos
 are marked but never scanned, on either path or through ``mark_referents``; typed objects
 are scanned only at the words their heap bitmap marks as pointers; a grey object is in
 exactly one frontier, except that two mark workers racing on one object may both scan it
-(``_parallel_step``); the two paths mark the same objects.
+(``_parallel_step``); every path marks the same objects.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 
 from gcalloc.gc.markbuf import CHUNK_CAP, OBLET_WORDS, Frontier, MarkScratch
 from gcalloc.gc.markgraph import GraphPath, buffers_of
+from gcalloc.gc.marknative import NativePath
 from gcalloc.gc.markscalar import ScalarPath
 from gcalloc.gc.markvec import VectorPath
 from gcalloc.gc.spansnapshot import SpanSnapshot
@@ -67,7 +72,7 @@ class Marker:
 
     def __init__(self, mheap: MHeap, spans: list[MSpan], scalar_frontier: int = SCALAR_FRONTIER,
                  pool: Executor | None = None, scratch: MarkScratch | None = None,
-                 graph_cost: float | None = None) -> None:
+                 graph_cost: float | None = None, native: bool = False) -> None:
         self.mheap = mheap
         self.spans = spans
         self.scalar_frontier = scalar_frontier
@@ -78,6 +83,8 @@ class Marker:
         self.vector = VectorPath(self.snapshot, self.state, self.scratch)
         self.scalar = ScalarPath(self.snapshot, self.state, scalar_frontier)
         self.graph = GraphPath(self.snapshot, self.state, graph_cost, buffers_of(self.scratch))
+        self.native = (NativePath(self.snapshot, self.state)
+                       if native and NativePath.usable(self.snapshot) else None)
         self.vector_steps = 0
         self._marked_here = 0        # by mark_object
         self._packed: np.ndarray | None = None   # finish's packed marks
@@ -118,11 +125,20 @@ class Marker:
     @property
     def marked_objects(self) -> int:
         return (sum(self.vector.marked) + self.scalar.marked + self.graph.marked
-                + self._marked_here)
+                + self._native_count("marked") + self._marked_here)
 
     @property
     def scanned_words(self) -> int:
-        return sum(self.vector.scanned) + self.scalar.scanned + self.graph.scanned
+        return (sum(self.vector.scanned) + self.scalar.scanned + self.graph.scanned
+                + self._native_count("scanned"))
+
+    @property
+    def native_objects(self) -> int:
+        """Objects the native path scanned (0 when it is off or unavailable)."""
+        return self._native_count("objects")
+
+    def _native_count(self, name: str) -> int:
+        return 0 if self.native is None else getattr(self.native, name)
 
     @property
     def scalar_objects(self) -> int:
@@ -133,6 +149,11 @@ class Marker:
         return self.graph.runs
 
     def _drain(self, frontier: Frontier) -> None:
+        if self.native is not None:
+            if frontier.count:
+                self.native.drain(*_arrays(frontier))
+            self.scratch.release(frontier.buffers)
+            return
         stretch = 0   # words the scalar path scanned since the frontier was last wide
         while frontier.count:
             if frontier.count <= self.scalar_frontier:

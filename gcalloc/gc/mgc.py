@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from gcalloc.debug import DebugFlags
-from gcalloc.gc import trace
+from gcalloc.gc import marknative, trace
 from gcalloc.gc.cthreads import CThreads
 from gcalloc.gc.mark import Marker, MarkScratch
 from gcalloc.gc.memlimit import MAX_INT64, SCAVENGE_REDUCE_PERCENT, CPULimiter, mapped_ready
@@ -83,6 +83,10 @@ class Collector:
         self.cthreads = CThreads(quiesce=[self.roots.lock, allocator.mheap.lock])
         self.extra_roots.append(self.cthreads.candidates)
         self.graph_cost: float | None = None      # and the graph path on (0) or off (inf)
+        # The compiled drain (gc/marknative.py) once numba has loaded it (prepare: in the
+        # background); False keeps the numpy paths (the tests that force a path set it).
+        self.native_mark = True
+        marknative.prepare()
         # Sweep plain spans as one batch at the end of automatic cycles too (see
         # Sweeper.sweep_batch); False leaves them all to lazy sweeping, as Go does.
         self.batch_sweep = True
@@ -166,7 +170,8 @@ class Collector:
         kwargs = {} if self.scalar_frontier is None else {"scalar_frontier":
                                                           self.scalar_frontier}
         marker = Marker(allocator.mheap, spans, pool=self._mark_pool(),
-                        scratch=self.mark_scratch, graph_cost=self.graph_cost, **kwargs)
+                        scratch=self.mark_scratch, graph_cost=self.graph_cost,
+                        native=self.native_mark, **kwargs)
         allocator.marking = marker
         # What threads hold without a root yet: tiny blocks and each run's last slot.
         held = [c.tiny for c in allocator.mcaches if c.tiny] + allocator.in_flight

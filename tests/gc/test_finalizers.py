@@ -141,9 +141,10 @@ def test_resurrection_is_for_good(heap):
     assert not live(heap, p) and rec.calls == [p]
 
 
-@pytest.mark.parametrize("frontier", [0, 10**9], ids=["vector", "scalar"])
+@pytest.mark.parametrize("frontier", [0, 10**9, None], ids=["vector", "scalar", "native"])
 def test_dependency_order_for_many_pairs_on_both_mark_paths(heap, frontier):
     heap._gc.scalar_frontier = frontier
+    heap._gc.native_mark = frontier is None
     order: list[int] = []
     pairs = []
     for _ in range(300):

@@ -1,20 +1,25 @@
 """Marking: reachable objects are never freed and keep their contents; unreachable
 ones (cycles included) are freed; the vectorised and scalar mark paths agree.
 
-Paths are forced through ``heap._gc.scalar_frontier`` and ``heap._gc.graph_cost``: 0 drains
-every frontier with numpy, 10**9 (graph path off) drains everything in the Python loop, a
-small value makes the two hand work back and forth; ``graph`` sends every narrow frontier to
-the graph path (gc/markgraph.py) at once and ``graph-only`` every frontier; ``default`` is
-the default crossover. Random graphs mix conservative, typed and noscan
-objects, small and large (multi-oblet) ones, interior pointers, scalar decoys and every kind
-of root; the marks of each path are compared with each other and with a model's BFS.
+Paths are forced through ``heap._gc.scalar_frontier`` and ``heap._gc.graph_cost``, with the
+native path (gc/marknative.py) off: 0 drains every frontier with numpy, 10**9 (graph path
+off) drains everything in the Python loop, a small value makes the two hand work back and
+forth; ``graph`` sends every narrow frontier to the graph path (gc/markgraph.py) at once and
+``graph-only`` every frontier; ``numpy`` is the numpy paths' default crossover; ``native``
+(the default: numba is a test dependency) drains in the compiled loop after the roots.
+Random graphs mix conservative, typed and noscan objects, small and large (multi-oblet)
+ones, interior pointers, scalar decoys and every kind of root; the marks of each path are
+compared with each other and with a model's BFS.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import os
 import random
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,14 +28,16 @@ import pytest
 from heaputil import peek, poke
 
 import gcalloc
+from gcalloc.gc import marknative
 from gcalloc.gc.mark import CHUNK_CAP, OBLET_WORDS, PARALLEL_FRONTIER, SCALAR_FRONTIER, Marker
 from gcalloc.gc.types import Type
 from gcalloc.mspan import SPAN_IN_USE
 
 U64 = ctypes.c_uint64
-# mode: (scalar_frontier, graph_cost)
+# mode: (scalar_frontier, graph_cost); the native path is off but in "native"
 MODES = {"vector": (0, math.inf), "scalar": (10**9, math.inf), "handoff": (3, math.inf),
-         "graph": (SCALAR_FRONTIER, 0.0), "graph-only": (10**9, 0.0), "default": (None, None)}
+         "graph": (SCALAR_FRONTIER, 0.0), "graph-only": (10**9, 0.0), "numpy": (None, None),
+         "native": (None, None)}
 
 
 def new_heap() -> gcalloc.Heap:
@@ -44,6 +51,9 @@ def mode(request):
 
 def force(heap: gcalloc.Heap, mode: str) -> None:
     heap._gc.scalar_frontier, heap._gc.graph_cost = MODES[mode]
+    heap._gc.native_mark = mode == "native"
+    if mode == "native":
+        assert marknative.available(), marknative.why_unavailable()
 
 
 def live(heap: gcalloc.Heap, p: int) -> bool:
@@ -167,9 +177,11 @@ def test_long_list_marks_on_either_path(heap, mode):
         assert marker.scalar_objects == 0 and marker.vector_steps >= n - 1
     elif mode == "scalar":
         assert marker.vector_steps == 0 and marker.scalar_objects == n
-    elif mode == "default":     # a long narrow stretch: the scalar path hands it on
+    elif mode == "numpy":       # a long narrow stretch: the scalar path hands it on
         assert marker.vector_steps == 0 and marker.graph_searches == 1
         assert 0 < marker.scalar_objects < n
+    elif mode == "native":
+        assert marker.native_objects == n and marker.vector_steps == marker.scalar_objects == 0
     poke(ps[n // 2], 0)                    # cut the list in half
     heap.collect()
     assert objects(heap) == n // 2 + 1
@@ -369,13 +381,14 @@ def reachable(objs: list[Obj], roots: list[int]) -> set[int]:
 
 
 def mark_only(heap: gcalloc.Heap, scalar_frontier: int, pool=None,
-              graph_cost: float | None = math.inf) -> Marker:
+              graph_cost: float | None = math.inf, native: bool = False) -> Marker:
     """Mark without sweeping, as a cycle would (single-threaded test: no world to stop);
-    the graph path off unless graph_cost says otherwise."""
+    the graph path off unless graph_cost says otherwise, the native path off unless
+    native."""
     heap._alloc.flush_mcaches()
     spans = [s for s in heap._alloc.mheap.live_spans() if s.state == SPAN_IN_USE]
     marker = Marker(heap._alloc.mheap, spans, scalar_frontier=scalar_frontier, pool=pool,
-                    graph_cost=graph_cost)
+                    graph_cost=graph_cost, native=native)
     with heap._gc.roots.lock:
         marker.mark_from(heap._gc.roots.candidates())
     return marker
@@ -386,9 +399,10 @@ def test_random_graph_mark_paths_agree(heap, seed):
     objs, roots, keep = build_random_graph(heap, seed)
     expected = reachable(objs, roots)
     markers = {name: mark_only(heap, SCALAR_FRONTIER if frontier is None else frontier,
-                               graph_cost=cost)
+                               graph_cost=cost, native=name == "native")
                for name, (frontier, cost) in MODES.items()}
     vector = markers["vector"]
+    assert markers["native"].native_objects > 0 and markers["native"].vector_steps == 0
     assert vector.scalar_objects == 0 and vector.vector_steps > 0
     assert markers["scalar"].vector_steps == 0 and markers["scalar"].scalar_objects > 0
     assert markers["graph-only"].graph_searches == 1
@@ -547,6 +561,7 @@ def test_mark_buffers_reused_across_cycles_give_fresh_marks(heap):
     what a Marker with fresh buffers marks."""
     rng = random.Random(3)
     heap._gc.scalar_frontier = 0
+    heap._gc.native_mark = False
     for n in (PARALLEL_FRONTIER * 2, 3000, 200, 20000):
         hub = heap.alloc(8 * n)
         objs = [heap.alloc(rng.choice([16, 32, 48, 64, 128, 2048])) for _ in range(n)]
@@ -602,3 +617,48 @@ def check_tree_count(heap: gcalloc.Heap, root: int) -> int:
         if node.left:
             stack += [node.left, node.right]
     return seen
+
+
+def test_native_stack_grows_for_an_object_with_many_pointers(heap):
+    """The native drain's mark stack starts at STACK_START entries; an object whose words
+    push more than that makes the kernel hand back and the stack grow, losing nothing."""
+    force(heap, "native")
+    n = 3 * marknative.STACK_START
+    table = heap.alloc(8 * n)
+    leaves = [heap.alloc(32) for _ in range(n)]
+    for i, p in enumerate(leaves):
+        poke(table + 8 * i, p)
+        poke(p, i)
+    h = heap.handle(table)
+    heap.collect()
+    m = heap._gc.last_marker
+    assert m.native_objects == n + 1 and m.marked_objects == n + 1
+    assert objects(heap) == n + 1 and [peek(p) for p in leaves] == list(range(n))
+    poke(table + 8 * 7, 0)
+    heap.collect()
+    assert not live(heap, leaves[7]) and objects(heap) == n
+    h.release()
+
+
+def test_without_the_jit_collect_marks_on_the_numpy_paths():
+    """GCALLOC_NO_JIT=1: no native path (it says why), and collect() marks all the same."""
+    code = (
+        "import ctypes\n"
+        "import gcalloc\n"
+        "from gcalloc.gc import marknative\n"
+        "assert not marknative.available(), 'jit on'\n"
+        "assert marknative.why_unavailable() == 'GCALLOC_NO_JIT=1'\n"
+        "with gcalloc.Heap(-1) as h:\n"
+        "    ps = [h.alloc(16) for _ in range(5000)]\n"
+        "    for a, b in zip(ps, ps[1:]):\n"
+        "        ctypes.c_uint64.from_address(a).value = b\n"
+        "    r = h.handle(ps[0])\n"
+        "    h.collect()\n"
+        "    m = h._gc.last_marker\n"
+        "    assert m.native_objects == 0 and m.marked_objects == 5000, m.marked_objects\n"
+        "    assert h.read_memstats().heap_objects == 5000\n"
+        "print('ok')\n")
+    env = dict(os.environ, GCALLOC_NO_JIT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

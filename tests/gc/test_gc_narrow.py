@@ -4,9 +4,9 @@ reaches, over conservative, typed and noscan objects, interior pointers, pointer
 slots and past a span's last slot, large and multi-oblet objects; the Marker hands a long
 narrow stretch to it and keeps short ones on the scalar path.
 
-Modes as in test_gc_mark.py: (scalar_frontier, graph_cost); ``graph`` sends every narrow
-frontier to the graph path at once, ``graph-only`` every frontier, ``default`` is the
-default crossover.
+Modes as in test_gc_mark.py: (scalar_frontier, graph_cost), the native path off but in
+``native``; ``graph`` sends every narrow frontier to the graph path at once, ``graph-only``
+every frontier, ``numpy`` is the numpy paths' default crossover.
 """
 
 from __future__ import annotations
@@ -159,21 +159,22 @@ def test_mixed_narrow_and_wide_graph_paths_agree(heap, seed, block, monkeypatch)
     g = build_mixed(heap, seed)
     expected = g.reachable()
     markers = {name: mark_only(heap, SCALAR_FRONTIER if frontier is None else frontier,
-                               graph_cost=cost)
+                               graph_cost=cost, native=name == "native")
                for name, (frontier, cost) in MODES.items()}
     vector = markers["vector"]
     assert vector.graph_searches == 0 and markers["scalar"].graph_searches == 0
+    assert markers["native"].native_objects > 0 and markers["native"].graph_searches == 0
     assert markers["graph-only"].graph_searches == 1
     assert markers["graph-only"].scalar_objects == markers["graph-only"].vector_steps == 0
     assert markers["graph"].graph_searches == 1 and markers["graph"].vector_steps >= 1
-    assert markers["default"].graph_searches >= 1      # the chain is long enough
+    assert markers["numpy"].graph_searches >= 1        # the chain is long enough
     for name, marker in markers.items():
         assert np.array_equal(marker.marks, vector.marks), name
         assert marked(heap, marker, g) == expected, name
         assert marker.marked_objects == len(expected), name
 
 
-@pytest.mark.parametrize("mode", ["graph", "graph-only", "default"])
+@pytest.mark.parametrize("mode", ["graph", "graph-only", "numpy"])
 def test_collect_on_the_graph_path_keeps_the_reachable_with_contents(heap, mode):
     force(heap, mode)
     g = build_mixed(heap, 7, n=2000, fan=500)
@@ -193,6 +194,7 @@ def test_collect_on_the_graph_path_keeps_the_reachable_with_contents(heap, mode)
 def test_long_list_moves_to_the_graph_path_a_short_one_stays_scalar(heap):
     """The default crossover: a narrow stretch shorter than MIN_SCALAR_WORDS stays on the
     scalar path; a long list hands over after a share of it."""
+    heap._gc.native_mark = False
     short = MIN_SCALAR_WORDS // 4                      # 16-byte nodes: 2 words each
     ps = [heap.alloc(16) for _ in range(short)]
     for a, b in zip(ps, ps[1:]):
@@ -220,6 +222,7 @@ def test_long_list_moves_to_the_graph_path_a_short_one_stays_scalar(heap):
 
 def test_graph_path_off_keeps_a_long_list_scalar(heap):
     heap._gc.graph_cost = math.inf
+    heap._gc.native_mark = False
     n = 30_000
     ps = [heap.alloc(16) for _ in range(n)]
     for a, b in zip(ps, ps[1:]):

@@ -142,7 +142,7 @@ class GNode(ctypes.Structure):
                 ("fake", ctypes.c_uint64)]      # fake holds addresses that must not retain
 
 
-@pytest.mark.parametrize("scalar_frontier", [0, 10 ** 9])
+@pytest.mark.parametrize("scalar_frontier", [0, 10 ** 9, None], ids=["vector", "scalar", "native"])
 @settings(max_examples=25, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(2, 1500), seed=st.integers(0, 1 << 30), untyped_every=st.integers(0, 9))
@@ -151,6 +151,7 @@ def test_random_typed_graph_keeps_exactly_the_reachable(scalar_frontier, n, seed
     rng = random.Random(seed)
     with gcalloc.Heap(-1, scavenger=False, debug="") as h:
         h._gc.scalar_frontier = scalar_frontier
+        h._gc.native_mark = scalar_frontier is None
         untyped = {i for i in range(n) if untyped_every and i % (untyped_every + 3) == 1}
         nodes = [h.alloc(32) if i in untyped else h.alloc(32, type=GNode) for i in range(n)]
         edges: dict[int, list[int]] = {}

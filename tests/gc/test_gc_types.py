@@ -462,9 +462,10 @@ def test_array_of_struct_with_unaligned_tail_is_invalid(heap):
 
 # --- what the collector does with the bits --------------------------------------------------
 
-@pytest.fixture(params=["vector", "scalar"])
+@pytest.fixture(params=["vector", "scalar", "native"])
 def path(request, heap):
-    heap._gc.scalar_frontier = 0 if request.param == "vector" else 10**9
+    heap._gc.scalar_frontier = {"vector": 0, "scalar": 10**9, "native": None}[request.param]
+    heap._gc.native_mark = request.param == "native"
     return request.param
 
 
