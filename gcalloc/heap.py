@@ -110,7 +110,7 @@ class Heap:
         self.lookup = a.lookup        # type: ignore[method-assign]  # same signature
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         self._typed_plans: dict[tuple[object, int], _TypedPlan] = {}
-        self._new_plans: dict[object, tuple[int, object]] = {}
+        self._new_plans: dict[object, tuple[int, object, int]] = {}
         # _find's views: the page map and alloc bits as memoryviews (Python ints per read)
         self._arena_by_index: dict[int, HeapArena] = {}
         self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
@@ -124,6 +124,7 @@ class Heap:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._gc.pacer.set_memory_limit(memlimit)
             self._roots = self._gc.roots
+            self._new_handle = self._roots.new_handle
             self._scavenger: Scavenger | None = None
             if scavenger or (scavenger is None and self._debug.scavenger):
                 self._scavenger = Scavenger(a.mheap)
@@ -340,13 +341,20 @@ class Heap:
         OutOfMemory, HeapClosed, all before anything is allocated."""
         if n.__class__ is int and n == 1:
             try:
-                size, view_type = self._new_plans[ctype]
+                size, view_type, index = self._new_plans[ctype]
             except (KeyError, TypeError):
                 pass
             else:
                 # No lock: the object is a run's slot, and a cycle between the allocation
-                # and the root treats each run's last slot as a root (flush_mcaches).
-                return Handle(self._roots, self.alloc(size, ctype), view_type, 1)
+                # and the root treats each run's last slot as a root (flush_mcaches). The
+                # next slot of the plan's run is the allocator's typed fast path itself; an
+                # empty run (used up, exhausted by a world stop or close) or no mcache yet
+                # takes alloc, which does every check.
+                try:
+                    p = next(self._alloc._tls.mcache.runs[index], 0)
+                except AttributeError:
+                    p = 0
+                return self._new_handle(p or self.alloc(size, ctype), view_type, 1)
         t = type_of(ctype)
         view_type = ctypes.c_ubyte * t.size if isinstance(ctype, Type) else ctype
         if isinstance(n, bool) or not isinstance(n, int):
@@ -358,12 +366,15 @@ class Heap:
             raise InvalidSize(f"{n} x {t.size} bytes exceeds the maximum allocation")
         with self._gc.lock:   # no cycle between the allocation and its root
             p = self.alloc(size, ctype)
-            handle = Handle(self._roots, p, view_type, n)
-        if (n == 1 and 16 <= size <= MAX_SMALL_SIZE and not self._alloc.efence
-                and len(self._new_plans) < 4096):
-            # checked, and small but not tiny (a tiny object is inside a block, not a run's
-            # slot): the next new(ctype) skips the checks and the lock
-            self._new_plans[ctype] = (size, view_type)
+            handle = self._new_handle(p, view_type, n)
+        entry = self._alloc.typed_fast.get(ctype)
+        if (n == 1 and 16 <= size <= MAX_SMALL_SIZE and entry is not None and entry[0] == size
+                and not self._alloc.efence and len(self._new_plans) < 4096):
+            # checked, small but not tiny (a tiny object is inside a block, not a run's
+            # slot) and on the allocator's typed fast path (not past its bound on typed
+            # runs): the next new(ctype) skips the checks and the lock and takes the next
+            # slot of that entry's run itself (a (type, size)'s alloc index is fixed)
+            self._new_plans[ctype] = (size, view_type, entry[1])
         return handle
 
     def handle(self, p: int, ctype: type | None = None) -> Handle:
@@ -381,7 +392,7 @@ class Heap:
             if size > objsize:
                 raise InvalidSize(f"a {size}-byte {ctype.__name__} does not fit the "
                                   f"{objsize}-byte object at {base:#x}")
-        return Handle(self._roots, base, ctype, 1)
+        return self._new_handle(base, ctype, 1)
 
     def _find(self, p: object) -> tuple[int, int] | None:
         """lookup(p), by a shorter road for the usual case (Handles and roots are made per

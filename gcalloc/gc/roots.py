@@ -11,6 +11,8 @@ mutator is Python, so the roots are declared).
   stored and freed (append) after its address is cleared, so a reader sees each slot as 0
   or as a live Handle's address; the collector's read (``candidates``) is one C-level copy
   of the list. Only growing the table takes ``lock``.
+  A Handle is an instance of its RootSet's own subclass of Handle, made by ``new_handle``
+  without an ``__init__`` frame (see ``_handle_factory``): one is made per object.
 
 ``RootSet.candidates()`` returns every root word as one uint64 array of candidate pointers,
 which the marker resolves with findObject: interior pointers keep their object; pointers to
@@ -24,7 +26,8 @@ and its append, or with its object by an explicit free (rooting an object anothe
 freeing is the caller's bug, as in C).
 
 Invariants: ``handle_addrs[i]`` is 0 for a free slot and every free slot is on
-``_free_slots`` once (both lists only grow, in place: Handles keep references to them);
+``_free_slots`` once (both lists only grow, in place: each RootSet's Handle class, which
+its Handles keep alive, holds them);
 ``len(counted[p])`` is p's count, and a key with an empty list is a count of 0 still to be
 deleted; every key is the base of an allocated object (keys are made from found objects;
 emptied ones go at each cycle's mark, before its sweep, and with their object at an
@@ -39,6 +42,8 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +86,8 @@ class RootSet:
         self._free_slots: list[int] = list(range(1023, -1, -1))
         self.ref = weakref.ref(self)    # shared by every Handle of this set
         self.closed = False
+        # new_handle(addr, ctype, count): a Handle rooting addr (see _handle_factory)
+        self.new_handle = _handle_factory(self)
 
     # --- counted roots -----------------------------------------------------------------
 
@@ -116,19 +123,6 @@ class RootSet:
                 raise NotARoot(f"no root range with token {token!r}")
 
     # --- handles -----------------------------------------------------------------------
-
-    def handle_slot(self, p: int) -> int:
-        """A slot holding p (see the module comment: no lock but to grow)."""
-        try:
-            slot = self._free_slots.pop()
-        except IndexError:
-            slot = self._grow_handles()
-        self.handle_addrs[slot] = p
-        return slot
-
-    def release_slot(self, slot: int) -> None:
-        self.handle_addrs[slot] = 0
-        self._free_slots.append(slot)
 
     @property
     def handles_live(self) -> int:
@@ -181,26 +175,25 @@ class Handle:
     made by ``Heap.new`` (``None`` for ``Heap.handle`` without a type), made once and kept.
     ``release()`` drops the root early; a released Handle raises GcallocError on ``view``, and
     one whose heap was closed raises HeapClosed.
+
+    Handles are made by ``Heap.new`` and ``Heap.handle`` only: each is an instance of its
+    RootSet's own subclass (``RootSet.new_handle``), which holds the set's table, free list
+    and weak reference as class attributes, so a Handle stores five slots, not eight.
     """
 
-    __slots__ = ("addr", "ctype", "count", "_slot", "_roots", "_view", "_table", "_free",
-                 "__weakref__")
+    __slots__ = ("addr", "ctype", "count", "_slot", "_view", "__weakref__")
+    addr: int
+    ctype: Any          # the ctypes type of view, or None
+    count: int
+    _slot: int          # its slot in the table, -1 once released
+    _view: Any
+    # class attributes of each RootSet's subclass (see _handle_factory)
+    _roots: weakref.ref
+    _table: list[int]
+    _free: list[int]
 
-    def __init__(self, roots: RootSet, addr: int, ctype: object, count: int) -> None:
-        self.addr = addr
-        self.ctype = ctype
-        self.count = count
-        self._view = None
-        self._roots = roots.ref
-        # RootSet.handle_slot and release_slot, inlined (a Handle is made per object)
-        self._table = table = roots.handle_addrs
-        self._free = free = roots._free_slots
-        try:
-            slot = free.pop()
-        except IndexError:
-            slot = roots._grow_handles()
-        table[slot] = addr
-        self._slot = slot
+    def __new__(cls, *args: object, **kwargs: object) -> Handle:
+        raise TypeError("Handles are made by Heap.new and Heap.handle")
 
     @property
     def view(self):
@@ -226,12 +219,6 @@ class Handle:
             self._table[slot] = 0
             self._free.append(slot)
 
-    def __del__(self) -> None:
-        slot = self._slot
-        if slot >= 0:      # release(), inlined: one Handle dies per object made
-            self._table[slot] = 0
-            self._free.append(slot)
-
     def __int__(self) -> int:
         return self.addr
 
@@ -241,6 +228,51 @@ class Handle:
         name = getattr(self.ctype, "__name__", "bytes")
         state = "" if self.alive else " released"
         return f"<gcalloc.Handle {name} at {self.addr:#x}{state}>"
+
+
+def _handle_factory(roots: RootSet) -> Callable[[int, object, int], Handle]:
+    """roots' Handle maker: a subclass of Handle for this set alone, and a function making
+    its instances without an ``__init__`` frame (a Handle is made per object: the class
+    call and its Python ``__init__`` cost more than the stores themselves). The subclass's
+    ``__del__`` and the maker reach the table and free list through closure cells; neither
+    holds roots itself (only its weak reference), so a dropped heap's RootSet dies and its
+    Handles raise HeapClosed on ``view``."""
+    table = roots.handle_addrs
+    free = roots._free_slots
+    pop = free.pop
+    append = free.append
+    ref = roots.ref
+    new = object.__new__
+
+    class RootSetHandle(Handle):
+        __slots__ = ()
+        _roots = ref
+        _table = table
+        _free = free
+
+        def __del__(self) -> None:
+            slot = self._slot
+            if slot >= 0:      # release(), inlined: one Handle dies per object made
+                table[slot] = 0
+                append(slot)
+
+    RootSetHandle.__name__ = RootSetHandle.__qualname__ = "Handle"
+
+    def new_handle(addr: int, ctype: object, count: int) -> Handle:
+        h = new(RootSetHandle)
+        h.addr = addr
+        h.ctype = ctype
+        h.count = count
+        h._view = None
+        try:                   # the slot is taken before its address is stored
+            slot = pop()
+        except IndexError:
+            slot = ref()._grow_handles()    # type: ignore[union-attr]  # roots is live
+        table[slot] = addr
+        h._slot = slot
+        return h
+
+    return new_handle
 
 
 def align_range(addr: int, size: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc as pygc
 import threading
+import weakref
 
 import pytest
 from heaputil import peek, poke
@@ -330,6 +331,71 @@ def test_thousands_of_handles(heap):
     pygc.collect()
     heap.collect()
     assert heap.read_memstats().heap_objects == 1500
+
+
+def test_handles_are_gcalloc_handles_made_only_by_the_heap(heap):
+    other = gcalloc.Heap(-1, scavenger=False, debug="")
+    try:
+        hs = [heap.new(Node), heap.handle(heap.alloc(40)), heap.new(Node, 3), other.new(Node)]
+        for h in hs:
+            assert isinstance(h, gcalloc.Handle) and isinstance(h, Handle)
+            assert type(h).__name__ == "Handle" and repr(h).startswith("<gcalloc.Handle ")
+        # each heap's Handles are of its own RootSet's class, which holds that set's table
+        assert type(hs[0]) is type(hs[1]) is not type(hs[3])
+        assert type(hs[0])._table is heap._gc.roots.handle_addrs
+        assert type(hs[3])._table is other._gc.roots.handle_addrs
+        with pytest.raises(TypeError, match="Heap.new and Heap.handle"):
+            Handle(heap._gc.roots, hs[0].addr, Node, 1)
+        assert heap._gc.roots.handles_live == 3 and other._gc.roots.handles_live == 1
+        del hs, h
+        assert heap._gc.roots.handles_live == 0 and other._gc.roots.handles_live == 0
+    finally:
+        other.close()
+
+
+def test_handle_outlives_its_dropped_heap():
+    heap = gcalloc.Heap(-1, scavenger=False, debug="")
+    h = heap.new(Node)
+    h.view.value = 5
+    untyped = heap.handle(heap.alloc(32))
+    ref = weakref.ref(heap)
+    del heap
+    pygc.collect()
+    assert ref() is None                  # the Handles do not keep the heap (or its roots)
+    for x in (h, untyped):
+        with pytest.raises(HeapClosed):
+            _ = x.view
+        assert x.alive
+        x.release()
+        assert not x.alive
+    del h, untyped                        # a released Handle of a dropped heap: no error
+
+
+def test_new_takes_its_slot_from_its_own_typed_run(heap):
+    first = heap.new(Node)                # checks, then remembers Node's typed run
+    heap.alloc(2 * ctypes.sizeof(Node), type=Node)   # the allocator's entry for Node moves on
+    hs = [heap.new(Node) for _ in range(1000)]       # past one run: refills through alloc
+    addrs = {h.addr for h in hs} | {first.addr}
+    assert len(addrs) == 1001
+    assert all(heap.lookup(a) == (a, 16) for a in addrs)
+    heap.verify()                         # every typed run has its layout's bits
+    for h in hs[:10]:
+        h.view.value = 9
+    del hs[10:]
+    pygc.collect()
+    heap.collect()
+    assert all(live(heap, h.addr) and h.view.value == 9 for h in hs)
+
+
+def test_new_on_a_thread_without_an_mcache(heap):
+    heap.new(Node)                        # the plan is made on this thread
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(heap.new(Node)))
+    t.start()
+    t.join()
+    (h,) = out
+    heap.collect()
+    assert live(heap, h.addr) and h.view.value == 0
 
 
 def test_root_calls_on_a_closed_heap(heap):
