@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
-from gcalloc.arena import ARENA_BASE_OFFSET, LOG_HEAP_ARENA_BYTES, HeapArena
+from gcalloc.arena import LOG_HEAP_ARENA_BYTES
 from gcalloc.capi import CApi
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
@@ -111,8 +111,10 @@ class Heap:
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         self._typed_plans: dict[tuple[object, int], _TypedPlan] = {}
         self._new_plans: dict[object, tuple[int, object, int]] = {}
-        # _find's views: the page map and alloc bits as memoryviews (Python ints per read)
-        self._arena_by_index: dict[int, HeapArena] = {}
+        # _find's: arena base >> LOG_HEAP_ARENA_BYTES -> the page map's index of page 0 of
+        # the address space in it (page map index of p: (p >> PAGE_SHIFT) - that); the page
+        # map and alloc bits as memoryviews (Python ints per read)
+        self._arena_page0: dict[int, int] = {}
         self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
         self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
         # The heap bits of typed runs, written when an mcache takes or gives back a run
@@ -394,43 +396,42 @@ class Heap:
                                   f"{objsize}-byte object at {base:#x}")
         return self._new_handle(base, ctype, 1)
 
-    def _find(self, p: object) -> tuple[int, int] | None:
+    def _find(self, p: int) -> tuple[int, int] | None:
         """lookup(p), by a shorter road for the usual case (Handles and roots are made per
-        object): the arena from a dict, the page map and alloc bits read through
-        memoryviews (Python ints, no numpy scalars), the safepoint region inlined. The
-        same tests as free.py's find_object, in the same order; anything unusual (no
-        mcache yet, inside a region, the world stopped, a closed heap, an address in no
-        arena seen yet) takes ``lookup`` itself."""
-        a = self._alloc
-        if p.__class__ is not int:
+        object): the arena's first page from a dict, the page map and alloc bits read
+        through memoryviews (Python ints, no numpy scalars), the safepoint region inlined,
+        and as few operations on p as can be (an address is a multi-digit int: each one
+        makes a new object). The same tests as free.py's find_object, in the same order;
+        anything unusual (no mcache yet, inside a region, the world stopped or the heap
+        closed, an address in no arena seen yet) takes ``lookup`` itself."""
+        if p.__class__ is not int:    # a bool, an int subclass, anything: checked
             p = check_addr(p)
+        a = self._alloc
         try:
             c = a._tls.mcache
-        except AttributeError:
-            return self._find_slow(p)     # type: ignore[arg-type]
-        arena = self._arena_by_index.get((p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES)
-        if arena is None or c.mallocing or a._closed:
-            return self._find_slow(p)     # type: ignore[arg-type]
+            page0 = self._arena_page0[p >> LOG_HEAP_ARENA_BYTES]
+        except (AttributeError, KeyError):
+            return self._find_slow(p)
+        if c.mallocing:
+            return self._find_slow(p)
         c.mallocing = True     # a safepoint region (Allocator._enter): close() waits for it
         try:
-            if a._world.stopped:
-                found = None
-                slow = True
+            if a._world.stopped:          # also once closed: close() stops it for good
+                found: tuple[int, int] | bool | None = False
             else:
-                slow = False
                 a.stats.lookups += 1
-                sid = self._page_span[arena.pages_off + ((p - arena.base) >> PAGE_SHIFT)]
-                s = a.mheap.spans[sid] if sid else None
+                s = a.mheap.spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
                 if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
                     found = None
-                elif s.sizeclass == 0:
+                elif not s.sizeclass:
                     found = (s.base, s.elemsize) if s.allocCount else None
                 else:
                     elemsize = s.elemsize
                     idx = (p - s.base) // elemsize
                     owner = s.cached_by
-                    left = length_hint(owner.runs[s.run_index]) if owner and s.run_end else 0
-                    if left and s.run_end - left * elemsize <= p < s.run_end:
+                    if (owner is not None and p < s.run_end
+                            and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize
+                            <= p):
                         found = None   # reserved by an mcache, not yet handed out
                     elif idx >= s.freeindex and not (
                             self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
@@ -441,14 +442,17 @@ class Heap:
                         found = (s.base + idx * elemsize, elemsize)
         finally:
             c.mallocing = False
-        return self._find_slow(p) if slow else found  # type: ignore[arg-type]
+        if found is False:
+            return self._find_slow(p)
+        return found  # type: ignore[return-value]  # not False
 
     def _find_slow(self, p: int) -> tuple[int, int] | None:
         self._check_open()
         found = self.lookup(p)
         arena = self._alloc.mheap.arenas.arena_of(p)
         if arena is not None:     # arenas stay until close: remember it for _find
-            self._arena_by_index[(p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES] = arena
+            self._arena_page0[p >> LOG_HEAP_ARENA_BYTES] = ((arena.base >> PAGE_SHIFT)
+                                                           - arena.pages_off)
         return found
 
     # --- roots -------------------------------------------------------------------------
@@ -819,17 +823,7 @@ class Heap:
 
     def _root_problems(self) -> list[str]:
         """The root table's bookkeeping agrees with itself."""
-        roots = self._gc.roots
-        with roots.lock:
-            table = list(roots.handle_addrs)
-            free = list(roots._free_slots)
-        out = []
-        live = sum(1 for a in table if a)
-        if live != len(table) - len(free):
-            out.append(f"{live} handle slots in use, {len(table) - len(free)} Handles live")
-        if len(set(free)) != len(free) or any(table[i] for i in free):
-            out.append("a handle slot in use is on the free list (or on it twice)")
-        return out
+        return self._gc.roots.table_problems()
 
     def close(self) -> None:
         """Stop the world for good, stop background threads and return every mapping to the

@@ -340,10 +340,10 @@ def test_handles_are_gcalloc_handles_made_only_by_the_heap(heap):
         for h in hs:
             assert isinstance(h, gcalloc.Handle) and isinstance(h, Handle)
             assert type(h).__name__ == "Handle" and repr(h).startswith("<gcalloc.Handle ")
-        # each heap's Handles are of its own RootSet's class, which holds that set's table
+        # each heap's Handles are of its own RootSet's class
         assert type(hs[0]) is type(hs[1]) is not type(hs[3])
-        assert type(hs[0])._table is heap._gc.roots.handle_addrs
-        assert type(hs[3])._table is other._gc.roots.handle_addrs
+        assert type(hs[0])._roots() is heap._gc.roots
+        assert type(hs[3])._roots() is other._gc.roots
         with pytest.raises(TypeError, match="Heap.new and Heap.handle"):
             Handle(heap._gc.roots, hs[0].addr, Node, 1)
         assert heap._gc.roots.handles_live == 3 and other._gc.roots.handles_live == 1
@@ -396,6 +396,54 @@ def test_new_on_a_thread_without_an_mcache(heap):
     (h,) = out
     heap.collect()
     assert live(heap, h.addr) and h.view.value == 0
+
+
+def test_a_handle_in_a_garbage_cycle_stops_rooting_when_python_collects_it(heap):
+    h = heap.new(Node)
+    addr = h.addr
+    cycle: list = [h]
+    cycle.append(cycle)
+    del h, cycle
+    heap.collect()
+    assert live(heap, addr)               # the cycle is not collected yet: still a root
+    pygc.collect()
+    heap.collect()
+    assert not live(heap, addr)
+
+
+def test_dead_handles_pins_are_reused_before_the_table_grows(heap):
+    roots = heap._gc.roots
+    keep = [heap.new(Node) for _ in range(100)]
+    size = len(roots._pins)
+    for _ in range(5 * size):             # one at a time: each dies at once
+        heap.handle(keep[0].addr)
+    assert len(roots._pins) == size       # the free list ran dry: dead pins came back
+    assert roots.handles_live == 100
+    heap.verify()
+    live_now = [heap.new(Node) for _ in range(size)]   # more held than the table has
+    assert len(roots._pins) == 2 * size and roots.handles_live == 100 + size
+    heap.verify()
+    del live_now
+    heap.collect()
+    assert roots.handles_live == 100 and all(live(heap, h.addr) for h in keep)
+
+
+def test_handles_without_raw_reference_counts(heap, monkeypatch):
+    """The sys.getrefcount road, for interpreters that keep counts elsewhere."""
+    from gcalloc.gc import roots as roots_mod
+    monkeypatch.setattr(roots_mod, "RAW_COUNTS", False)
+    roots = heap._gc.roots
+    keep = [heap.new(Node) for _ in range(10)]
+    drop = [heap.new(Node) for _ in range(10)]
+    dropped = [h.addr for h in drop]
+    del drop
+    for _ in range(3 * len(roots._pins)):
+        heap.handle(keep[0].addr)
+    assert roots.handles_live == 10
+    heap.collect()
+    assert all(live(heap, h.addr) for h in keep)
+    assert not any(live(heap, a) for a in dropped)
+    heap.verify()
 
 
 def test_root_calls_on_a_closed_heap(heap):
@@ -768,9 +816,9 @@ def test_verify_checks_the_root_table(heap):
     handles = [heap.new(ctypes.c_uint64) for _ in range(3)]
     heap.verify()
     roots = heap._gc.roots
-    roots._free_slots.append(handles[0]._slot)   # a live slot on the free list
+    roots._free_slots.append(handles[0]._pin)    # a live Handle's pin on the free list
     try:
-        with pytest.raises(HeapCorruption, match="Handles live"):
+        with pytest.raises(HeapCorruption, match="live Handle's pin"):
             heap.verify()
     finally:
         roots._free_slots.pop()
