@@ -111,7 +111,7 @@ class Heap:
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         self._typed_plans: dict[tuple[object, int], _TypedPlan] = {}
         self._new_plans: dict[object, tuple[int, object, int]] = {}
-        # _find's: arena base >> LOG_HEAP_ARENA_BYTES -> the page map's index of page 0 of
+        # _find_base's: arena base >> LOG_HEAP_ARENA_BYTES -> the page map's index of page 0 of
         # the address space in it (page map index of p: (p >> PAGE_SHIFT) - that); the page
         # map and alloc bits as memoryviews (Python ints per read)
         self._arena_page0: dict[int, int] = {}
@@ -127,6 +127,10 @@ class Heap:
             self._gc.pacer.set_memory_limit(memlimit)
             self._roots = self._gc.roots
             self._new_handle = self._roots.new_handle
+            # for handle(), which makes its Handles itself (see there)
+            self._roots_ref = self._roots.ref
+            self._pop_pin = self._roots._free_slots.pop
+            self._handle_table = self._roots.handle_addrs
             self._scavenger: Scavenger | None = None
             if scavenger or (scavenger is None and self._debug.scavenger):
                 self._scavenger = Scavenger(a.mheap)
@@ -385,7 +389,23 @@ class Heap:
         object (its usable_size): a bigger view would read and write the next object.
         Raises NotHeapPointer, InvalidArgument (ctype not a ctypes type), InvalidType,
         InvalidSize (ctype larger than the object), HeapClosed."""
-        found = self._find(p)
+        base = self._find_base(p) if ctype is None else -1
+        if base > 0:
+            # RootSet.new_handle, inlined (one frame less: a Handle is made per object)
+            h = Handle()
+            h.addr = base
+            h.ctype = None
+            h.count = 1
+            h._view = None
+            h._roots = self._roots_ref
+            try:
+                pin = self._pop_pin()
+            except IndexError:
+                pin = self._roots._grow_handles()
+            h._pin = pin
+            self._handle_table[pin] = base
+            return h
+        found = self._find_slow(p) if base < 0 else None
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
         base, objsize = found
@@ -396,14 +416,16 @@ class Heap:
                                   f"{objsize}-byte object at {base:#x}")
         return self._new_handle(base, ctype, 1)
 
-    def _find(self, p: int) -> tuple[int, int] | None:
-        """lookup(p), by a shorter road for the usual case (Handles and roots are made per
-        object): the arena's first page from a dict, the page map and alloc bits read
-        through memoryviews (Python ints, no numpy scalars), the safepoint region inlined,
-        and as few operations on p as can be (an address is a multi-digit int: each one
-        makes a new object). The same tests as free.py's find_object, in the same order;
-        anything unusual (no mcache yet, inside a region, the world stopped or the heap
-        closed, an address in no arena seen yet) takes ``lookup`` itself."""
+    def _find_base(self, p: int) -> int:
+        """The base of the allocated object holding p, 0 if there is none, -1 where this
+        road cannot tell (then ``_find_slow``): lookup(p) by a shorter road for the usual
+        case (Handles and roots are made per object). The arena's first page from a dict,
+        the page map and alloc bits read through memoryviews (Python ints, no numpy
+        scalars), the safepoint region inlined, and as few operations on p as can be (an
+        address is a multi-digit int: each one makes a new object). The same tests as
+        free.py's find_object, in the same order; anything unusual (no mcache yet, inside
+        a region, the world stopped or the heap closed, an address in no arena seen yet)
+        answers -1."""
         if p.__class__ is not int:    # a bool, an int subclass, anything: checked
             p = check_addr(p)
         a = self._alloc
@@ -411,46 +433,39 @@ class Heap:
             c = a._tls.mcache
             page0 = self._arena_page0[p >> LOG_HEAP_ARENA_BYTES]
         except (AttributeError, KeyError):
-            return self._find_slow(p)
+            return -1
         if c.mallocing:
-            return self._find_slow(p)
+            return -1
         c.mallocing = True     # a safepoint region (Allocator._enter): close() waits for it
         try:
             if a._world.stopped:          # also once closed: close() stops it for good
-                found: tuple[int, int] | bool | None = False
-            else:
-                a.stats.lookups += 1
-                s = a.mheap.spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
-                if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
-                    found = None
-                elif not s.sizeclass:
-                    found = (s.base, s.elemsize) if s.allocCount else None
-                else:
-                    elemsize = s.elemsize
-                    idx = (p - s.base) // elemsize
-                    owner = s.cached_by
-                    if (owner is not None and p < s.run_end
-                            and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize
-                            <= p):
-                        found = None   # reserved by an mcache, not yet handed out
-                    elif idx >= s.freeindex and not (
-                            self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
-                        found = None
-                    elif s.pending_frees and idx in s.pending_frees:
-                        found = None
-                    else:
-                        found = (s.base + idx * elemsize, elemsize)
+                return -1
+            a.stats.lookups += 1
+            s = a.mheap.spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
+            if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+                return 0
+            if not s.sizeclass:
+                return s.base if s.allocCount else 0
+            elemsize = s.elemsize
+            idx = (p - s.base) // elemsize
+            owner = s.cached_by
+            if (owner is not None and p < s.run_end
+                    and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize <= p):
+                return 0       # reserved by an mcache, not yet handed out
+            if idx >= s.freeindex and not (
+                    self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
+                return 0
+            if s.pending_frees and idx in s.pending_frees:
+                return 0
+            return s.base + idx * elemsize
         finally:
             c.mallocing = False
-        if found is False:
-            return self._find_slow(p)
-        return found  # type: ignore[return-value]  # not False
 
     def _find_slow(self, p: int) -> tuple[int, int] | None:
         self._check_open()
         found = self.lookup(p)
         arena = self._alloc.mheap.arenas.arena_of(p)
-        if arena is not None:     # arenas stay until close: remember it for _find
+        if arena is not None:     # arenas stay until close: remember it for _find_base
             self._arena_page0[p >> LOG_HEAP_ARENA_BYTES] = ((arena.base >> PAGE_SHIFT)
                                                            - arena.pages_off)
         return found
@@ -473,16 +488,19 @@ class Heap:
         self._count_root(self._base_of(p), False)
 
     def _base_of(self, p: int) -> int:
-        found = self._find(p)
-        if found is None:
+        base = self._find_base(p)
+        if base < 0:
+            found = self._find_slow(p)
+            base = found[0] if found is not None else 0
+        if not base:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        return found[0]
+        return base
 
     def _count_root(self, base: int, add: bool, keys_only: bool = False) -> bool:
         """One more (or one less) counted root at base, inside a safepoint region (the
         collector prunes emptied entries with the world stopped: gc/roots.py). With
         ``keys_only``, only if base is a key already, else False. The region is inlined
-        for the usual case, as in ``_find``; anything unusual takes ``Allocator.inside``.
+        for the usual case, as in ``_find_base``; anything unusual takes ``Allocator.inside``.
         Raises NotARoot, HeapClosed."""
         a = self._alloc
         try:

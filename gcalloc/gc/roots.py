@@ -24,8 +24,8 @@ mutator is Python, so the roots are declared).
   The counts are read straight from memory (``MEM64`` at each pin's ``id``: CPython's
   ``ob_refcnt`` is an object's first word) where a probe at import shows the interpreter
   keeps them there, else through sys.getrefcount.
-  A Handle is an instance of its RootSet's own subclass of Handle, made by ``new_handle``
-  without an ``__init__`` frame (see ``_handle_factory``): one is made per object.
+  A Handle is made by ``new_handle`` (``_handle_factory``) without an ``__init__`` frame:
+  one is made per object.
 
 ``RootSet.candidates()`` returns every root word as one uint64 array of candidate pointers,
 which the marker resolves with findObject: interior pointers keep their object; pointers to
@@ -239,20 +239,18 @@ class Handle:
     ``release()`` drops the root early; a released Handle raises GcallocError on ``view``, and
     one whose heap was closed raises HeapClosed.
 
-    Handles are made by ``Heap.new`` and ``Heap.handle`` only: each is an instance of its
-    RootSet's own subclass (``RootSet.new_handle``), which holds the set's weak reference.
+    Handles are made by ``Heap.new`` and ``Heap.handle`` only (``RootSet.new_handle``):
+    the class takes no arguments and has no ``__init__``, whose frame would cost more than
+    the stores themselves (a Handle is made per object).
     """
 
-    __slots__ = ("addr", "ctype", "count", "_pin", "_view", "__weakref__")
+    __slots__ = ("addr", "ctype", "count", "_pin", "_view", "_roots", "__weakref__")
     addr: int
     ctype: Any          # the ctypes type of view, or None
     count: int
     _pin: int | None    # its pin (the module comment), None once released
     _view: Any
-    _roots: weakref.ref     # a class attribute of each RootSet's subclass
-
-    def __new__(cls, *args: object, **kwargs: object) -> Handle:
-        raise TypeError("Handles are made by Heap.new and Heap.handle")
+    _roots: weakref.ref     # its RootSet's (dead once the heap was dropped)
 
     @property
     def view(self):
@@ -287,29 +285,20 @@ class Handle:
 
 
 def _handle_factory(roots: RootSet) -> Callable[[int, object, int], Handle]:
-    """roots' Handle maker: a subclass of Handle for this set alone (carrying its weak
-    reference), and a function making its instances without an ``__init__`` frame (a Handle
-    is made per object: the class call and its Python ``__init__`` cost more than the stores
-    themselves). The maker holds the table and free list, not roots (only its weak
+    """roots' Handle maker. It holds the table and the free list, not roots (only its weak
     reference), so a dropped heap's RootSet dies and its Handles raise HeapClosed on
     ``view``."""
     table = roots.handle_addrs
     pop = roots._free_slots.pop
     ref = roots.ref
-    new = object.__new__
-
-    class RootSetHandle(Handle):
-        __slots__ = ()
-        _roots = ref
-
-    RootSetHandle.__name__ = RootSetHandle.__qualname__ = "Handle"
 
     def new_handle(addr: int, ctype: object, count: int) -> Handle:
-        h = new(RootSetHandle)
+        h = Handle()
         h.addr = addr
         h.ctype = ctype
         h.count = count
         h._view = None
+        h._roots = ref
         try:
             pin = pop()
         except IndexError:

@@ -338,13 +338,10 @@ def test_handles_are_gcalloc_handles_made_only_by_the_heap(heap):
     try:
         hs = [heap.new(Node), heap.handle(heap.alloc(40)), heap.new(Node, 3), other.new(Node)]
         for h in hs:
-            assert isinstance(h, gcalloc.Handle) and isinstance(h, Handle)
-            assert type(h).__name__ == "Handle" and repr(h).startswith("<gcalloc.Handle ")
-        # each heap's Handles are of its own RootSet's class
-        assert type(hs[0]) is type(hs[1]) is not type(hs[3])
-        assert type(hs[0])._roots() is heap._gc.roots
-        assert type(hs[3])._roots() is other._gc.roots
-        with pytest.raises(TypeError, match="Heap.new and Heap.handle"):
+            assert type(h) is gcalloc.Handle is Handle
+            assert repr(h).startswith("<gcalloc.Handle ")
+        assert hs[0]._roots() is heap._gc.roots and hs[3]._roots() is other._gc.roots
+        with pytest.raises(TypeError, match="takes no arguments"):
             Handle(heap._gc.roots, hs[0].addr, Node, 1)
         assert heap._gc.roots.handles_live == 3 and other._gc.roots.handles_live == 1
         del hs, h
