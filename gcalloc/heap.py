@@ -39,7 +39,7 @@ from gcalloc.errors import (
     InvalidSize,
     NotHeapPointer,
 )
-from gcalloc.free import check_addr
+from gcalloc.free import check_addr, find_object
 from gcalloc.gc import bitmap, pprof
 from gcalloc.gc.batch import rooted_array, type_batch
 from gcalloc.gc.finalizer import Finalizers
@@ -440,7 +440,6 @@ class Heap:
         try:
             if a._world.stopped:          # also once closed: close() stops it for good
                 return -1
-            a.stats.lookups += 1
             s = a.mheap.spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
             if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
                 return 0
@@ -462,13 +461,22 @@ class Heap:
             c.mallocing = False
 
     def _find_slow(self, p: int) -> tuple[int, int] | None:
-        self._check_open()
-        found = self.lookup(p)
-        arena = self._alloc.mheap.arenas.arena_of(p)
+        """lookup(p) but not counted in MemStats.lookups, which counts Heap.lookup calls
+        (docs/mheap.md): as _find_base, which counts nothing (it is the road of handle and
+        add_root, made per object)."""
+        a = self._alloc
+        p = check_addr(p)
+        with a.inside():
+            a.check_open()
+            found = find_object(a, p)
+            arena = a.mheap.arenas.arena_of(p)
         if arena is not None:     # arenas stay until close: remember it for _find_base
             self._arena_page0[p >> LOG_HEAP_ARENA_BYTES] = ((arena.base >> PAGE_SHIFT)
                                                            - arena.pages_off)
-        return found
+        if found is None:
+            return None
+        s, idx = found
+        return s.base + idx * s.elemsize, s.elemsize
 
     # --- roots -------------------------------------------------------------------------
 
