@@ -443,6 +443,46 @@ def test_handles_without_raw_reference_counts(heap, monkeypatch):
     heap.verify()
 
 
+def _find_base_agrees_with_lookup(heap: gcalloc.Heap, addrs: list[int]) -> int:
+    """handle()'s fast road answers as lookup() does for every address; how many it
+    answered itself (-1: it left the address to the slow road)."""
+    answered = 0
+    for q in addrs:
+        got = heap._find_base(q)
+        if got < 0:
+            continue
+        answered += 1
+        found = heap.lookup(q)
+        assert got == (found[0] if found else 0), hex(q)
+    return answered
+
+
+def test_find_base_agrees_with_lookup_for_every_kind_of_address(heap):
+    small = [heap.alloc(48) for _ in range(200)]
+    typed = [heap.alloc(16, type=Node) for _ in range(50)]
+    tiny = [heap.alloc(8, noscan=True) for _ in range(20)]
+    large = [heap.alloc(40_000), heap.alloc(100_000)]
+    for p in small[::3]:
+        heap.free(p)                      # freed slots, below and past freeindex
+    other = threading.Thread(target=lambda: [heap.free(p) for p in small[1::6]])
+    other.start()                         # frees from a thread that does not cache the span:
+    other.join()                          # pending frees
+    heap.free(large[1])                   # a free span
+    outside = (U64 * 2)()
+
+    def around(ps: list[int], size: int) -> list[int]:
+        return [q for p in ps for q in (p, p + 1, p + size - 1, p + size, p - 8)]
+
+    addrs = (around(small, 48) + around(typed, 16) + around(tiny, 8)
+             + around(large, 40_960) + [large[1] + 4096, ctypes.addressof(outside), 0x1000,
+                                        small[-1] + 48 * 3])   # the run not handed out yet
+    heap.handle(small[2])         # its slow road learns the arena: the fast one answers
+    assert _find_base_agrees_with_lookup(heap, addrs) > len(addrs) // 2
+    heap.collect()                        # swept spans: freed slots, mark bits as alloc bits
+    assert _find_base_agrees_with_lookup(heap, addrs) > len(addrs) // 2
+    heap.verify()
+
+
 def test_root_calls_on_a_closed_heap(heap):
     p = heap.alloc(64)
     h = heap.new(Node)
