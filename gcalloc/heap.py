@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gcalloc.addrspace import ADDRESS_SPACE_BASE, ADDRESS_SPACE_END
-from gcalloc.arena import ARENA_BASE_OFFSET, LOG_HEAP_ARENA_BYTES, HeapArena
+from gcalloc.arena import LOG_HEAP_ARENA_BYTES
 from gcalloc.capi import CApi
 from gcalloc.debug import DebugFlags, parse_debug, parse_gogc, parse_memlimit
 from gcalloc.errors import (
@@ -39,7 +39,7 @@ from gcalloc.errors import (
     InvalidSize,
     NotHeapPointer,
 )
-from gcalloc.free import check_addr
+from gcalloc.free import check_addr, find_object
 from gcalloc.gc import bitmap, pprof
 from gcalloc.gc.batch import rooted_array, type_batch
 from gcalloc.gc.finalizer import Finalizers
@@ -110,9 +110,11 @@ class Heap:
         self.lookup = a.lookup        # type: ignore[method-assign]  # same signature
         self.usable_size = a.usable_size  # type: ignore[method-assign]  # same signature
         self._typed_plans: dict[tuple[object, int], _TypedPlan] = {}
-        self._new_plans: dict[object, tuple[int, object]] = {}
-        # _find's views: the page map and alloc bits as memoryviews (Python ints per read)
-        self._arena_by_index: dict[int, HeapArena] = {}
+        self._new_plans: dict[object, tuple[int, object, int]] = {}
+        # _find_base's: arena base >> LOG_HEAP_ARENA_BYTES -> the page map's index of page 0 of
+        # the address space in it (page map index of p: (p >> PAGE_SHIFT) - that); the page
+        # map and alloc bits as memoryviews (Python ints per read)
+        self._arena_page0: dict[int, int] = {}
         self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
         self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
         # The heap bits of typed runs, written when an mcache takes or gives back a run
@@ -124,6 +126,11 @@ class Heap:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._gc.pacer.set_memory_limit(memlimit)
             self._roots = self._gc.roots
+            self._new_handle = self._roots.new_handle
+            # for handle(), which makes its Handles itself (see there)
+            self._roots_ref = self._roots.ref
+            self._pop_pin = self._roots._free_slots.pop
+            self._handle_table = self._roots.handle_addrs
             self._scavenger: Scavenger | None = None
             if scavenger or (scavenger is None and self._debug.scavenger):
                 self._scavenger = Scavenger(a.mheap)
@@ -340,13 +347,20 @@ class Heap:
         OutOfMemory, HeapClosed, all before anything is allocated."""
         if n.__class__ is int and n == 1:
             try:
-                size, view_type = self._new_plans[ctype]
+                size, view_type, index = self._new_plans[ctype]
             except (KeyError, TypeError):
                 pass
             else:
                 # No lock: the object is a run's slot, and a cycle between the allocation
-                # and the root treats each run's last slot as a root (flush_mcaches).
-                return Handle(self._roots, self.alloc(size, ctype), view_type, 1)
+                # and the root treats each run's last slot as a root (flush_mcaches). The
+                # next slot of the plan's run is the allocator's typed fast path itself; an
+                # empty run (used up, exhausted by a world stop or close) or no mcache yet
+                # takes alloc, which does every check.
+                try:
+                    p = next(self._alloc._tls.mcache.runs[index], 0)
+                except AttributeError:
+                    p = 0
+                return self._new_handle(p or self.alloc(size, ctype), view_type, 1)
         t = type_of(ctype)
         view_type = ctypes.c_ubyte * t.size if isinstance(ctype, Type) else ctype
         if isinstance(n, bool) or not isinstance(n, int):
@@ -358,12 +372,15 @@ class Heap:
             raise InvalidSize(f"{n} x {t.size} bytes exceeds the maximum allocation")
         with self._gc.lock:   # no cycle between the allocation and its root
             p = self.alloc(size, ctype)
-            handle = Handle(self._roots, p, view_type, n)
-        if (n == 1 and 16 <= size <= MAX_SMALL_SIZE and not self._alloc.efence
-                and len(self._new_plans) < 4096):
-            # checked, and small but not tiny (a tiny object is inside a block, not a run's
-            # slot): the next new(ctype) skips the checks and the lock
-            self._new_plans[ctype] = (size, view_type)
+            handle = self._new_handle(p, view_type, n)
+        entry = self._alloc.typed_fast.get(ctype)
+        if (n == 1 and 16 <= size <= MAX_SMALL_SIZE and entry is not None and entry[0] == size
+                and not self._alloc.efence and len(self._new_plans) < 4096):
+            # checked, small but not tiny (a tiny object is inside a block, not a run's
+            # slot) and on the allocator's typed fast path (not past its bound on typed
+            # runs): the next new(ctype) skips the checks and the lock and takes the next
+            # slot of that entry's run itself (a (type, size)'s alloc index is fixed)
+            self._new_plans[ctype] = (size, view_type, entry[1])
         return handle
 
     def handle(self, p: int, ctype: type | None = None) -> Handle:
@@ -372,7 +389,23 @@ class Heap:
         object (its usable_size): a bigger view would read and write the next object.
         Raises NotHeapPointer, InvalidArgument (ctype not a ctypes type), InvalidType,
         InvalidSize (ctype larger than the object), HeapClosed."""
-        found = self._find(p)
+        base = self._find_base(p) if ctype is None else -1
+        if base > 0:
+            # RootSet.new_handle, inlined (one frame less: a Handle is made per object)
+            h = Handle()
+            h.addr = base
+            h.ctype = None
+            h.count = 1
+            h._view = None
+            h._roots = self._roots_ref
+            try:
+                pin = self._pop_pin()
+            except IndexError:
+                pin = self._roots._grow_handles()
+            h._pin = pin
+            self._handle_table[pin] = base
+            return h
+        found = self._find_slow(p) if base < 0 else None
         if found is None:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
         base, objsize = found
@@ -381,64 +414,69 @@ class Heap:
             if size > objsize:
                 raise InvalidSize(f"a {size}-byte {ctype.__name__} does not fit the "
                                   f"{objsize}-byte object at {base:#x}")
-        return Handle(self._roots, base, ctype, 1)
+        return self._new_handle(base, ctype, 1)
 
-    def _find(self, p: object) -> tuple[int, int] | None:
-        """lookup(p), by a shorter road for the usual case (Handles and roots are made per
-        object): the arena from a dict, the page map and alloc bits read through
-        memoryviews (Python ints, no numpy scalars), the safepoint region inlined. The
-        same tests as free.py's find_object, in the same order; anything unusual (no
-        mcache yet, inside a region, the world stopped, a closed heap, an address in no
-        arena seen yet) takes ``lookup`` itself."""
-        a = self._alloc
-        if p.__class__ is not int:
+    def _find_base(self, p: int) -> int:
+        """The base of the allocated object holding p, 0 if there is none, -1 where this
+        road cannot tell (then ``_find_slow``): lookup(p) by a shorter road for the usual
+        case (Handles and roots are made per object). The arena's first page from a dict,
+        the page map and alloc bits read through memoryviews (Python ints, no numpy
+        scalars), the safepoint region inlined, and as few operations on p as can be (an
+        address is a multi-digit int: each one makes a new object). The same tests as
+        free.py's find_object, in the same order; anything unusual (no mcache yet, inside
+        a region, the world stopped or the heap closed, an address in no arena seen yet)
+        answers -1."""
+        if p.__class__ is not int:    # a bool, an int subclass, anything: checked
             p = check_addr(p)
+        a = self._alloc
         try:
             c = a._tls.mcache
-        except AttributeError:
-            return self._find_slow(p)     # type: ignore[arg-type]
-        arena = self._arena_by_index.get((p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES)
-        if arena is None or c.mallocing or a._closed:
-            return self._find_slow(p)     # type: ignore[arg-type]
+            page0 = self._arena_page0[p >> LOG_HEAP_ARENA_BYTES]
+        except (AttributeError, KeyError):
+            return -1
+        if c.mallocing:
+            return -1
         c.mallocing = True     # a safepoint region (Allocator._enter): close() waits for it
         try:
-            if a._world.stopped:
-                found = None
-                slow = True
-            else:
-                slow = False
-                a.stats.lookups += 1
-                sid = self._page_span[arena.pages_off + ((p - arena.base) >> PAGE_SHIFT)]
-                s = a.mheap.spans[sid] if sid else None
-                if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
-                    found = None
-                elif s.sizeclass == 0:
-                    found = (s.base, s.elemsize) if s.allocCount else None
-                else:
-                    elemsize = s.elemsize
-                    idx = (p - s.base) // elemsize
-                    owner = s.cached_by
-                    left = length_hint(owner.runs[s.run_index]) if owner and s.run_end else 0
-                    if left and s.run_end - left * elemsize <= p < s.run_end:
-                        found = None   # reserved by an mcache, not yet handed out
-                    elif idx >= s.freeindex and not (
-                            self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
-                        found = None
-                    elif s.pending_frees and idx in s.pending_frees:
-                        found = None
-                    else:
-                        found = (s.base + idx * elemsize, elemsize)
+            if a._world.stopped:          # also once closed: close() stops it for good
+                return -1
+            s = a.mheap.spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
+            if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+                return 0
+            if not s.sizeclass:
+                return s.base if s.allocCount else 0
+            elemsize = s.elemsize
+            idx = (p - s.base) // elemsize
+            owner = s.cached_by
+            if (owner is not None and p < s.run_end
+                    and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize <= p):
+                return 0       # reserved by an mcache, not yet handed out
+            if idx >= s.freeindex and not (
+                    self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
+                return 0
+            if s.pending_frees and idx in s.pending_frees:
+                return 0
+            return s.base + idx * elemsize
         finally:
             c.mallocing = False
-        return self._find_slow(p) if slow else found  # type: ignore[arg-type]
 
     def _find_slow(self, p: int) -> tuple[int, int] | None:
-        self._check_open()
-        found = self.lookup(p)
-        arena = self._alloc.mheap.arenas.arena_of(p)
-        if arena is not None:     # arenas stay until close: remember it for _find
-            self._arena_by_index[(p - ARENA_BASE_OFFSET) >> LOG_HEAP_ARENA_BYTES] = arena
-        return found
+        """lookup(p) but not counted in MemStats.lookups, which counts Heap.lookup calls
+        (docs/mheap.md): as _find_base, which counts nothing (it is the road of handle and
+        add_root, made per object)."""
+        a = self._alloc
+        p = check_addr(p)
+        with a.inside():
+            a.check_open()
+            found = find_object(a, p)
+            arena = a.mheap.arenas.arena_of(p)
+        if arena is not None:     # arenas stay until close: remember it for _find_base
+            self._arena_page0[p >> LOG_HEAP_ARENA_BYTES] = ((arena.base >> PAGE_SHIFT)
+                                                           - arena.pages_off)
+        if found is None:
+            return None
+        s, idx = found
+        return s.base + idx * s.elemsize, s.elemsize
 
     # --- roots -------------------------------------------------------------------------
 
@@ -458,16 +496,19 @@ class Heap:
         self._count_root(self._base_of(p), False)
 
     def _base_of(self, p: int) -> int:
-        found = self._find(p)
-        if found is None:
+        base = self._find_base(p)
+        if base < 0:
+            found = self._find_slow(p)
+            base = found[0] if found is not None else 0
+        if not base:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
-        return found[0]
+        return base
 
     def _count_root(self, base: int, add: bool, keys_only: bool = False) -> bool:
         """One more (or one less) counted root at base, inside a safepoint region (the
         collector prunes emptied entries with the world stopped: gc/roots.py). With
         ``keys_only``, only if base is a key already, else False. The region is inlined
-        for the usual case, as in ``_find``; anything unusual takes ``Allocator.inside``.
+        for the usual case, as in ``_find_base``; anything unusual takes ``Allocator.inside``.
         Raises NotARoot, HeapClosed."""
         a = self._alloc
         try:
@@ -808,17 +849,7 @@ class Heap:
 
     def _root_problems(self) -> list[str]:
         """The root table's bookkeeping agrees with itself."""
-        roots = self._gc.roots
-        with roots.lock:
-            table = list(roots.handle_addrs)
-            free = list(roots._free_slots)
-        out = []
-        live = sum(1 for a in table if a)
-        if live != len(table) - len(free):
-            out.append(f"{live} handle slots in use, {len(table) - len(free)} Handles live")
-        if len(set(free)) != len(free) or any(table[i] for i in free):
-            out.append("a handle slot in use is on the free list (or on it twice)")
-        return out
+        return self._gc.roots.table_problems()
 
     def close(self) -> None:
         """Stop the world for good, stop background threads and return every mapping to the

@@ -52,7 +52,7 @@ def live_objects(heap) -> list[tuple[int, int]]:
 def snapshot(heap) -> tuple:
     ms = heap.read_memstats().as_dict()
     ms.pop("gc_cpu_fraction")
-    ms.pop("lookups")          # handle() looks its argument up; tested on its own below
+    ms.pop("lookups")          # lookup() counts there; tested on its own below
     return ms, live_objects(heap)
 
 
@@ -421,6 +421,24 @@ def test_lookup_counts_in_memstats(heap):
     heap.lookup(p)
     heap.lookup(0x1234)
     assert heap.read_memstats().lookups == n + 2
+
+
+def test_only_lookup_calls_count_in_memstats(heap):
+    """MemStats.lookups counts Heap.lookup calls (docs/mheap.md), not the look-ups of
+    handle() and add_root(), on their fast road or their slow one."""
+    p = heap.alloc(48)
+    n = heap.read_memstats().lookups
+    hs = [heap.handle(p), heap.handle(p + 8)]
+    heap.add_root(p + 16)
+    heap.remove_root(p)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(heap.handle(p)))   # no mcache: slow road
+    t.start()
+    t.join()
+    assert heap.read_memstats().lookups == n
+    assert heap.lookup(p) == (p, 48) and heap.read_memstats().lookups == n + 1
+    out.clear()
+    del hs
 
 
 def test_lookup_outside_the_heap(heap):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc as pygc
 import threading
+import weakref
 
 import pytest
 from heaputil import peek, poke
@@ -330,6 +331,156 @@ def test_thousands_of_handles(heap):
     pygc.collect()
     heap.collect()
     assert heap.read_memstats().heap_objects == 1500
+
+
+def test_handles_are_gcalloc_handles_made_only_by_the_heap(heap):
+    other = gcalloc.Heap(-1, scavenger=False, debug="")
+    try:
+        hs = [heap.new(Node), heap.handle(heap.alloc(40)), heap.new(Node, 3), other.new(Node)]
+        for h in hs:
+            assert type(h) is gcalloc.Handle is Handle
+            assert repr(h).startswith("<gcalloc.Handle ")
+        assert hs[0]._roots() is heap._gc.roots and hs[3]._roots() is other._gc.roots
+        with pytest.raises(TypeError, match="takes no arguments"):
+            Handle(heap._gc.roots, hs[0].addr, Node, 1)
+        assert heap._gc.roots.handles_live == 3 and other._gc.roots.handles_live == 1
+        del hs, h
+        assert heap._gc.roots.handles_live == 0 and other._gc.roots.handles_live == 0
+    finally:
+        other.close()
+
+
+def test_handle_outlives_its_dropped_heap():
+    heap = gcalloc.Heap(-1, scavenger=False, debug="")
+    h = heap.new(Node)
+    h.view.value = 5
+    untyped = heap.handle(heap.alloc(32))
+    ref = weakref.ref(heap)
+    del heap
+    pygc.collect()
+    assert ref() is None                  # the Handles do not keep the heap (or its roots)
+    for x in (h, untyped):
+        with pytest.raises(HeapClosed):
+            _ = x.view
+        assert x.alive
+        x.release()
+        assert not x.alive
+    del h, untyped                        # a released Handle of a dropped heap: no error
+
+
+def test_new_takes_its_slot_from_its_own_typed_run(heap):
+    first = heap.new(Node)                # checks, then remembers Node's typed run
+    heap.alloc(2 * ctypes.sizeof(Node), type=Node)   # the allocator's entry for Node moves on
+    hs = [heap.new(Node) for _ in range(1000)]       # past one run: refills through alloc
+    addrs = {h.addr for h in hs} | {first.addr}
+    assert len(addrs) == 1001
+    assert all(heap.lookup(a) == (a, 16) for a in addrs)
+    heap.verify()                         # every typed run has its layout's bits
+    for h in hs[:10]:
+        h.view.value = 9
+    del hs[10:]
+    pygc.collect()
+    heap.collect()
+    assert all(live(heap, h.addr) and h.view.value == 9 for h in hs)
+
+
+def test_new_on_a_thread_without_an_mcache(heap):
+    heap.new(Node)                        # the plan is made on this thread
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(heap.new(Node)))
+    t.start()
+    t.join()
+    (h,) = out
+    heap.collect()
+    assert live(heap, h.addr) and h.view.value == 0
+
+
+def test_a_handle_in_a_garbage_cycle_stops_rooting_when_python_collects_it(heap):
+    h = heap.new(Node)
+    addr = h.addr
+    cycle: list = [h]
+    cycle.append(cycle)
+    del h, cycle
+    heap.collect()
+    assert live(heap, addr)               # the cycle is not collected yet: still a root
+    pygc.collect()
+    heap.collect()
+    assert not live(heap, addr)
+
+
+def test_dead_handles_pins_are_reused_before_the_table_grows(heap):
+    roots = heap._gc.roots
+    keep = [heap.new(Node) for _ in range(100)]
+    size = len(roots._pins)
+    for _ in range(5 * size):             # one at a time: each dies at once
+        heap.handle(keep[0].addr)
+    assert len(roots._pins) == size       # the free list ran dry: dead pins came back
+    assert roots.handles_live == 100
+    heap.verify()
+    live_now = [heap.new(Node) for _ in range(size)]   # more held than the table has
+    assert len(roots._pins) == 2 * size and roots.handles_live == 100 + size
+    heap.verify()
+    del live_now
+    heap.collect()
+    assert roots.handles_live == 100 and all(live(heap, h.addr) for h in keep)
+
+
+def test_handles_without_raw_reference_counts(heap, monkeypatch):
+    """The sys.getrefcount road, for interpreters that keep counts elsewhere."""
+    from gcalloc.gc import roots as roots_mod
+    monkeypatch.setattr(roots_mod, "RAW_COUNTS", False)
+    roots = heap._gc.roots
+    keep = [heap.new(Node) for _ in range(10)]
+    drop = [heap.new(Node) for _ in range(10)]
+    dropped = [h.addr for h in drop]
+    del drop
+    for _ in range(3 * len(roots._pins)):
+        heap.handle(keep[0].addr)
+    assert roots.handles_live == 10
+    heap.collect()
+    assert all(live(heap, h.addr) for h in keep)
+    assert not any(live(heap, a) for a in dropped)
+    heap.verify()
+
+
+def _find_base_agrees_with_lookup(heap: gcalloc.Heap, addrs: list[int]) -> int:
+    """handle()'s fast road answers as lookup() does for every address; how many it
+    answered itself (-1: it left the address to the slow road)."""
+    answered = 0
+    for q in addrs:
+        got = heap._find_base(q)
+        if got < 0:
+            continue
+        answered += 1
+        found = heap.lookup(q)
+        assert got == (found[0] if found else 0), hex(q)
+    return answered
+
+
+def test_find_base_agrees_with_lookup_for_every_kind_of_address(heap):
+    small = [heap.alloc(48) for _ in range(200)]
+    typed = [heap.alloc(16, type=Node) for _ in range(50)]
+    tiny = [heap.alloc(8, noscan=True) for _ in range(20)]
+    large = [heap.alloc(40_000), heap.alloc(100_000)]
+    for p in small[::3]:
+        heap.free(p)                      # freed slots, below and past freeindex
+    other = threading.Thread(target=lambda: [heap.free(p) for p in small[1::6]])
+    other.start()                         # frees from a thread that does not cache the span:
+    other.join()                          # pending frees
+    heap.free(large[1])                   # a free span
+    outside = (U64 * 2)()
+
+    def around(ps: list[int], size: int) -> list[int]:
+        return [q for p in ps for q in (p, p + 1, p + size - 1, p + size, p - 8)]
+
+    addrs = (around(small, 48) + around(typed, 16) + around(tiny, 8)
+             + around(large, 40_960) + [large[1] + 4096, ctypes.addressof(outside), 0x1000,
+                                        small[-1] + 48 * 3])   # the run not handed out yet
+    heap.handle(small[2])         # its slow road learns the arena: the fast one answers
+    assert _find_base_agrees_with_lookup(heap, addrs) > len(addrs) // 2
+    heap.collect()                        # swept spans: freed slots, mark bits as alloc bits
+    assert _find_base_agrees_with_lookup(heap, addrs) > len(addrs) // 2
+    heap.verify()
 
 
 def test_root_calls_on_a_closed_heap(heap):
@@ -702,9 +853,9 @@ def test_verify_checks_the_root_table(heap):
     handles = [heap.new(ctypes.c_uint64) for _ in range(3)]
     heap.verify()
     roots = heap._gc.roots
-    roots._free_slots.append(handles[0]._slot)   # a live slot on the free list
+    roots._free_slots.append(handles[0]._pin)    # a live Handle's pin on the free list
     try:
-        with pytest.raises(HeapCorruption, match="Handles live"):
+        with pytest.raises(HeapCorruption, match="live Handle's pin"):
             heap.verify()
     finally:
         roots._free_slots.pop()
