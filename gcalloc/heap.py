@@ -116,6 +116,9 @@ class Heap:
         # map and alloc bits as memoryviews (Python ints per read)
         self._arena_page0: dict[int, int] = {}
         self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
+        # the span records by id: the list only grows until close (which stops the world
+        # for good before it drops them), and _base_here runs with the world not stopped
+        self._spans = a.mheap.spans
         self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
         # The heap bits of typed runs, written when an mcache takes or gives back a run
         # (gc/bitmap.py; set before any mcache attaches). Over the arenas, not the Heap:
@@ -419,20 +422,15 @@ class Heap:
     def _find_base(self, p: int) -> int:
         """The base of the allocated object holding p, 0 if there is none, -1 where this
         road cannot tell (then ``_find_slow``): lookup(p) by a shorter road for the usual
-        case (Handles and roots are made per object). The arena's first page from a dict,
-        the page map and alloc bits read through memoryviews (Python ints, no numpy
-        scalars), the safepoint region inlined, and as few operations on p as can be (an
-        address is a multi-digit int: each one makes a new object). The same tests as
-        free.py's find_object, in the same order; anything unusual (no mcache yet, inside
-        a region, the world stopped or the heap closed, an address in no arena seen yet)
-        answers -1."""
+        case (Handles and roots are made per object), the safepoint region inlined;
+        anything unusual (no mcache yet, inside a region, the world stopped or the heap
+        closed, an address in no arena seen yet) answers -1."""
         if p.__class__ is not int:    # a bool, an int subclass, anything: checked
             p = check_addr(p)
         a = self._alloc
         try:
             c = a._tls.mcache
-            page0 = self._arena_page0[p >> LOG_HEAP_ARENA_BYTES]
-        except (AttributeError, KeyError):
+        except AttributeError:
             return -1
         if c.mallocing:
             return -1
@@ -440,25 +438,37 @@ class Heap:
         try:
             if a._world.stopped:          # also once closed: close() stops it for good
                 return -1
-            s = a.mheap.spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
-            if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
-                return 0
-            if not s.sizeclass:
-                return s.base if s.allocCount else 0
-            elemsize = s.elemsize
-            idx = (p - s.base) // elemsize
-            owner = s.cached_by
-            if (owner is not None and p < s.run_end
-                    and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize <= p):
-                return 0       # reserved by an mcache, not yet handed out
-            if idx >= s.freeindex and not (
-                    self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
-                return 0
-            if s.pending_frees and idx in s.pending_frees:
-                return 0
-            return s.base + idx * elemsize
+            return self._base_here(p)
         finally:
             c.mallocing = False
+
+    def _base_here(self, p: int) -> int:
+        """_find_base's answer for the int p, inside a safepoint region with the world not
+        stopped: the arena's first page from a dict, the page map and alloc bits read
+        through memoryviews (Python ints, no numpy scalars), and as few operations on p as
+        can be (an address is a multi-digit int: each one makes a new object). The same
+        tests as free.py's find_object, in the same order."""
+        try:
+            page0 = self._arena_page0[p >> LOG_HEAP_ARENA_BYTES]
+        except KeyError:
+            return -1
+        s = self._spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
+        if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+            return 0
+        if not s.sizeclass:
+            return s.base if s.allocCount else 0
+        elemsize = s.elemsize
+        idx = (p - s.base) // elemsize
+        owner = s.cached_by
+        if (owner is not None and p < s.run_end
+                and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize <= p):
+            return 0       # reserved by an mcache, not yet handed out
+        if idx >= s.freeindex and not (
+                self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
+            return 0
+        if s.pending_frees and idx in s.pending_frees:
+            return 0
+        return s.base + idx * elemsize
 
     def _find_slow(self, p: int) -> tuple[int, int] | None:
         """lookup(p) but not counted in MemStats.lookups, which counts Heap.lookup calls
@@ -483,17 +493,53 @@ class Heap:
     def add_root(self, p: int) -> None:
         """Keep the object holding p alive until a matching remove_root (counted). Raises
         NotHeapPointer, HeapClosed."""
-        if (p.__class__ is int and p in self._roots.counted
-                and self._count_root(p, True, keys_only=True)):
-            return           # a key names an allocated object's base (gc/roots.py)
-        self._count_root(self._base_of(p), True)
+        if not self._count_here(p, True):
+            self._count_root(self._base_of(p), True)
 
     def remove_root(self, p: int) -> None:
         """Undo one add_root. Raises NotARoot, NotHeapPointer, HeapClosed."""
-        if (p.__class__ is int and p in self._roots.counted
-                and self._count_root(p, False, keys_only=True)):
-            return           # a counted root's base needs no look-up (see add_root)
-        self._count_root(self._base_of(p), False)
+        if not self._count_here(p, False):
+            self._count_root(self._base_of(p), False)
+
+    def _count_here(self, p: object, add: bool) -> bool:
+        """add_root's and remove_root's usual case in one safepoint region, inlined (one
+        is made per object): the count of p's object one up or down; False where it cannot
+        tell (the slow road then does it, or raises). The region matters: the collector
+        prunes emptied counts with the world stopped (gc/roots.py), so an entry list read
+        here is still the dict's when it is appended to. A key is an allocated object's
+        base, so p being a key needs no look-up."""
+        if p.__class__ is not int:
+            return False
+        a = self._alloc
+        try:
+            c = a._tls.mcache
+        except AttributeError:
+            return False
+        if c.mallocing:
+            return False
+        c.mallocing = True
+        try:
+            if a._world.stopped:          # also once closed
+                return False
+            counted = self._roots.counted
+            entries = counted.get(p)
+            if not add:
+                if not entries:
+                    return False          # not a root: the slow road says so
+                entries.pop()
+                return True
+            if entries is None:
+                base = self._base_here(p)  # type: ignore[arg-type]  # an int
+                if base <= 0:
+                    return False
+                if base != p:             # an interior pointer: its base may be a key
+                    entries = counted.get(base)
+                if entries is None:       # setdefault: another thread may have made it
+                    entries = counted.setdefault(base, [])
+            entries.append(None)
+            return True
+        finally:
+            c.mallocing = False
 
     def _base_of(self, p: int) -> int:
         base = self._find_base(p)
@@ -504,37 +550,18 @@ class Heap:
             raise NotHeapPointer(f"{p:#x} is not an allocated object of this heap", p)
         return base
 
-    def _count_root(self, base: int, add: bool, keys_only: bool = False) -> bool:
+    def _count_root(self, base: int, add: bool) -> None:
         """One more (or one less) counted root at base, inside a safepoint region (the
-        collector prunes emptied entries with the world stopped: gc/roots.py). With
-        ``keys_only``, only if base is a key already, else False. The region is inlined
-        for the usual case, as in ``_find_base``; anything unusual takes ``Allocator.inside``.
-        Raises NotARoot, HeapClosed."""
+        collector prunes emptied entries with the world stopped: gc/roots.py): the slow
+        road of add_root and remove_root. Raises NotARoot, HeapClosed."""
         a = self._alloc
-        try:
-            c = a._tls.mcache
-        except AttributeError:
-            c = a._this_mcache()   # a thread that only roots: a region, not a world stop
-        if not c.mallocing:
-            c.mallocing = True
-            try:
-                if not a._world.stopped and not a._closed:
-                    return self._count_root_here(base, add, keys_only)
-            finally:
-                c.mallocing = False
+        a._this_mcache()   # a thread that only roots gets one: a region, not a world stop
         with a.inside():
             a.check_open()
-            return self._count_root_here(base, add, keys_only)
-
-    def _count_root_here(self, base: int, add: bool, keys_only: bool) -> bool:
-        roots = self._roots
-        if keys_only and base not in roots.counted:
-            return False
-        if add:
-            roots.add(base)
-        else:
-            roots.remove(base)
-        return True
+            if add:
+                self._roots.add(base)
+            else:
+                self._roots.remove(base)
 
     def add_root_range(self, addr: int, size: int, conservative: bool = True,
                        type: object = None) -> int:
