@@ -119,6 +119,7 @@ class Heap:
         # the span records by id: the list only grows until close (which stops the world
         # for good before it drops them), and _base_here runs with the world not stopped
         self._spans = a.mheap.spans
+        self._world = a._world          # the allocator's, for the same inlined regions
         self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
         # The heap bits of typed runs, written when an mcache takes or gives back a run
         # (gc/bitmap.py; set before any mcache attaches). Over the arenas, not the Heap:
@@ -129,6 +130,7 @@ class Heap:
             self._gc = Collector(a, gogc, self._debug, verify=lambda: self.verify())
             self._gc.pacer.set_memory_limit(memlimit)
             self._roots = self._gc.roots
+            self._counted = self._roots.counted    # the same dict for the heap's life
             self._new_handle = self._roots.new_handle
             # for handle(), which makes its Handles itself (see there)
             self._roots_ref = self._roots.ref
@@ -519,9 +521,9 @@ class Heap:
             return False
         c.mallocing = True
         try:
-            if a._world.stopped:          # also once closed
+            if self._world.stopped:       # also once closed
                 return False
-            counted = self._roots.counted
+            counted = self._counted
             entries = counted.get(p)
             if not add:
                 if not entries:
