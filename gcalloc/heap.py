@@ -117,7 +117,7 @@ class Heap:
         self._arena_page0: dict[int, int] = {}
         self._page_span = memoryview(a.mheap.arenas.page_span)  # type: ignore[arg-type]
         # the span records by id: the list only grows until close (which stops the world
-        # for good before it drops them), and _base_here runs with the world not stopped
+        # for good before it drops them), and _find_base reads it with the world not stopped
         self._spans = a.mheap.spans
         self._world = a._world          # the allocator's, for the same inlined regions
         self._bits8 = memoryview(a.mheap.gcbits.bits8)  # type: ignore[arg-type]
@@ -424,53 +424,46 @@ class Heap:
     def _find_base(self, p: int) -> int:
         """The base of the allocated object holding p, 0 if there is none, -1 where this
         road cannot tell (then ``_find_slow``): lookup(p) by a shorter road for the usual
-        case (Handles and roots are made per object), the safepoint region inlined;
-        anything unusual (no mcache yet, inside a region, the world stopped or the heap
-        closed, an address in no arena seen yet) answers -1."""
+        case (Handles and roots are made per object). The arena's first page from a dict,
+        the page map and alloc bits read through memoryviews (Python ints, no numpy
+        scalars), the safepoint region inlined, and as few operations on p as can be (an
+        address is a multi-digit int: each one makes a new object). The same tests as
+        free.py's find_object, in the same order; anything unusual (no mcache yet, inside
+        a region, the world stopped or the heap closed, an address in no arena seen yet)
+        answers -1."""
         if p.__class__ is not int:    # a bool, an int subclass, anything: checked
             p = check_addr(p)
         a = self._alloc
         try:
             c = a._tls.mcache
-        except AttributeError:
+            page0 = self._arena_page0[p >> LOG_HEAP_ARENA_BYTES]
+        except (AttributeError, KeyError):
             return -1
         if c.mallocing:
             return -1
         c.mallocing = True     # a safepoint region (Allocator._enter): close() waits for it
         try:
-            if a._world.stopped:          # also once closed: close() stops it for good
+            if self._world.stopped:       # also once closed: close() stops it for good
                 return -1
-            return self._base_here(p)
+            s = self._spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
+            if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
+                return 0
+            if not s.sizeclass:
+                return s.base if s.allocCount else 0
+            elemsize = s.elemsize
+            idx = (p - s.base) // elemsize
+            owner = s.cached_by
+            if (owner is not None and p < s.run_end
+                    and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize <= p):
+                return 0       # reserved by an mcache, not yet handed out
+            if idx >= s.freeindex and not (
+                    self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
+                return 0
+            if s.pending_frees and idx in s.pending_frees:
+                return 0
+            return s.base + idx * elemsize
         finally:
             c.mallocing = False
-
-    def _base_here(self, p: int) -> int:
-        """_find_base's answer for the int p, inside a safepoint region with the world not
-        stopped: the arena's first page from a dict, the page map and alloc bits read
-        through memoryviews (Python ints, no numpy scalars), and as few operations on p as
-        can be (an address is a multi-digit int: each one makes a new object). The same
-        tests as free.py's find_object, in the same order."""
-        try:
-            page0 = self._arena_page0[p >> LOG_HEAP_ARENA_BYTES]
-        except KeyError:
-            return -1
-        s = self._spans[self._page_span[(p >> PAGE_SHIFT) - page0]]
-        if s is None or s.state != SPAN_IN_USE or not s.base <= p < s.limit:
-            return 0
-        if not s.sizeclass:
-            return s.base if s.allocCount else 0
-        elemsize = s.elemsize
-        idx = (p - s.base) // elemsize
-        owner = s.cached_by
-        if (owner is not None and p < s.run_end
-                and s.run_end - length_hint(owner.runs[s.run_index]) * elemsize <= p):
-            return 0       # reserved by an mcache, not yet handed out
-        if idx >= s.freeindex and not (
-                self._bits8[s.allocBits + (idx >> 3)] >> (idx & 7)) & 1:
-            return 0
-        if s.pending_frees and idx in s.pending_frees:
-            return 0
-        return s.base + idx * elemsize
 
     def _find_slow(self, p: int) -> tuple[int, int] | None:
         """lookup(p) but not counted in MemStats.lookups, which counts Heap.lookup calls
@@ -504,14 +497,21 @@ class Heap:
             self._count_root(self._base_of(p), False)
 
     def _count_here(self, p: object, add: bool) -> bool:
-        """add_root's and remove_root's usual case in one safepoint region, inlined (one
-        is made per object): the count of p's object one up or down; False where it cannot
-        tell (the slow road then does it, or raises). The region matters: the collector
-        prunes emptied counts with the world stopped (gc/roots.py), so an entry list read
-        here is still the dict's when it is appended to. A key is an allocated object's
-        base, so p being a key needs no look-up."""
+        """add_root's and remove_root's usual case, the safepoint region inlined (one is
+        made per object): the count of p's object one up or down; False where it cannot
+        tell (the slow road then does it, or raises). A key is an allocated object's base
+        (gc/roots.py), so p being a key needs no look-up; any other p is looked up first
+        (``_find_base``). The region matters: the collector prunes emptied counts with the
+        world stopped, so an entry list read inside it is still the dict's when it is
+        appended to."""
         if p.__class__ is not int:
             return False
+        counted = self._counted
+        base = p
+        if add and p not in counted:
+            base = self._find_base(p)  # type: ignore[arg-type]  # an int
+            if base <= 0:
+                return False
         a = self._alloc
         try:
             c = a._tls.mcache
@@ -523,21 +523,14 @@ class Heap:
         try:
             if self._world.stopped:       # also once closed
                 return False
-            counted = self._counted
-            entries = counted.get(p)
+            entries = counted.get(base)
             if not add:
                 if not entries:
                     return False          # not a root: the slow road says so
                 entries.pop()
                 return True
-            if entries is None:
-                base = self._base_here(p)  # type: ignore[arg-type]  # an int
-                if base <= 0:
-                    return False
-                if base != p:             # an interior pointer: its base may be a key
-                    entries = counted.get(base)
-                if entries is None:       # setdefault: another thread may have made it
-                    entries = counted.setdefault(base, [])
+            if entries is None:           # setdefault: another thread may have made it
+                entries = counted.setdefault(base, [])
             entries.append(None)
             return True
         finally:
