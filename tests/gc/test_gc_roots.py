@@ -400,9 +400,15 @@ def test_a_handle_in_a_garbage_cycle_stops_rooting_when_python_collects_it(heap)
     addr = h.addr
     cycle: list = [h]
     cycle.append(cycle)
-    del h, cycle
-    heap.collect()
-    assert live(heap, addr)               # the cycle is not collected yet: still a root
+    was_enabled = pygc.isenabled()
+    pygc.disable()        # else collect()'s own allocations may run Python's GC first
+    try:
+        del h, cycle
+        heap.collect()
+        assert live(heap, addr)           # the cycle is not collected yet: still a root
+    finally:
+        if was_enabled:
+            pygc.enable()
     pygc.collect()
     heap.collect()
     assert not live(heap, addr)
