@@ -4,7 +4,8 @@ with findObject and shaded on the spot).
 
 Why: the vectorised path (gc/markvec.py) pays some 40 numpy passes per pointer, and the
 scalar path (gc/markscalar.py) Python's interpretation per object; a compiled loop pays a
-few nanoseconds per word, so a collection costs about what Boehm's GC_gcollect does. numba
+few nanoseconds per word, which brings a collection within about 2x of Boehm's GC_gcollect
+(docs/performance.md). The loop releases the interpreter lock (nogil). numba
 is a dependency wherever it ships wheels (README: Dependencies). Without it (a platform with
 no numba wheel, or GCALLOC_NO_JIT=1), before the kernel has loaded, or on a heap whose
 arenas are not in slot order, the Marker keeps its numpy paths, which stay the reference
