@@ -7,6 +7,8 @@
 - ``rss``: a function returning this process's resident set size in bytes (psutil).
 - every test runs without GCALLOC_MEMLIMIT: a limit set in the caller's environment would make
   the pacer collect early in heaps that tests measure (tests of the variable set it).
+- the native mark path is loaded before the first test (``pytest_sessionstart``): its loader
+  thread maps memory, which could land in a range a test has just unmapped and checks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import pytest
 import gcalloc
 
 _PROCESS = psutil.Process()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from gcalloc.gc import marknative
+    marknative.available()   # load (or compile) it now, not on a thread during a test
 
 
 def current_rss() -> int:

@@ -253,6 +253,11 @@ class Packed(ctypes.Structure):
     _pack_ = 4
     _fields_ = [("a", ctypes.c_int32), ("p", ctypes.c_void_p), ("b", ctypes.c_int32)]
 
+# The native mark path loads on a thread of its own when the first Heap is made, and its
+# mappings could land in the hole below: load it first, and wait.
+from gcalloc.gc import marknative
+marknative.available()
+
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
