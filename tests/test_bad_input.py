@@ -253,18 +253,16 @@ class Packed(ctypes.Structure):
     _pack_ = 4
     _fields_ = [("a", ctypes.c_int32), ("p", ctypes.c_void_p), ("b", ctypes.c_int32)]
 
-# The native mark path loads on a thread of its own when the first Heap is made, and its
-# mappings could land in the hole below: load it first, and wait.
-from gcalloc.gc import marknative
-marknative.available()
-
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                       ctypes.c_int, ctypes.c_long]
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-# Two pages: the first readable (its end is "unmapped - 64"), the second unmapped.
-area = libc.mmap(None, 8192, mmap.PROT_READ | mmap.PROT_WRITE,
+# Two pages: the first readable (its end is "unmapped - 64"), the second unmapped. Placed by
+# a hint far from where the kernel puts mappings without one (below the libraries) and from
+# the heap's arena hints, so that no later mapping of this process (numba's, numpy's, the
+# heaps') fills the hole.
+area = libc.mmap(0x3E0000000000, 8192, mmap.PROT_READ | mmap.PROT_WRITE,
                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
 libc.munmap(area + 4096, 4096)
 unmapped = area + 4096
