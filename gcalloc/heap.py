@@ -508,7 +508,8 @@ class Heap:
             return False
         counted = self._counted
         base = p
-        if add and p not in counted:
+        key = p in counted
+        if add and not key:
             base = self._find_base(p)  # type: ignore[arg-type]  # an int
             if base <= 0:
                 return False
@@ -529,8 +530,12 @@ class Heap:
                     return False          # not a root: the slow road says so
                 entries.pop()
                 return True
-            if entries is None:           # setdefault: another thread may have made it
-                entries = counted.setdefault(base, [])
+            if entries is None:
+                if key:
+                    # A cycle pruned the key since it was seen (and may have freed its
+                    # object): it is not known to be a base now, so the slow road decides.
+                    return False
+                entries = counted.setdefault(base, [])   # another thread may have made it
             entries.append(None)
             return True
         finally:

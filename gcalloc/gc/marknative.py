@@ -18,9 +18,10 @@ objects, the heap bitmap. Arenas in slot order (``SpanSnapshot.contiguous``) mak
 lookups plain offsets from heap_lo: heap byte offset d is page d >> PAGE_SHIFT of the page
 map and byte d >> 5 of the bitmap.
 
-The mark stack holds (span id, first word) pairs. A kernel call stops when the next object
-might push more than the stack has room for; ``drain`` then grows the stack and calls again
-(the loop never rebinds an array, which would keep numba from hoisting its data pointers).
+The mark stack holds (span id, first word) pairs. A kernel call stops when the stack is full
+in the middle of an object; ``drain`` then doubles the stack and calls again, and the kernel
+resumes that object where it stopped (the loop never rebinds an array, which would keep numba
+from hoisting its data pointers out of the loop).
 
 Invariants, the same as the other paths': only allocated objects end marked (pointers
 outside the snapshot's spans, past a span's last slot and into free slots are dropped; a
@@ -41,7 +42,7 @@ import numpy as np
 from gcalloc.gc.spansnapshot import SpanSnapshot
 from gcalloc.sizeclasses import PAGE_SHIFT
 
-STACK_START = 1 << 14        # mark stack entries to begin with (it doubles as needed)
+STACK_START = 1 << 14        # mark stack entries to begin with (it doubles when full)
 
 # The compiled drain, loaded once per process (numba caches the machine code on disk, so
 # only the first process after an install compiles it, a few seconds). prepare() starts the
@@ -51,6 +52,18 @@ _kernel: Any = None               # the compiled drain, once loaded
 _unavailable: str | None = None   # why there is none, once known
 _lock = threading.Lock()          # held while loading
 _started = False
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while the loader ran gets a free lock and may start it again."""
+    global _lock, _started
+    _lock = threading.Lock()
+    if _kernel is None and _unavailable is None:
+        _started = False
+
+
+if hasattr(os, "register_at_fork"):   # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def prepare() -> None:
@@ -121,16 +134,16 @@ class NativePath:
         n = len(sids)
         stack_s[:n] = sids
         stack_w[:n] = np.take(sn.welem, sids) * idxs + np.take(sn.wbase, sids)
-        counts = np.zeros(3, np.int64)     # marked, words scanned, objects scanned
+        # marked, words scanned, objects scanned; and an object cut short: resume index + 1
+        # (0: none), its span id, its first word
+        counts = np.zeros(6, np.int64)
         while True:
             n = kernel(*tables, self.state, stack_s, stack_w, n, counts)
-            if not n:
+            if not counts[3]:
                 break
-            # The next object may push more than the room left: grow and go on.
-            need = n + int(sn.wsize[stack_s[n - 1]])
-            cap = max(2 * len(stack_s), need)
-            stack_s = _grown(stack_s, n, cap)
-            stack_w = _grown(stack_w, n, cap)
+            # The stack filled up in the middle of an object: double it and go on there.
+            stack_s = _grown(stack_s, n, 2 * len(stack_s))
+            stack_w = _grown(stack_w, n, 2 * len(stack_w))
         self.marked += int(counts[0])
         self.scanned += int(counts[1])
         self.objects += int(counts[2])
@@ -163,33 +176,58 @@ def _grown(a: np.ndarray, n: int, cap: int) -> np.ndarray:
 
 
 def _compile() -> Any:
-    import numba  # optional: the jit extra
+    """The kernel, compiled (or loaded from numba's cache) now: njit compiles on the first
+    call, so it is called once on empty tables of the dtypes NativePath passes, and a
+    collection never compiles it with the world stopped."""
+    import numba  # a dependency where it has wheels (README: Dependencies)
 
-    return numba.njit(cache=True, nogil=True)(_drain)
+    kernel = numba.njit(cache=True, nogil=True)(_drain)
+    i64 = np.zeros(1, np.int64)
+    u64 = np.zeros(1, np.uint64)
+    u8 = np.zeros(1, np.uint8)
+    kernel(u64, np.uint64(0), np.uint64(0), i64, i64, i64, u64, i64, i64, i64, i64, i64, i64,
+           u8, u8, u8, i64, i64, i64, i64, u8, np.zeros(1, np.int32), i64.copy(), i64.copy(),
+           0, np.zeros(6, np.int64))
+    return kernel
 
 
 def _drain(heap_words, lo, heap_size, page_sid, rlimit, rbase, divmul, gbase, welem, wbase,
            wsize, freeidx, allocbits, bits8, scannable, typed, layout, lay_off, lay_start,
            lay_len, bitmap, state, stack_s, stack_w, n, counts):   # pragma: no cover (jit)
-    """The kernel: drain the mark stack's n entries; return 0 once it is empty, or the
-    entries left when the next object might push past the end of the stack (the caller
-    grows it). Compiled by numba; plain Python would run it too, slowly."""
+    """The kernel: drain the mark stack's n entries; return the entries left. It stops early
+    only when the stack is full in the middle of an object, which it then leaves in
+    counts[3:6] (resume index + 1, span id, first word) for the next call, once the caller
+    has grown the stack: so the stack holds what is grey, never an object's whole word
+    count ahead (a big pointer array is resumed, as Go scans it in oblets). Compiled by
+    numba; plain Python runs it too, slowly."""
     cap = len(stack_s)
     marked = scanned = objects = 0
-    while n:
-        s0 = stack_s[n - 1]
-        first = stack_w[n - 1]
-        nw = wsize[s0]
+    start = counts[3]
+    counts[3] = 0
+    s0 = counts[4]
+    first = counts[5]
+    while start or n:
+        if start:                  # the object cut short by the last call
+            j = start - 1
+            start = 0
+        else:
+            n -= 1
+            s0 = stack_s[n]
+            first = stack_w[n]
+            j = 0
+            objects += 1
+            scanned += wsize[s0]
         k = layout[s0]
-        count = lay_len[k] if k else nw
-        if n - 1 + count > cap:
-            break
-        n -= 1
-        objects += 1
-        scanned += nw
+        count = lay_len[k] if k else wsize[s0]
         bits = typed[s0] and not k
-        for j in range(count):
+        while j < count:
+            if n == cap:           # no room for a push: hand back, to resume at j
+                counts[3] = j + 1
+                counts[4] = s0
+                counts[5] = first
+                break
             w = first + lay_off[lay_start[k] + j] if k else first + j
+            j += 1
             if bits and not (bitmap[w >> 2] >> (w & 3)) & 1:
                 continue
             du = heap_words[w] - lo
@@ -214,6 +252,8 @@ def _drain(heap_words, lo, heap_size, page_sid, rlimit, rbase, divmul, gbase, we
                 stack_s[n] = s
                 stack_w[n] = wbase[s] + slot * welem[s]
                 n += 1
+        if counts[3]:
+            break
     counts[0] += marked
     counts[1] += scanned
     counts[2] += objects

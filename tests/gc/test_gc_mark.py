@@ -619,9 +619,23 @@ def check_tree_count(heap: gcalloc.Heap, root: int) -> int:
     return seen
 
 
+def test_native_kernel_is_compiled_when_it_is_ready(heap):
+    """The loader compiles the kernel (njit alone would compile it on its first call, in a
+    collection with the world stopped), for the very types a collection passes: a cycle
+    adds no second compiled version."""
+    force(heap, "native")
+    assert len(marknative._kernel.signatures) == 1
+    h = heap.handle(heap.alloc(32))          # conservative: scanned by the native drain
+    heap.collect()
+    assert heap._gc.last_marker.native_objects >= 1
+    assert len(marknative._kernel.signatures) == 1
+    h.release()
+
+
 def test_native_stack_grows_for_an_object_with_many_pointers(heap):
     """The native drain's mark stack starts at STACK_START entries; an object whose words
-    push more than that makes the kernel hand back and the stack grow, losing nothing."""
+    push more than that fills it: the kernel hands back in the middle of the object, the
+    stack doubles, and the kernel resumes the object where it stopped, losing nothing."""
     force(heap, "native")
     n = 3 * marknative.STACK_START
     table = heap.alloc(8 * n)

@@ -883,3 +883,24 @@ def test_counted_root_taken_again_without_lookup_still_refused_after_close():
         h.add_root(p)
     with pytest.raises(HeapClosed):
         h.remove_root(p)
+
+
+class _PrunedAfterTheCheck(dict):
+    """A counted-roots dict in which every base looks like a key but has no entry list,
+    as when a cycle prunes the key between add_root's check and its region."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+def test_add_root_of_a_key_pruned_since_it_was_seen_takes_the_slow_road(heap):
+    """add_root(p) skips the look-up when p is a key; if a cycle pruned the key (and freed
+    its object) before the region, it must not count p as a root of an object that may be
+    gone: the slow road looks p up and raises for a freed object."""
+    p = heap.alloc(64)
+    heap.collect()                                 # p is garbage: freed
+    assert heap.lookup(p) is None
+    heap._counted = _PrunedAfterTheCheck()
+    with pytest.raises(NotHeapPointer):
+        heap.add_root(p)
+    assert p not in dict(heap._gc.roots.counted)
