@@ -508,8 +508,9 @@ class Heap:
             return False
         counted = self._counted
         base = p
-        key = p in counted
-        if add and not key:
+        key = True                    # p was a key when looked at (remove_root: not checked)
+        if add and p not in counted:
+            key = False
             base = self._find_base(p)  # type: ignore[arg-type]  # an int
             if base <= 0:
                 return False
